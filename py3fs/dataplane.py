@@ -1,0 +1,299 @@
+"""Data-plane connections: a pooled request/response client and a frame server.
+
+Both sides speak `py3fs.wire` over TCP with asyncio's socket primitives
+(`sock_recv_into`, `sock_sendall`) so payloads land straight in caller buffers.
+A connection carries one request at a time; concurrency comes from the pool
+holding several per peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from py3fs import errors, wire
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[wire.Frame], Sequence[memoryview]]
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _ClientConn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.broken = False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class DataClient:
+    """Pooled client for storage servers. `call` is safe to use concurrently."""
+
+    def __init__(
+        self,
+        *,
+        max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
+        max_idle_per_peer: int = 32,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._idle: dict[str, list[_ClientConn]] = {}
+        self._ids = itertools.count(1)
+        self._max_payload = max_payload
+        self._max_idle = max_idle_per_peer
+        self._connect_timeout = connect_timeout
+        self._closed = False
+
+    async def _connect(self, address: str) -> _ClientConn:
+        loop = asyncio.get_running_loop()
+        host, port = _split_address(address)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                family, stype, proto, _, addr = infos[0]
+                sock = socket.socket(family, stype, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, addr)
+                except BaseException:
+                    sock.close()
+                    raise
+        except (OSError, TimeoutError) as exc:
+            raise errors.RPCUnavailable(f"cannot connect to {address}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _ClientConn(sock)
+
+    async def call(
+        self,
+        address: str,
+        mtype: wire.MsgType,
+        body: wire.Body,
+        payload: Sequence[Any] = (),
+        *,
+        sink: Sink | None = None,
+        timeout: float = 60.0,
+    ) -> tuple[wire.Body, bytearray | None]:
+        """Send one request and wait for its reply.
+
+        Returns the reply body and, without a `sink`, the reply payload (or None).
+        With a `sink`, the payload is received into the views it returns for the frame.
+        Raises the error the peer reported, `RPCUnavailable` when the connection fails
+        and `RPCTimeout` after `timeout` seconds. Cancellation drops the connection.
+        """
+        if self._closed:
+            raise errors.RPCUnavailable("data client closed")
+        idle = self._idle.setdefault(address, [])
+        conn = idle.pop() if idle else await self._connect(address)
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        try:
+            async with asyncio.timeout(timeout):
+                await wire.send_frame(loop, conn.sock, mtype, rid, body, payload)
+                frame = await wire.recv_frame(loop, conn.sock, self._max_payload)
+                assert frame is not None
+                data: bytearray | None = None
+                if frame.payload_len:
+                    if sink is not None and frame.type != wire.MsgType.ERROR:
+                        for view in sink(frame):
+                            await wire.recv_into(loop, conn.sock, view)
+                    else:
+                        data = bytearray(frame.payload_len)
+                        await wire.recv_into(loop, conn.sock, memoryview(data))
+        except TimeoutError:
+            conn.broken = True
+            raise errors.RPCTimeout(f"{mtype.name} to {address} timed out") from None
+        except OSError as exc:
+            conn.broken = True
+            raise errors.RPCUnavailable(f"{mtype.name} to {address}: {exc}") from None
+        except BaseException:
+            conn.broken = True
+            raise
+        finally:
+            if conn.broken or self._closed or len(idle) >= self._max_idle:
+                conn.close()
+            else:
+                idle.append(conn)
+        if frame.request_id != rid:
+            raise errors.BadFrame(f"reply for request {frame.request_id}, sent {rid}")
+        if isinstance(frame.body, wire.ErrorBody):
+            wire.raise_error_body(frame.body)
+        return frame.body, data
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+
+class ServerConn:
+    """One accepted connection, handed to the handler with each frame."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.loop = asyncio.get_running_loop()
+        self._frame: wire.Frame | None = None
+        self._payload_left = 0
+        self._buffer = bytearray(0)
+
+    def begin(self, frame: wire.Frame) -> None:
+        self._frame = frame
+        self._payload_left = frame.payload_len
+
+    def payload_buffer(self, n: int) -> memoryview:
+        """A reusable scratch buffer of `n` bytes, valid until the next request."""
+        if len(self._buffer) < n:
+            self._buffer = bytearray(n)
+        return memoryview(self._buffer)[:n]
+
+    async def read_payload(self) -> memoryview:
+        """Receive the whole payload of the current frame into the scratch buffer."""
+        view = self.payload_buffer(self._payload_left)
+        await wire.recv_into(self.loop, self.sock, view)
+        self._payload_left = 0
+        return view
+
+    async def finish_payload(self) -> None:
+        if self._payload_left:
+            await wire.discard(self.loop, self.sock, self._payload_left)
+            self._payload_left = 0
+
+    async def reply(
+        self, mtype: wire.MsgType, body: wire.Body, payload: Sequence[Any] = ()
+    ) -> None:
+        await self.finish_payload()
+        assert self._frame is not None
+        await wire.send_frame(
+            self.loop, self.sock, mtype, self._frame.request_id, body, payload
+        )
+
+    async def reply_error(self, exc: errors.Py3fsError, request_id: int = 0) -> None:
+        rid = self._frame.request_id if self._frame else request_id
+        await self.finish_payload()
+        await wire.send_frame(
+            self.loop, self.sock, wire.MsgType.ERROR, rid, wire.error_body(exc)
+        )
+
+
+Handler = Callable[[wire.Frame, ServerConn], Awaitable[None]]
+
+
+class DataServer:
+    """Accepts data-plane connections and hands each frame to `handler`.
+
+    A malformed frame (bad magic, version, checksum, oversized length) is answered
+    with an error frame and the connection closed, since the stream can no longer be
+    trusted; an unknown message type is answered and the connection kept. Neither
+    affects other connections. Use as `async with DataServer(...) as srv`.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._max_payload = max_payload
+        self._sock: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accept_task: asyncio.Task[None] | None = None
+        self.address = ""
+
+    async def __aenter__(self) -> DataServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address = f"{host}:{port}"
+        self._accept_task = asyncio.create_task(self._accept_loop())
+        logger.info("data server listening on %s", self.address)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._accept_task:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+
+    async def _accept_loop(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                logger.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.05)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(self._serve(conn, f"{addr[0]}:{addr[1]}"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sock: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        conn = ServerConn(sock, peer)
+        try:
+            while True:
+                try:
+                    frame = await wire.recv_frame(
+                        loop, sock, self._max_payload, at_boundary_ok=True
+                    )
+                except wire.ConnectionClosed:
+                    return
+                except errors.UnknownMessage as exc:
+                    await conn.reply_error(exc)
+                    continue
+                except (errors.BadFrame, errors.FrameTooLarge) as exc:
+                    logger.warning("bad frame from %s: %s", peer, exc)
+                    await conn.reply_error(exc)
+                    return
+                if frame is None:
+                    return
+                conn.begin(frame)
+                try:
+                    await self._handler(frame, conn)
+                except errors.Py3fsError as exc:
+                    await conn.reply_error(exc)
+                except (ConnectionError, wire.ConnectionClosed):
+                    return
+                except Exception as exc:
+                    logger.exception("handler failed on %s", frame.type.name)
+                    await conn.reply_error(errors.Py3fsError(f"internal error: {exc}"))
+        except (OSError, errors.RPCUnavailable):
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()

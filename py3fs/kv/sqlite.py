@@ -1,0 +1,158 @@
+"""The embedded KV backend: one SQLite file (WAL) shared by the processes of a host.
+
+Serializability comes from SQLite's single writer: a read-write transaction starts
+with BEGIN IMMEDIATE, so two can never interleave; read-only transactions read a WAL
+snapshot. A busy database surfaces as the retryable KVUnavailable. Each thread gets
+its own connection (sqlite3 connections are not shared across threads).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+from py3fs import errors
+from py3fs.kv.base import Database, Transaction
+
+
+def _translate(exc: sqlite3.Error) -> errors.KVError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return errors.KVUnavailable(f"sqlite: {text}")
+    if isinstance(exc, sqlite3.OperationalError) and "disk" in text:
+        return errors.KVUnavailable(f"sqlite: {text}")
+    return errors.KVError(f"sqlite: {text}")
+
+
+class SqliteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection, read_only: bool) -> None:
+        self._conn = conn
+        self._read_only = read_only
+        self._open = False
+        self._done = False
+
+    def _begin(self) -> sqlite3.Connection:
+        if self._done:
+            raise errors.KVError("transaction already finished")
+        if not self._open:
+            try:
+                self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _translate(exc) from None
+            self._open = True
+        return self._conn
+
+    def _write(self) -> sqlite3.Connection:
+        if self._read_only:
+            raise errors.KVError("write in a read-only transaction")
+        return self._begin()
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            row = (
+                self._begin().execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+        return None if row is None else bytes(row[0])
+
+    def get_range(
+        self, begin: bytes, end: bytes, limit: int = 0, reverse: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        order = "DESC" if reverse else "ASC"
+        sql = f"SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k {order}"
+        params: tuple[object, ...] = (begin, end)
+        if limit > 0:
+            sql += " LIMIT ?"
+            params = (begin, end, limit)
+        try:
+            rows = self._begin().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+        return [(bytes(k), bytes(v)) for k, v in rows]
+
+    def set(self, key: bytes, value: bytes) -> None:
+        try:
+            self._write().execute(
+                "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, value)
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    def clear(self, key: bytes) -> None:
+        try:
+            self._write().execute("DELETE FROM kv WHERE k = ?", (key,))
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    def clear_range(self, begin: bytes, end: bytes) -> None:
+        try:
+            self._write().execute("DELETE FROM kv WHERE k >= ? AND k < ?", (begin, end))
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._open:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _translate(exc) from None
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+class SqliteDatabase(Database):
+    def __init__(self, path: str, busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        conn = self._conn()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) "
+            "WITHOUT ROWID"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL: a commit survives a killed process (the WAL is in the page
+            # cache); only a power loss may drop the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def create_transaction(self, read_only: bool = False) -> Transaction:
+        return SqliteTransaction(self._conn(), read_only)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()

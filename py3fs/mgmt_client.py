@@ -1,0 +1,71 @@
+"""Client of mgmtd used by every other process: register, heartbeat, routing.
+
+Holds one RpcClient per configured mgmtd address and fails over between them on
+transport errors and NotPrimary (a standby answers that once mgmtd HA exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TypeVar
+
+from py3fs import errors
+from py3fs.proto import mgmt_pb2_grpc
+from py3fs.proto.messages import (
+    MGMT_RPCS,
+    CreateChainTableReq,
+    GetRoutingReq,
+    HeartbeatReply,
+    HeartbeatReq,
+    Msg,
+    RegisterNodeReq,
+    RoutingInfo,
+)
+from py3fs.routing import RoutingView
+from py3fs.rpc import RpcClient
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R", bound=Msg)
+
+
+class MgmtClient:
+    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+        if not addresses:
+            raise errors.InvalidArgument("no mgmtd address configured")
+        self._clients = [
+            RpcClient(a, mgmt_pb2_grpc.MgmtStub, MGMT_RPCS, timeout) for a in addresses
+        ]
+        self._current = 0
+
+    async def _call(self, method: str, req: Msg, reply_type: type[R]) -> R:
+        last: errors.Py3fsError | None = None
+        for attempt in range(3 * len(self._clients)):
+            client = self._clients[self._current]
+            try:
+                return await client.call(method, req, reply_type)
+            except (errors.RPCUnavailable, errors.RPCTimeout, errors.NotPrimary) as exc:
+                last = exc
+                self._current = (self._current + 1) % len(self._clients)
+                if self._current == 0:
+                    await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+        assert last is not None
+        raise last
+
+    async def register(self, req: RegisterNodeReq) -> RoutingView:
+        return RoutingView(await self._call("RegisterNode", req, RoutingInfo))
+
+    async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
+        return await self._call("Heartbeat", req, HeartbeatReply)
+
+    async def routing(self, known_version: int = 0) -> RoutingView:
+        info = await self._call("GetRouting", GetRoutingReq(known_version), RoutingInfo)
+        return RoutingView(info)
+
+    async def create_chain_table(self, replicas: int, table_id: int = 1) -> RoutingView:
+        req = CreateChainTableReq(replicas=replicas, table_id=table_id)
+        return RoutingView(await self._call("CreateChainTable", req, RoutingInfo))
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()

@@ -1,0 +1,136 @@
+"""gRPC glue for the control plane: servicers from handler tables, typed client calls.
+
+A service is a `.proto` (methods only) plus a table in `py3fs.proto.messages` giving
+each method's msgspec request and reply types. `make_servicer` builds the grpc.aio
+servicer from an object with one `async def` per method; `RpcClient.call` encodes,
+calls, decodes and turns error codes back into py3fs exceptions. gRPC's own failures
+are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import msgspec
+
+from py3fs import errors
+from py3fs.proto import envelope_pb2
+from py3fs.proto.messages import Msg
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R", bound=Msg)
+
+_encoder = msgspec.msgpack.Encoder()
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+def _method(
+    name: str, req_type: type[Msg], handler: Callable[[Any], Awaitable[Msg]]
+) -> Callable[..., Awaitable[envelope_pb2.Reply]]:
+    decoder = msgspec.msgpack.Decoder(req_type)
+
+    async def method(self: object, request: Any, context: Any) -> Any:
+        try:
+            try:
+                req = decoder.decode(request.body)
+            except msgspec.DecodeError as exc:
+                raise errors.BadFrame(f"{name}: cannot decode request: {exc}") from None
+            reply = await handler(req)
+            return envelope_pb2.Reply(body=_encoder.encode(reply))
+        except errors.Py3fsError as exc:
+            if not isinstance(exc, errors.MetaError):
+                logger.info("%s failed: %s", name, exc)
+            return envelope_pb2.Reply(error_code=exc.code, error_message=exc.message)
+        except Exception as exc:
+            logger.exception("%s: unexpected error", name)
+            return envelope_pb2.Reply(
+                error_code=errors.Py3fsError.code, error_message=f"internal: {exc}"
+            )
+
+    method.__name__ = name
+    return method
+
+
+def make_servicer(
+    base: type, table: dict[str, tuple[type[Msg], type[Msg]]], impl: object
+) -> object:
+    """An instance of generated servicer class `base` whose methods call
+    `impl.<snake_name>(request)`; every method of `table` must exist on `impl`."""
+    methods = {}
+    for name, (req_type, _reply) in table.items():
+        handler = getattr(impl, _snake(name))
+        methods[name] = _method(name, req_type, handler)
+    return type(f"{base.__name__}Impl", (base,), methods)()
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+async def start_server(
+    add_to_server: Callable[[object, grpc.aio.Server], None],
+    servicer: object,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    add_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, f"{host}:{bound}"
+
+
+class RpcClient:
+    """Typed calls to one control-plane peer. Safe for concurrent use."""
+
+    def __init__(
+        self,
+        address: str,
+        stub_factory: Callable[[grpc.aio.Channel], Any],
+        table: dict[str, tuple[type[Msg], type[Msg]]],
+        default_timeout: float = 30.0,
+    ) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=_GRPC_OPTIONS)
+        self._stub = stub_factory(self._channel)
+        self._decoders = {
+            name: msgspec.msgpack.Decoder(reply) for name, (_r, reply) in table.items()
+        }
+        self._timeout = default_timeout
+
+    async def call(
+        self, method: str, req: Msg, reply_type: type[R], timeout: float | None = None
+    ) -> R:
+        """Call `method`; returns its reply or raises the py3fs error it reported.
+        Transport failures raise RPCUnavailable / RPCTimeout (both retryable)."""
+        try:
+            reply = await getattr(self._stub, method)(
+                envelope_pb2.Request(body=_encoder.encode(req)),
+                timeout=timeout or self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errors.RPCTimeout(
+                    f"{method} to {self.address} timed out"
+                ) from None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise errors.UnknownMessage(f"{method}: {exc.details()}") from None
+            raise errors.RPCUnavailable(
+                f"{method} to {self.address}: {code.name} {exc.details()}"
+            ) from None
+        if reply.error_code:
+            raise errors.error_from_code(reply.error_code, reply.error_message)
+        result = self._decoders[method].decode(reply.body)
+        assert isinstance(result, reply_type)
+        return result
+
+    async def aclose(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,345 @@
+"""The data-plane wire protocol: frame header, message numbers, message bodies.
+
+This module alone packs bytes for the data plane (chunk read/write/replicate/remove).
+A frame is a fixed little-endian header, a msgspec-msgpack body, then an optional raw
+payload (chunk data), which is sent and received without copying where Python allows:
+
+    magic "P3FS" | version u8 | flags u8 | type u16 | request id u64 |
+    body length u32 | payload length u32 | CRC32C(body) u32
+
+A connection carries one request at a time (a pool gives concurrency), so the reader
+always knows which buffer a payload belongs in before it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import Any, Final
+
+import crc32c as _crc32c
+import msgspec
+
+from py3fs import errors
+
+MAGIC: Final = b"P3FS"
+VERSION: Final = 1
+HEADER = struct.Struct("<4sBBHQIII")
+HEADER_SIZE: Final = HEADER.size
+MAX_BODY: Final = 4 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024 + 4096
+# Payloads up to this size are copied next to the header so one send carries both.
+_COALESCE: Final = 64 * 1024
+
+
+def crc32c(data: Any, value: int = 0) -> int:
+    return int(_crc32c.crc32c(data, value))
+
+
+class MsgType(IntEnum):
+    """Every data-plane message, numbered once; numbers are never reused."""
+
+    ERROR = 1
+    PING = 2
+    PONG = 3
+    WRITE = 10
+    WRITE_REPLY = 11
+    READ = 12
+    READ_REPLY = 13
+    REMOVE = 14
+    REMOVE_REPLY = 15
+    QUERY_CHUNK = 16
+    QUERY_CHUNK_REPLY = 17
+    TARGET_STATS = 18
+    TARGET_STATS_REPLY = 19
+    LIST_CHUNKS = 20
+    LIST_CHUNKS_REPLY = 21
+
+
+class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class ErrorBody(Body):
+    code: int
+    message: str
+
+
+class Ping(Body):
+    pass
+
+
+class WriteReq(Body):
+    """Write `payload` at `offset` of a chunk. Sent by a client to the chain head, and
+    by each target to its successor with `update_ver` set by the head."""
+
+    chain_id: int
+    chain_ver: int
+    target_id: int
+    chunk_id: bytes
+    offset: int
+    chunk_size: int
+    data_crc: int
+    client_id: str
+    request_id: int
+    update_ver: int = 0
+    full_replace: bool = False
+
+
+class WriteReply(Body):
+    chunk_ver: int
+    length: int
+    crc: int
+
+
+class ReadIO(Body):
+    target_id: int
+    chunk_id: bytes
+    offset: int
+    length: int
+    chain_id: int = 0
+    chain_ver: int = 0
+
+
+class ReadReq(Body):
+    ios: list[ReadIO]
+    verify: bool = True
+
+
+class ReadResult(Body):
+    """One io of a batch read: `code` 0 on success, else an error code; `length` bytes
+    of this io's data follow the previous ones' in the payload."""
+
+    code: int
+    length: int
+    chunk_ver: int = 0
+    message: str = ""
+
+
+class ReadReply(Body):
+    results: list[ReadResult]
+
+
+class RemoveReq(Body):
+    """Remove every chunk of `inode` on the chain (forwarded head to tail)."""
+
+    chain_id: int
+    chain_ver: int
+    target_id: int
+    inode: int
+    client_id: str
+    request_id: int
+
+
+class RemoveReply(Body):
+    removed: int
+
+
+class QueryChunkReq(Body):
+    target_id: int
+    chunk_id: bytes
+
+
+class ChunkMeta(Body):
+    chunk_id: bytes
+    committed_ver: int
+    pending_ver: int
+    length: int
+    crc: int
+    chain_ver: int
+
+
+class ListChunksReq(Body):
+    target_id: int
+    inode: int = 0
+
+
+class ListChunksReply(Body):
+    chunks: list[ChunkMeta]
+
+
+class TargetStatsReq(Body):
+    pass
+
+
+class TargetStat(Body):
+    target_id: int
+    used_bytes: int
+    chunk_count: int
+    free_bytes: int
+    total_bytes: int
+
+
+class TargetStatsReply(Body):
+    targets: list[TargetStat]
+
+
+BODY_TYPES: Final[dict[MsgType, type[Body]]] = {
+    MsgType.ERROR: ErrorBody,
+    MsgType.PING: Ping,
+    MsgType.PONG: Ping,
+    MsgType.WRITE: WriteReq,
+    MsgType.WRITE_REPLY: WriteReply,
+    MsgType.READ: ReadReq,
+    MsgType.READ_REPLY: ReadReply,
+    MsgType.REMOVE: RemoveReq,
+    MsgType.REMOVE_REPLY: RemoveReply,
+    MsgType.QUERY_CHUNK: QueryChunkReq,
+    MsgType.QUERY_CHUNK_REPLY: ChunkMeta,
+    MsgType.TARGET_STATS: TargetStatsReq,
+    MsgType.TARGET_STATS_REPLY: TargetStatsReply,
+    MsgType.LIST_CHUNKS: ListChunksReq,
+    MsgType.LIST_CHUNKS_REPLY: ListChunksReply,
+}
+REPLY_OF: Final[dict[MsgType, MsgType]] = {
+    MsgType.PING: MsgType.PONG,
+    MsgType.WRITE: MsgType.WRITE_REPLY,
+    MsgType.READ: MsgType.READ_REPLY,
+    MsgType.REMOVE: MsgType.REMOVE_REPLY,
+    MsgType.QUERY_CHUNK: MsgType.QUERY_CHUNK_REPLY,
+    MsgType.TARGET_STATS: MsgType.TARGET_STATS_REPLY,
+    MsgType.LIST_CHUNKS: MsgType.LIST_CHUNKS_REPLY,
+}
+_TYPE_OF_BODY: Final = {cls: t for t, cls in BODY_TYPES.items() if t != MsgType.PONG}
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS: Final = {t: msgspec.msgpack.Decoder(cls) for t, cls in BODY_TYPES.items()}
+
+
+class Frame(msgspec.Struct):
+    """A received header and decoded body; `payload_len` bytes still to read."""
+
+    type: MsgType
+    request_id: int
+    body: Body
+    payload_len: int
+
+
+class ConnectionClosed(errors.RPCUnavailable):
+    """The peer closed the connection (at a frame boundary or mid-frame)."""
+
+
+def encode_frame(
+    mtype: MsgType, request_id: int, body: Body, payload_len: int = 0
+) -> bytes:
+    data = _ENCODER.encode(body)
+    if len(data) > MAX_BODY:
+        raise errors.FrameTooLarge(f"body of {len(data)} bytes over {MAX_BODY}")
+    header = HEADER.pack(
+        MAGIC, VERSION, 0, int(mtype), request_id, len(data), payload_len, crc32c(data)
+    )
+    return header + data
+
+
+def error_body(exc: errors.Py3fsError) -> ErrorBody:
+    return ErrorBody(code=exc.code, message=exc.message)
+
+
+def raise_error_body(body: ErrorBody) -> None:
+    raise errors.error_from_code(body.code, body.message)
+
+
+def parse_header(
+    raw: bytes | bytearray | memoryview, max_payload: int
+) -> tuple[int, int, int, int]:
+    """Validate a header; return (type number, request id, body len, payload len).
+
+    Raises BadFrame (bad magic/version) or FrameTooLarge (lengths over the limits).
+    The type number is returned raw: an unknown type is the caller's to answer.
+    """
+    magic, version, _flags, mtype, rid, blen, plen, _crc = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise errors.BadFrame(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise errors.BadFrame(f"unsupported protocol version {version}")
+    if blen > MAX_BODY:
+        raise errors.FrameTooLarge(f"body length {blen} over {MAX_BODY}")
+    if plen > max_payload:
+        raise errors.FrameTooLarge(f"payload length {plen} over {max_payload}")
+    return mtype, rid, blen, plen
+
+
+def decode_body(mtype: int, raw: bytes, crc: int) -> Body:
+    if crc32c(raw) != crc:
+        raise errors.BadFrame("body checksum mismatch")
+    try:
+        t = MsgType(mtype)
+        decoder = _DECODERS[t]
+    except (ValueError, KeyError):
+        raise errors.UnknownMessage(f"unknown message type {mtype}") from None
+    try:
+        return decoder.decode(raw)  # type: ignore[no-any-return]
+    except msgspec.DecodeError as exc:
+        raise errors.BadFrame(f"cannot decode {t.name} body: {exc}") from None
+
+
+async def recv_into(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview
+) -> None:
+    """Fill `view` exactly from `sock`."""
+    while view.nbytes:
+        n = await loop.sock_recv_into(sock, view)
+        if n == 0:
+            raise ConnectionClosed("connection closed by peer")
+        view = view[n:]
+
+
+async def recv_frame(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    *,
+    at_boundary_ok: bool = False,
+) -> Frame | None:
+    """Read one header and body. Returns None if the peer closed cleanly between
+    frames and `at_boundary_ok`; the payload is left for the caller to read."""
+    hbuf = bytearray(HEADER_SIZE)
+    view = memoryview(hbuf)
+    first = await loop.sock_recv_into(sock, view)
+    if first == 0:
+        if at_boundary_ok:
+            return None
+        raise ConnectionClosed("connection closed by peer")
+    await recv_into(loop, sock, view[first:])
+    mtype, rid, blen, plen = parse_header(hbuf, max_payload)
+    crc = HEADER.unpack(hbuf)[7]
+    raw = bytearray(blen)
+    await recv_into(loop, sock, memoryview(raw))
+    try:
+        body = decode_body(mtype, bytes(raw), crc)
+    except errors.UnknownMessage:
+        await discard(loop, sock, plen)
+        raise
+    return Frame(type=MsgType(mtype), request_id=rid, body=body, payload_len=plen)
+
+
+async def discard(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> None:
+    """Read and drop `n` bytes (an unwanted payload), keeping the stream in sync."""
+    scratch = memoryview(bytearray(min(n, 1 << 20) or 1))
+    while n > 0:
+        view = scratch[: min(n, scratch.nbytes)]
+        await recv_into(loop, sock, view)
+        n -= view.nbytes
+
+
+async def send_frame(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    mtype: MsgType,
+    request_id: int,
+    body: Body,
+    payload: Sequence[Any] = (),
+) -> None:
+    """Send a frame; payload buffers (bytes/memoryview) go out without copying."""
+    views = [memoryview(p).cast("B") for p in payload]
+    plen = sum(v.nbytes for v in views)
+    head = encode_frame(mtype, request_id, body, plen)
+    if plen <= _COALESCE:
+        await loop.sock_sendall(sock, b"".join([head, *views]))
+        return
+    await loop.sock_sendall(sock, head)
+    for v in views:
+        if v.nbytes:
+            await loop.sock_sendall(sock, v)
