@@ -26,7 +26,9 @@ a client may retry it. Codes are grouped by subsystem::
     │   ├── PermissionDenied (3008, EACCES)
     │   ├── CrossDevice (3009, EXDEV)
     │   ├── TooManyLinks (3010, EMLINK)
-    │   └── BadFileHandle (3011, EBADF)
+    │   ├── BadFileHandle (3011, EBADF)
+    │   ├── OperationNotPermitted (3012, EPERM)
+    │   └── TooManySymlinks (3013, ELOOP)   also an InvalidArgument
     ├── StorageError (4000)
     │   ├── ChunkNotFound (4001, ENOENT)
     │   ├── ChainVersionMismatch (4002, retryable)  caller's routing is stale
@@ -191,6 +193,16 @@ class TooManyLinks(MetaError):
 class BadFileHandle(MetaError):
     code = 3011
     errno = _errno.EBADF
+
+
+class OperationNotPermitted(MetaError):
+    code = 3012
+    errno = _errno.EPERM
+
+
+class TooManySymlinks(InvalidArgument):
+    code = 3013
+    errno = _errno.ELOOP
 
 
 class StorageError(Py3fsError):

@@ -1,0 +1,1 @@
+"""CRAQ: chain tables, target states, placement. Pure logic for storage and mgmtd."""

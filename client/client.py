@@ -1,0 +1,354 @@
+"""The py3fs client: namespace operations through meta, file data through storage.
+
+    async with Client.from_cluster() as fs:
+        await fs.write_file("/data/a.bin", payload)
+        async with await fs.open("/data/a.bin") as f:
+            head = await f.read(4096)
+
+File data is striped over the file's chains (see `client.striping`) and moved with
+parallel chunk I/O; the file length is reported to meta on fsync and close.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from client.config import ClientConfig, load_client_config
+from client.meta_client import MetaClient
+from client.routing_cache import RoutingCache
+from client.storage_client import StorageClient
+from py3fs import errors
+from py3fs.mgmt_client import MgmtClient
+from py3fs.proto.messages import (
+    CloseReq,
+    DirEntry,
+    Empty,
+    Inode,
+    InodeReq,
+    InodeType,
+    LinkReq,
+    ListDirReply,
+    ListDirReq,
+    MetaReq,
+    MkdirReq,
+    OpenReply,
+    OpenReq,
+    PathReq,
+    ReadlinkReply,
+    RenameReq,
+    SetAttrReq,
+    StatFsReply,
+    SymlinkReq,
+    SyncReq,
+)
+
+_MODES = {
+    "rb": os.O_RDONLY,
+    "r+b": os.O_RDWR,
+    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "w+b": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "a+b": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+    "xb": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+}
+
+
+def open_flags(mode: str) -> int:
+    try:
+        return _MODES[mode if "b" in mode else mode + "b"]
+    except KeyError:
+        raise errors.InvalidArgument(f"unsupported open mode {mode!r}") from None
+
+
+class Client:
+    """Async client. Use `async with`; `aclose` releases every connection."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        if not config.mgmt:
+            raise errors.InvalidArgument("client needs at least one mgmt address")
+        self.config = config
+        self.client_id = uuid.uuid4().hex
+        self.mgmt = MgmtClient(config.mgmt)
+        self.routing = RoutingCache(self.mgmt, config.routing_max_age)
+        self.meta = MetaClient(
+            self.routing,
+            self.client_id,
+            uid=config.uid,
+            gid=config.gid,
+            retry_timeout=config.retry_timeout,
+            call_timeout=config.call_timeout,
+        )
+        self.storage = StorageClient(
+            self.routing,
+            self.client_id,
+            max_inflight=config.max_inflight,
+            retry_timeout=config.retry_timeout,
+            call_timeout=config.call_timeout,
+        )
+
+    @classmethod
+    def from_cluster(cls, path: str | None = None, **overrides: Any) -> Client:
+        """A client for the cluster described by a cluster file (see
+        `client.config.cluster_file` for where it is looked for)."""
+        return cls(load_client_config(path, **overrides))
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.storage.aclose()
+        await self.meta.aclose()
+        await self.mgmt.aclose()
+
+    # ------------------------------------------------------------ namespace
+
+    async def stat(self, path: str, *, follow: bool = True) -> Inode:
+        return await self.meta.call("Stat", PathReq(path=path, follow=follow), Inode)
+
+    async def stat_inode(self, inode: int) -> Inode:
+        return await self.meta.call("StatInode", InodeReq(inode=inode), Inode)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except errors.NotFound:
+            return False
+        return True
+
+    async def mkdir(
+        self, path: str, mode: int = 0o755, *, parents: bool = False
+    ) -> Inode:
+        req = MkdirReq(path=path, mode=mode, parents=parents)
+        return await self.meta.call("Mkdir", req, Inode)
+
+    async def iterdir(self, path: str, page: int = 1000) -> AsyncIterator[DirEntry]:
+        """Entries of a directory in name order, fetched a page at a time."""
+        after = ""
+        while True:
+            reply = await self._list_page(path, after, page)
+            for entry in reply.entries:
+                yield entry
+            if not reply.more or not reply.entries:
+                return
+            after = reply.entries[-1].name
+
+    async def _list_page(self, path: str, after: str, limit: int) -> ListDirReply:
+        req = ListDirReq(path=path, start_after=after, limit=limit)
+        return await self.meta.call("ListDir", req, ListDirReply)
+
+    async def listdir(self, path: str, page: int = 1000) -> list[DirEntry]:
+        return [e async for e in self.iterdir(path, page)]
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self.meta.call("Rename", RenameReq(src=src, dst=dst), Empty)
+
+    async def unlink(self, path: str) -> None:
+        await self.meta.call("Unlink", PathReq(path=path, follow=False), Empty)
+
+    async def rmdir(self, path: str) -> None:
+        await self.meta.call("Rmdir", PathReq(path=path, follow=False), Empty)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> int:
+        """Remove a file, symlink or (with `recursive`) a whole tree; returns the
+        number of entries removed."""
+        node = await self.stat(path, follow=False)
+        if node.type != InodeType.DIRECTORY:
+            await self.unlink(path)
+            return 1
+        if not recursive:
+            raise errors.IsADirectory(f"{path} is a directory (use recursive)")
+        removed = 0
+        base = path.rstrip("/")
+        # List a page, remove it, list again: removing while paging would skip names.
+        while entries := (await self._list_page(path, "", 1000)).entries:
+            for entry in entries:
+                removed += await self.remove(f"{base}/{entry.name}", recursive=True)
+        if base:
+            await self.rmdir(path)
+            removed += 1
+        return removed
+
+    async def symlink(self, target: str, path: str) -> Inode:
+        return await self.meta.call(
+            "Symlink", SymlinkReq(path=path, target=target), Inode
+        )
+
+    async def readlink(self, path: str) -> str:
+        reply = await self.meta.call(
+            "Readlink", PathReq(path=path, follow=False), ReadlinkReply
+        )
+        return reply.target
+
+    async def link(self, src: str, dst: str) -> Inode:
+        return await self.meta.call("Link", LinkReq(src=src, dst=dst), Inode)
+
+    async def setattr(self, path: str, **changes: Any) -> Inode:
+        """Change mode, uid_new, gid_new, atime, mtime or length."""
+        return await self.meta.call("SetAttr", SetAttrReq(path=path, **changes), Inode)
+
+    async def chmod(self, path: str, mode: int) -> Inode:
+        return await self.setattr(path, mode=mode)
+
+    async def truncate(self, path: str, length: int) -> Inode:
+        return await self.setattr(path, length=length)
+
+    async def statfs(self) -> StatFsReply:
+        return await self.meta.call("StatFs", MetaReq(), StatFsReply)
+
+    # ------------------------------------------------------------ file data
+
+    async def open(
+        self,
+        path: str,
+        mode: str = "rb",
+        *,
+        perm: int = 0o644,
+        chunk_size: int = 0,
+        stripe: int = 0,
+    ) -> File:
+        flags = open_flags(mode)
+        req = OpenReq(
+            path=path, flags=flags, mode=perm, chunk_size=chunk_size, stripe=stripe
+        )
+        reply = await self.meta.call("Open", req, OpenReply)
+        return File(self, path, flags, reply)
+
+    async def write_file(self, path: str, data: Any, **kwargs: Any) -> int:
+        async with await self.open(path, "wb", **kwargs) as f:
+            return await f.write(data)
+
+    async def read_file(self, path: str) -> bytes:
+        async with await self.open(path, "rb") as f:
+            return await f.read()
+
+
+class File:
+    """An open py3fs file: a position, the inode and its layout, a write session."""
+
+    def __init__(self, client: Client, path: str, flags: int, reply: OpenReply) -> None:
+        self._client = client
+        self.path = path
+        self.flags = flags
+        self.inode = reply.inode
+        self.session_id = reply.session_id
+        self._written_end = -1
+        self.closed = False
+        self.pos = self.inode.length if flags & os.O_APPEND else 0
+
+    @property
+    def readable(self) -> bool:
+        return (self.flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
+
+    @property
+    def writable(self) -> bool:
+        return (self.flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+
+    @property
+    def length(self) -> int:
+        return max(self.inode.length, self._written_end)
+
+    def _check(self, write: bool) -> None:
+        if self.closed:
+            raise errors.BadFileHandle(f"{self.path}: file is closed")
+        if write and not self.writable:
+            raise errors.BadFileHandle(f"{self.path}: not open for writing")
+        if not write and not self.readable:
+            raise errors.BadFileHandle(f"{self.path}: not open for reading")
+
+    async def __aenter__(self) -> File:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
+        if base + offset < 0:
+            raise errors.InvalidArgument("seek before the start of the file")
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    async def refresh(self) -> Inode:
+        """Re-read the inode (length may have grown through another client)."""
+        self.inode = await self._client.stat_inode(self.inode.inode)
+        return self.inode
+
+    async def preadinto(self, buf: Any, offset: int) -> int:
+        """Read into `buf` from `offset`; returns bytes read (short at EOF)."""
+        self._check(write=False)
+        view = memoryview(buf).cast("B")
+        if offset + view.nbytes > self.length and not self.writable:
+            await self.refresh()
+        n = max(0, min(view.nbytes, self.length - offset))
+        if n:
+            assert self.inode.layout is not None
+            await self._client.storage.read(
+                self.inode.inode, self.inode.layout, offset, view[:n]
+            )
+        return n
+
+    async def pread(self, size: int, offset: int) -> bytes:
+        buf = bytearray(max(0, size))
+        n = await self.preadinto(buf, offset)
+        del buf[n:]
+        return bytes(buf)
+
+    async def readinto(self, buf: Any) -> int:
+        n = await self.preadinto(buf, self.pos)
+        self.pos += n
+        return n
+
+    async def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            if not self.writable:
+                await self.refresh()
+            size = max(0, self.length - self.pos)
+        data = await self.pread(size, self.pos)
+        self.pos += len(data)
+        return data
+
+    async def pwrite(self, data: Any, offset: int) -> int:
+        self._check(write=True)
+        view = memoryview(data).cast("B")
+        if view.nbytes:
+            assert self.inode.layout is not None
+            await self._client.storage.write(
+                self.inode.inode, self.inode.layout, offset, view
+            )
+            self._written_end = max(self._written_end, offset + view.nbytes)
+        return view.nbytes
+
+    async def write(self, data: Any) -> int:
+        if self.flags & os.O_APPEND:
+            self.pos = self.length
+        n = await self.pwrite(data, self.pos)
+        self.pos += n
+        return n
+
+    async def fsync(self) -> None:
+        """Make the length of what was written durable in meta (data already is:
+        a write returns once every replica has it)."""
+        self._check(write=True)
+        req = SyncReq(inode=self.inode.inode, length=self._written_end)
+        self.inode = await self._client.meta.call("Sync", req, Inode)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.session_id:
+            req = CloseReq(
+                inode=self.inode.inode,
+                session_id=self.session_id,
+                length=self._written_end,
+            )
+            self.inode = await self._client.meta.call("Close", req, Inode)

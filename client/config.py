@@ -1,0 +1,47 @@
+"""Client configuration, and reading the cluster file `py3fs cluster up` writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from py3fs import config, errors
+
+CLUSTER_ENV = "PY3FS_CLUSTER"
+DEFAULT_CLUSTER_FILE = os.path.join(".py3fs", "cluster.toml")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    mgmt: list[str] = field(default_factory=list)
+    # No user authentication yet: clients act as this uid/gid (0 = superuser).
+    uid: int = 0
+    gid: int = 0
+    max_inflight: int = 32
+    retry_timeout: float = 60.0
+    call_timeout: float = 30.0
+    routing_max_age: float = 5.0
+
+
+def cluster_file(path: str | None = None) -> str:
+    """The cluster file: `path`, else $PY3FS_CLUSTER, else ./.py3fs/cluster.toml."""
+    return path or os.environ.get(CLUSTER_ENV) or DEFAULT_CLUSTER_FILE
+
+
+def load_client_config(path: str | None = None, **overrides: object) -> ClientConfig:
+    """Read the [client] section of a cluster file (see `cluster_file`)."""
+    path = cluster_file(path)
+    if not os.path.exists(path):
+        raise errors.InvalidArgument(
+            f"no cluster file at {path}; start one with `py3fs cluster up` "
+            f"or point --cluster / ${CLUSTER_ENV} at one"
+        )
+    cfg = config.load(ClientConfig, "client", path, overrides)
+    if not cfg.mgmt:
+        raise errors.InvalidArgument(f"cluster file {path} names no mgmt address")
+    return cfg
+
+
+def replace(cfg: ClientConfig, **changes: object) -> ClientConfig:
+    return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]

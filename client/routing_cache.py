@@ -1,0 +1,37 @@
+"""The client's cached copy of mgmtd's routing info, refreshed on demand.
+
+Concurrent refreshes are coalesced: callers that find a refresh under way wait for
+it instead of asking mgmtd again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from py3fs.mgmt_client import MgmtClient
+from py3fs.routing import RoutingView
+
+
+class RoutingCache:
+    def __init__(self, mgmt: MgmtClient, max_age: float = 5.0) -> None:
+        self._mgmt = mgmt
+        self._view: RoutingView | None = None
+        self._fetched = 0.0
+        self._max_age = max_age
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> RoutingView:
+        view = self._view
+        if view is None or time.monotonic() - self._fetched > self._max_age:
+            return await self.refresh(view)
+        return view
+
+    async def refresh(self, stale: RoutingView | None = None) -> RoutingView:
+        """Fetch routing unless another task already replaced `stale`."""
+        async with self._lock:
+            if self._view is not None and self._view is not stale:
+                return self._view
+            self._view = await self._mgmt.routing()
+            self._fetched = time.monotonic()
+            return self._view

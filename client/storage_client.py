@@ -1,0 +1,217 @@
+"""Chunk I/O against storage chains: striped, parallel, retried.
+
+Writes go to the chain head (CRAQ) and are retried with the same request id, so a
+retry after a lost reply is not applied twice. Reads go to any serving replica,
+spread round-robin; a dirty replica sends the read to the tail, a corrupt one to
+another replica, and a chunk that does not exist reads as zeros (a hole).
+Received data lands straight in the caller's buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+from client.routing_cache import RoutingCache
+from client.striping import Piece, pieces
+from py3fs import errors, ids, wire
+from py3fs.dataplane import DataClient
+from py3fs.proto.messages import Layout
+from py3fs.routing import RoutingView
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StorageClient:
+    def __init__(
+        self,
+        routing: RoutingCache,
+        client_id: str,
+        *,
+        max_inflight: int = 32,
+        retry_timeout: float = 60.0,
+        call_timeout: float = 60.0,
+    ) -> None:
+        self._routing = routing
+        self._client_id = client_id
+        self._data = DataClient(max_idle_per_peer=max_inflight)
+        self._sem = asyncio.Semaphore(max_inflight)
+        self._ids = itertools.count(1)
+        self._rr = itertools.count()
+        self._retry_timeout = retry_timeout
+        self._call_timeout = call_timeout
+
+    async def _retrying(
+        self, what: str, attempt: Callable[[RoutingView, int], Awaitable[T]]
+    ) -> T:
+        """Run `attempt(routing, try_number)` until it succeeds or fails for good.
+        Retryable errors refresh routing and back off."""
+        deadline = time.monotonic() + self._retry_timeout
+        delay = 0.01
+        view = await self._routing.get()
+        for n in itertools.count():
+            try:
+                return await attempt(view, n)
+            except errors.Py3fsError as exc:
+                if not exc.retryable or time.monotonic() > deadline:
+                    raise
+                logger.debug("%s: retrying after %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            view = await self._routing.refresh(view)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(
+        self, inode: int, layout: Layout, offset: int, data: memoryview
+    ) -> None:
+        """Write `data` at `offset` of the file; returns when every replica has it."""
+        await _gather(
+            self._write_piece(
+                inode, layout, p, data[p.buf_offset : p.buf_offset + p.length]
+            )
+            for p in pieces(layout, offset, data.nbytes)
+        )
+
+    async def _write_piece(
+        self, inode: int, layout: Layout, p: Piece, data: memoryview
+    ) -> None:
+        request_id = next(self._ids)
+        crc = wire.crc32c(data)
+        cid = ids.chunk_id(inode, p.index)
+
+        async def attempt(view: RoutingView, _n: int) -> None:
+            chain = view.chain(p.chain_id)
+            head = view.head(p.chain_id)
+            req = wire.WriteReq(
+                chain_id=p.chain_id,
+                chain_ver=chain.version,
+                target_id=head,
+                chunk_id=cid,
+                offset=p.chunk_offset,
+                chunk_size=layout.chunk_size,
+                data_crc=crc,
+                client_id=self._client_id,
+                request_id=request_id,
+            )
+            await self._data.call(
+                view.target_address(head),
+                wire.MsgType.WRITE,
+                req,
+                [data],
+                timeout=self._call_timeout,
+            )
+
+        async with self._sem:
+            await self._retrying(f"write chunk {p.index} of {inode}", attempt)
+
+    # ------------------------------------------------------------------- reads
+
+    async def read(
+        self, inode: int, layout: Layout, offset: int, dest: memoryview
+    ) -> None:
+        """Fill `dest` with the file's bytes from `offset` (the caller clamps to the
+        file length; holes and short chunks read as zeros)."""
+        await _gather(
+            self._read_piece(
+                inode, layout, p, dest[p.buf_offset : p.buf_offset + p.length]
+            )
+            for p in pieces(layout, offset, dest.nbytes)
+        )
+
+    async def _read_piece(
+        self, inode: int, layout: Layout, p: Piece, dest: memoryview
+    ) -> None:
+        cid = ids.chunk_id(inode, p.index)
+        avoid: set[int] = set()
+        tail_only = False
+        start = next(self._rr)
+
+        def sink(frame: wire.Frame) -> Sequence[memoryview]:
+            body = frame.body
+            assert isinstance(body, wire.ReadReply)
+            got = body.results[0].length if body.results else 0
+            if got > dest.nbytes or got != frame.payload_len:
+                raise errors.BadFrame(
+                    f"read reply carries {frame.payload_len} bytes for {got} asked"
+                )
+            return [dest[:got]]
+
+        async def attempt(view: RoutingView, _n: int) -> None:
+            nonlocal tail_only
+            chain = view.chain(p.chain_id)
+            targets = view.serving_targets(p.chain_id)
+            if not targets:
+                raise errors.TargetNotServing(
+                    f"chain {p.chain_id} has no serving target"
+                )
+            choices = [t for t in targets if t not in avoid] or targets
+            target = choices[-1] if tail_only else choices[start % len(choices)]
+            io = wire.ReadIO(
+                target_id=target,
+                chunk_id=cid,
+                offset=p.chunk_offset,
+                length=p.length,
+                chain_id=p.chain_id,
+                chain_ver=chain.version,
+            )
+            body, _ = await self._data.call(
+                view.target_address(target),
+                wire.MsgType.READ,
+                wire.ReadReq([io]),
+                sink=sink,
+                timeout=self._call_timeout,
+            )
+            assert isinstance(body, wire.ReadReply)
+            if len(body.results) != 1:
+                raise errors.BadFrame(f"{len(body.results)} results for one read")
+            result = body.results[0]
+            if result.code == 0:
+                dest[result.length :] = bytes(dest.nbytes - result.length)
+                return
+            exc = errors.error_from_code(result.code, result.message)
+            if isinstance(exc, errors.ChunkNotFound):
+                dest[:] = bytes(dest.nbytes)
+                return
+            if isinstance(exc, errors.ChunkNotCommitted):
+                tail_only = True
+            elif isinstance(exc, errors.ChecksumMismatch):
+                avoid.add(target)
+            raise exc
+
+        async with self._sem:
+            await self._retrying(f"read chunk {p.index} of {inode}", attempt)
+
+    # ---------------------------------------------------------------- admin
+
+    async def call(
+        self, address: str, mtype: wire.MsgType, body: wire.Body
+    ) -> tuple[wire.Body, bytearray | None]:
+        """One raw data-plane request (tools and tests: LIST_CHUNKS, TARGET_STATS)."""
+        return await self._data.call(address, mtype, body, timeout=self._call_timeout)
+
+    async def aclose(self) -> None:
+        await self._data.aclose()
+
+
+async def _gather(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run all concurrently; on a failure cancel the rest and raise the first error
+    itself (not an ExceptionGroup), as callers expect one py3fs error."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,25 @@
+"""Meta service configuration: node identity first, then tunables with defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    # identity and wiring
+    node_id: int = 0
+    kv: str = ""
+    mgmt: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 0
+    # tunables
+    chunk_size: int = 4 * 1024 * 1024
+    heartbeat_interval: float = 1.0
+    gc_interval: float = 1.0
+    gc_batch: int = 64
+    # a claimed GC entry comes due again after this long unless its removal finishes,
+    # so a meta killed mid-removal leaves the work to another
+    gc_retry_interval: float = 30.0
+    idempotency_ttl: float = 600.0
+    id_batch: int = 1000

@@ -1,0 +1,122 @@
+"""Path resolution, name validation, permission checks, and stat.
+
+Paths are absolute. Resolution walks dentries from the root, needs search (x)
+permission on every directory it passes, follows symlinks in intermediate
+components (and in the last one when asked), and gives up after MAX_SYMLINKS
+expansions with TooManySymlinks (ELOOP, an InvalidArgument).
+"""
+
+from __future__ import annotations
+
+from py3fs import errors, ids
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import Inode, InodeReq, InodeType, MetaReq, PathReq
+
+from meta_service import dentries, inodes
+
+MAX_SYMLINKS = 40
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+R, W, X = 4, 2, 1
+
+
+def split_path(path: str) -> list[str]:
+    """Components of an absolute path ('' and '.' dropped; '..' kept)."""
+    if not path.startswith("/"):
+        raise errors.InvalidArgument(f"path must be absolute: {path!r}")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        raise errors.NameTooLong(f"path longer than {MAX_PATH_BYTES} bytes")
+    if "\0" in path:
+        raise errors.InvalidArgument("path contains NUL")
+    return [c for c in path.split("/") if c not in ("", ".")]
+
+
+def validate_name(name: str) -> None:
+    """A name a new entry may have: EINVAL for ''/'.'/'..'/'/'/NUL, ENAMETOOLONG
+    beyond 255 bytes of UTF-8."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise errors.InvalidArgument(f"invalid name {name!r}")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise errors.NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+
+
+def check_access(node: Inode, who: MetaReq, want: int) -> None:
+    """PermissionDenied unless `who` has all `want` bits (R/W/X) on `node`;
+    uid 0 bypasses the check."""
+    if who.uid == 0:
+        return
+    if who.uid == node.uid:
+        bits = node.mode >> 6
+    elif who.gid == node.gid:
+        bits = node.mode >> 3
+    else:
+        bits = node.mode
+    if (bits & 7) & want != want:
+        raise errors.PermissionDenied(f"permission denied on inode {node.inode}")
+
+
+def is_owner(node: Inode, who: MetaReq) -> bool:
+    return who.uid == 0 or who.uid == node.uid
+
+
+def root(tr: Transaction) -> Inode:
+    return inodes.get(tr, ids.ROOT_INODE)
+
+
+def walk(
+    tr: Transaction, start: Inode, comps: list[str], who: MetaReq, follow_last: bool
+) -> Inode:
+    """The inode `comps` lead to from directory `start`. Raises NotFound,
+    NotADirectory, PermissionDenied, TooManySymlinks."""
+    cur = start
+    stack = list(reversed(comps))
+    hops = 0
+    while stack:
+        name = stack.pop()
+        if name in ("", "."):
+            continue
+        if cur.type != InodeType.DIRECTORY:
+            raise errors.NotADirectory(f"not a directory: inode {cur.inode}")
+        check_access(cur, who, X)
+        if name == "..":
+            cur = inodes.get(tr, cur.parent or ids.ROOT_INODE)
+            continue
+        ent = dentries.get(tr, cur.inode, name)
+        if ent is None:
+            raise errors.NotFound(f"no such file or directory: {name!r}")
+        child = inodes.get(tr, ent.inode)
+        if child.type == InodeType.SYMLINK and (stack or follow_last):
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise errors.TooManySymlinks("too many levels of symbolic links")
+            if child.target.startswith("/"):
+                cur = root(tr)
+            stack.extend(reversed(child.target.split("/")))
+            continue
+        cur = child
+    return cur
+
+
+def resolve(tr: Transaction, path: str, who: MetaReq, follow: bool = True) -> Inode:
+    return walk(tr, root(tr), split_path(path), who, follow)
+
+
+def resolve_parent(tr: Transaction, path: str, who: MetaReq) -> tuple[Inode, str]:
+    """The directory that holds the last component of `path`, and that name
+    (not validated: callers that create entries call validate_name). The root
+    itself has no parent entry: InvalidArgument."""
+    comps = split_path(path)
+    if not comps:
+        raise errors.InvalidArgument("the root has no parent entry")
+    parent = walk(tr, root(tr), comps[:-1], who, follow_last=True)
+    if parent.type != InodeType.DIRECTORY:
+        raise errors.NotADirectory(f"not a directory: {path!r}")
+    return parent, comps[-1]
+
+
+def stat(tr: Transaction, req: PathReq) -> Inode:
+    return resolve(tr, req.path, req, req.follow)
+
+
+def stat_inode(tr: Transaction, req: InodeReq) -> Inode:
+    return inodes.get(tr, req.inode)

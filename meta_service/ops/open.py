@@ -1,0 +1,160 @@
+"""open/create (layout assignment, write sessions, O_TRUNC), close and sync."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import msgspec
+
+from py3fs import errors
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import (
+    CloseReq,
+    Inode,
+    InodeType,
+    Layout,
+    OpenReply,
+    OpenReq,
+    SyncReq,
+)
+
+from meta_service import dentries, gc, inodes, sessions
+from meta_service.ops import lookup
+from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import R, W, X
+
+TABLE_ID = 1
+
+
+def make_layout(ctx: OpContext, chunk_size: int, stripe: int) -> Layout:
+    """`stripe` chains (0: all) of the chain table, starting at a random offset so
+    files spread over the chains. Raises NoChainTable (retryable) before mgmtd
+    has a table."""
+    view = ctx.routing()
+    if view is None:
+        raise errors.NoChainTable("no routing information from mgmtd yet")
+    table = view.table(TABLE_ID)
+    if not table.chains:
+        raise errors.NoChainTable(f"chain table {TABLE_ID} has no chains")
+    if chunk_size < 0 or stripe < 0:
+        raise errors.InvalidArgument("chunk size and stripe must not be negative")
+    n = len(table.chains)
+    off = ctx.rng.randrange(n)
+    rotated = table.chains[off:] + table.chains[:off]
+    count = stripe if 0 < stripe <= n else n
+    return Layout(
+        chunk_size=chunk_size or ctx.chunk_size,
+        table_id=table.table_id,
+        table_version=table.version,
+        chains=rotated[:count],
+    )
+
+
+def _create(
+    tr: Transaction, ctx: OpContext, req: OpenReq, parent: Inode, name: str, new_id: int
+) -> Inode:
+    lookup.validate_name(name)
+    lookup.check_access(parent, req, W | X)
+    layout = make_layout(ctx, req.chunk_size, req.stripe)
+    now = ctx.clock()
+    node = Inode(
+        inode=new_id,
+        type=InodeType.FILE,
+        mode=req.mode & 0o7777,
+        uid=req.uid,
+        gid=req.gid,
+        nlink=1,
+        atime=now,
+        mtime=now,
+        ctime=now,
+        layout=layout,
+    )
+    inodes.store(tr, node)
+    dentries.put(tr, parent.inode, name, new_id, InodeType.FILE)
+    inodes.count(tr, InodeType.FILE, +1)
+    return node
+
+
+def is_write(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR) or bool(
+        flags & os.O_TRUNC
+    )
+
+
+def open_file(
+    tr: Transaction, ctx: OpContext, req: OpenReq, new_id: Callable[[], int]
+) -> OpenReply:
+    """Open (or with O_CREAT create) `req.path`. A write open returns a session id
+    that `close` ends. Raises NotFound, AlreadyExists (O_CREAT|O_EXCL),
+    IsADirectory (write open of a directory), PermissionDenied, NoChainTable."""
+    write = is_write(req.flags)
+    created = False
+    if req.flags & os.O_CREAT:
+        parent, name = lookup.resolve_parent(tr, req.path, req)
+        if name == "..":
+            raise errors.IsADirectory(f"{req.path!r} is a directory")
+        lookup.check_access(parent, req, X)
+        ent = dentries.get(tr, parent.inode, name)
+        if ent is None:
+            node = _create(tr, ctx, req, parent, name, new_id())
+            created = True
+        elif req.flags & os.O_EXCL:
+            raise errors.AlreadyExists(f"{req.path!r} exists")
+        else:
+            node = lookup.walk(tr, parent, [name], req, follow_last=True)
+    else:
+        node = lookup.resolve(tr, req.path, req)
+    if node.type == InodeType.DIRECTORY:
+        if write:
+            raise errors.IsADirectory(f"{req.path!r} is a directory")
+        lookup.check_access(node, req, R)
+        return OpenReply(inode=node)
+    if not created:
+        acc = req.flags & os.O_ACCMODE
+        want = (R if acc in (os.O_RDONLY, os.O_RDWR) else 0) | (W if write else 0)
+        lookup.check_access(node, req, want)
+        if req.flags & os.O_TRUNC and node.length:
+            # Chunks past the new length stay on storage until the file is removed;
+            # reads are bounded by the length, and a later write rewrites them.
+            now = ctx.clock()
+            node = msgspec.structs.replace(node, length=0, mtime=now, ctime=now)
+            inodes.store(tr, node)
+    if not write:
+        return OpenReply(inode=node)
+    session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock())
+    return OpenReply(inode=node, session_id=session_id)
+
+
+def _update_length(
+    tr: Transaction, ctx: OpContext, node: Inode, length: int
+) -> Inode:
+    if length < 0:
+        return node
+    now = ctx.clock()
+    node = msgspec.structs.replace(
+        node, length=max(node.length, length), mtime=now, ctime=now
+    )
+    inodes.store(tr, node)
+    return node
+
+
+def close(tr: Transaction, ctx: OpContext, req: CloseReq) -> Inode:
+    """End a write session, adopting the reported length if it is larger. When
+    the file was unlinked and this was its last session, queue it for GC. A
+    session that is already gone (a retried close) is not an error."""
+    node = inodes.get(tr, req.inode)
+    node = _update_length(tr, ctx, node, req.length)
+    if (
+        req.session_id
+        and sessions.remove(tr, node.inode, req.session_id)
+        and node.nlink == 0
+        and not sessions.any_open(tr, node.inode)
+    ):
+        gc.enqueue(tr, node.inode, int(ctx.clock() * 1000))
+    return node
+
+
+def sync(tr: Transaction, ctx: OpContext, req: SyncReq) -> Inode:
+    """Adopt the reported length (if larger) without ending the session."""
+    return _update_length(tr, ctx, inodes.get(tr, req.inode), req.length)

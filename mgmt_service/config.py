@@ -1,0 +1,16 @@
+"""mgmtd configuration (section `[mgmt]`, env `PY3FS_MGMT_*`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MgmtConfig:
+    kv_url: str = ""  # where the routing state is persisted, e.g. sqlite:///x/kv.db
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port, announced through the ready file
+    # A node silent for this long is marked down and its targets offline.
+    heartbeat_timeout: float = 10.0
+    # How often silent nodes are looked for; 0: a quarter of heartbeat_timeout.
+    expire_interval: float = 0.0

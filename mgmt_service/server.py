@@ -1,0 +1,185 @@
+"""mgmtd's RPC surface: the gRPC server, persistence of the routing state, and the
+task that expires silent nodes. The decisions themselves live in `state.py`.
+
+Every request that changes the routing version is persisted to the KV store (the
+whole `RoutingInfo`, msgpack, at `keys.mgmt_key("routing")`) before it is
+answered, so a reply that shows a chain table means the table survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import grpc.aio
+import msgspec
+
+from mgmt_service.config import MgmtConfig
+from mgmt_service.state import MgmtState
+from py3fs import errors
+from py3fs.kv import keys
+from py3fs.kv.base import Database, Transaction
+from py3fs.kv.registry import open_database
+from py3fs.proto import mgmt_pb2_grpc
+from py3fs.proto.messages import (
+    MGMT_RPCS,
+    CreateChainTableReq,
+    GetRoutingReq,
+    HeartbeatReply,
+    HeartbeatReq,
+    RegisterNodeReq,
+    RoutingInfo,
+)
+from py3fs.rpc import make_servicer, start_server
+
+logger = logging.getLogger(__name__)
+
+ROUTING_KEY = keys.mgmt_key("routing")
+_decoder = msgspec.msgpack.Decoder(RoutingInfo)
+
+
+async def load_routing(db: Database) -> RoutingInfo | None:
+    """The persisted routing state, or None on a fresh cluster."""
+
+    def read(tr: Transaction) -> bytes | None:
+        return tr.get(ROUTING_KEY)
+
+    raw = await db.arun(read, read_only=True)
+    return None if raw is None else _decoder.decode(raw)
+
+
+class MgmtServer:
+    """One mgmtd: `async with MgmtServer(cfg) as srv:` serves on `srv.address`.
+
+    Leaving the context stops the expiry task, the gRPC server and closes the KV
+    database, even when one of those steps fails.
+    """
+
+    def __init__(
+        self, cfg: MgmtConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not cfg.kv_url:
+            raise errors.InvalidArgument("mgmtd needs a KV store (--kv URL)")
+        if cfg.heartbeat_timeout <= 0:
+            raise errors.InvalidArgument("heartbeat_timeout must be positive")
+        self.cfg = cfg
+        self.address = ""
+        self._clock = clock
+        self._db: Database | None = None
+        self._state: MgmtState | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stack = contextlib.AsyncExitStack()
+        # Serializes persists so an older snapshot never overwrites a newer one.
+        self._persist_lock = asyncio.Lock()
+        self._persisted_version = -1
+
+    @property
+    def state(self) -> MgmtState:
+        assert self._state is not None, "server not started"
+        return self._state
+
+    async def __aenter__(self) -> MgmtServer:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        self._db = await asyncio.to_thread(open_database, self.cfg.kv_url)
+        self._stack.callback(self._db.close)
+        initial = await load_routing(self._db)
+        if initial is not None:
+            logger.info(
+                "loaded routing version %d: %d nodes, %d chains, %d tables",
+                initial.version,
+                len(initial.nodes),
+                len(initial.chains),
+                len(initial.tables),
+            )
+            self._persisted_version = initial.version
+        self._state = MgmtState(
+            self.cfg.heartbeat_timeout, clock=self._clock, initial=initial
+        )
+        servicer = make_servicer(mgmt_pb2_grpc.MgmtServicer, MGMT_RPCS, self)
+        self._server, self.address = await start_server(
+            mgmt_pb2_grpc.add_MgmtServicer_to_server,
+            servicer,
+            self.cfg.host,
+            self.cfg.port,
+        )
+        self._stack.push_async_callback(self._stop_grpc)
+        tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        expiry = tasks.create_task(self._expire_loop())
+        # Registered after the TaskGroup, so it runs first on close and the group's
+        # exit only has to await the cancelled task.
+        self._stack.callback(expiry.cancel)
+
+    async def _stop_grpc(self) -> None:
+        assert self._server is not None
+        await self._server.stop(grace=1.0)
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    # ------------------------------------------------------------------ RPCs
+
+    async def register_node(self, req: RegisterNodeReq) -> RoutingInfo:
+        self.state.register(req)
+        await self._persist()
+        return self.state.routing()
+
+    async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
+        version = self.state.heartbeat(req)
+        await self._persist()
+        return HeartbeatReply(routing_version=version)
+
+    async def get_routing(self, req: GetRoutingReq) -> RoutingInfo:
+        return self.state.routing()
+
+    async def create_chain_table(self, req: CreateChainTableReq) -> RoutingInfo:
+        self.state.create_chain_table(req.replicas, req.table_id)
+        await self._persist()
+        return self.state.routing()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _persist(self) -> None:
+        """Write the current routing state if its version is not stored yet."""
+        async with self._persist_lock:
+            info = self.state.routing()
+            if info.version <= self._persisted_version:
+                return
+            raw = msgspec.msgpack.encode(info)
+
+            def write(tr: Transaction) -> None:
+                tr.set(ROUTING_KEY, raw)
+
+            assert self._db is not None
+            await self._db.arun(write)
+            self._persisted_version = info.version
+
+    async def _expire_loop(self) -> None:
+        interval = self.cfg.expire_interval or self.cfg.heartbeat_timeout / 4
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.state.expire():
+                    await self._persist()
+            except errors.Py3fsError as exc:
+                # The KV store may be briefly unavailable; the next round (or the
+                # next change) persists the state again.
+                logger.warning("persisting routing state failed: %s", exc)

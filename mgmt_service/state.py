@@ -1,0 +1,260 @@
+"""mgmtd's cluster state: nodes, targets, chains, chain tables, and liveness.
+
+`MgmtState` is plain synchronous logic over an in-memory `RoutingInfo`; the server
+persists `routing()` whenever `version` moves. The routing version is bumped on
+every structural change (membership, node up/down, target states, chains, tables)
+and never on mere stat updates, so routing caches can compare versions cheaply.
+
+Liveness uses the injected monotonic `clock` (a wall-clock jump must not expire
+the cluster); `last_heartbeat` in `NodeInfo` is wall time, for display only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from chain_replication.placement import make_chains
+from py3fs import errors
+from py3fs.proto.messages import (
+    ChainInfo,
+    ChainTable,
+    HeartbeatReq,
+    NodeInfo,
+    RegisterNodeReq,
+    RoutingInfo,
+    TargetInfo,
+    TargetReport,
+    TargetState,
+)
+
+logger = logging.getLogger(__name__)
+_replace = msgspec.structs.replace
+
+STORAGE = "storage"
+
+
+class MgmtState:
+    """The routing state of one mgmtd. Not thread-safe: call it from one loop."""
+
+    def __init__(
+        self,
+        heartbeat_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        initial: RoutingInfo | None = None,
+    ) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self._clock = clock
+        self._wall = wall_clock
+        initial = initial or RoutingInfo()
+        self.version = initial.version
+        self._nodes = {n.node_id: n for n in initial.nodes}
+        self._targets = {t.target_id: t for t in initial.targets}
+        self._chains = {c.chain_id: c for c in initial.chains}
+        self._tables = {t.table_id: t for t in initial.tables}
+        # Restored nodes get a full timeout from our start before they expire:
+        # their heartbeats went to the previous mgmtd.
+        now = clock()
+        self._last_seen = {node_id: now for node_id in self._nodes}
+
+    # ------------------------------------------------------------------ queries
+
+    def routing(self) -> RoutingInfo:
+        """Everything, stats included, sorted by id."""
+        return RoutingInfo(
+            version=self.version,
+            nodes=[self._nodes[k] for k in sorted(self._nodes)],
+            targets=[self._targets[k] for k in sorted(self._targets)],
+            chains=[self._chains[k] for k in sorted(self._chains)],
+            tables=[self._tables[k] for k in sorted(self._tables)],
+        )
+
+    # ------------------------------------------------------------------ updates
+
+    def register(self, req: RegisterNodeReq) -> RoutingInfo:
+        """Add or update a node and (for storage) its targets; a node that was down
+        comes back up with its offline targets serving again."""
+        self._check_node(req.node_id, req.role)
+        changed = self._touch_node(req.node_id, req.role, req.address, req.pid)
+        for target_id in req.targets:
+            changed |= self._ensure_target(target_id, req.node_id)
+        if changed:
+            self._bump()
+        return self.routing()
+
+    def heartbeat(self, req: HeartbeatReq) -> int:
+        """Record liveness and target stats; returns the routing version. An unknown
+        node is registered, so a restarted mgmtd keeps working with live nodes."""
+        self._check_node(req.node_id, req.role)
+        changed = self._touch_node(req.node_id, req.role, req.address, req.pid)
+        for report in req.targets:
+            changed |= self._ensure_target(report.target_id, req.node_id)
+            self._record_stats(report)
+        if changed:
+            self._bump()
+        return self.version
+
+    def expire(self, now: float | None = None) -> list[int]:
+        """Mark nodes silent for longer than the heartbeat timeout down and their
+        targets offline; returns the ids of the nodes marked down."""
+        now = self._clock() if now is None else now
+        expired = [
+            node_id
+            for node_id, node in self._nodes.items()
+            if node.up and now - self._last_seen[node_id] > self.heartbeat_timeout
+        ]
+        for node_id in expired:
+            logger.info(
+                "node %d (%s) missed heartbeats for %.1fs: marking it down",
+                node_id,
+                self._nodes[node_id].role,
+                now - self._last_seen[node_id],
+            )
+            self._nodes[node_id] = _replace(self._nodes[node_id], up=False)
+            for target in list(self._targets.values()):
+                if target.node_id == node_id and target.state != TargetState.OFFLINE:
+                    self._set_target_state(target.target_id, TargetState.OFFLINE)
+        if expired:
+            self._bump()
+        return expired
+
+    def create_chain_table(self, replicas: int, table_id: int = 1) -> RoutingInfo:
+        """Create chain table `table_id` with chains of `replicas` targets on
+        distinct nodes, from serving storage targets in no chain yet (or, when none
+        are left, from the existing chains of that length). Idempotent: an existing
+        table is returned unchanged. Raises InvalidArgument when no chain can be
+        formed."""
+        if table_id < 1:
+            raise errors.InvalidArgument(f"table id must be >= 1, got {table_id}")
+        if table_id in self._tables:
+            return self.routing()
+        if replicas < 1:
+            raise errors.InvalidArgument(f"replicas must be >= 1, got {replicas}")
+        in_chains = {t for c in self._chains.values() for t in c.targets}
+        free: dict[int, list[int]] = {}
+        for target in self._targets.values():
+            node = self._nodes.get(target.node_id)
+            if (
+                target.target_id not in in_chains
+                and target.state == TargetState.SERVING
+                and node is not None
+                and node.up
+                and node.role == STORAGE
+            ):
+                free.setdefault(target.node_id, []).append(target.target_id)
+        chain_ids: list[int]
+        if len(free) >= replicas:
+            next_id = max(self._chains, default=0) + 1
+            chain_ids = []
+            for i, targets in enumerate(make_chains(free, replicas)):
+                chain = ChainInfo(chain_id=next_id + i, version=1, targets=targets)
+                self._chains[chain.chain_id] = chain
+                chain_ids.append(chain.chain_id)
+        else:
+            # Tables may share chains (3FS does): a second table over a cluster
+            # whose targets are all placed reuses the chains of the right length.
+            chain_ids = sorted(
+                c.chain_id for c in self._chains.values() if len(c.targets) == replicas
+            )
+        if not chain_ids:
+            raise errors.InvalidArgument(
+                f"cannot build chains of {replicas} replicas: free serving targets "
+                f"on {len(free)} storage nodes"
+            )
+        self._tables[table_id] = ChainTable(
+            table_id=table_id, version=1, chains=chain_ids
+        )
+        logger.info(
+            "created chain table %d: %d chains of %d replicas",
+            table_id,
+            len(chain_ids),
+            replicas,
+        )
+        self._bump()
+        return self.routing()
+
+    # ------------------------------------------------------------------ internals
+
+    def _bump(self) -> None:
+        self.version += 1
+        logger.debug("routing version %d", self.version)
+
+    @staticmethod
+    def _check_node(node_id: int, role: str) -> None:
+        if node_id < 1:
+            raise errors.InvalidArgument(f"node id must be >= 1, got {node_id}")
+        if not role:
+            raise errors.InvalidArgument(f"node {node_id} did not say its role")
+
+    def _touch_node(self, node_id: int, role: str, address: str, pid: int) -> bool:
+        """Mark the node alive now; True if anything but its heartbeat time changed."""
+        self._last_seen[node_id] = self._clock()
+        old = self._nodes.get(node_id)
+        new = NodeInfo(
+            node_id=node_id,
+            role=role,
+            address=address,
+            up=True,
+            last_heartbeat=self._wall(),
+            pid=pid,
+        )
+        self._nodes[node_id] = new
+        if old is None:
+            logger.info("node %d (%s) registered at %s", node_id, role, address)
+            return True
+        if old.up:
+            return _replace(old, last_heartbeat=new.last_heartbeat) != new
+        logger.info("node %d (%s) is back at %s", node_id, role, address)
+        # Resync is not implemented yet: a returning target serves again at once.
+        for target in list(self._targets.values()):
+            if target.node_id == node_id and target.state == TargetState.OFFLINE:
+                self._set_target_state(target.target_id, TargetState.SERVING)
+        return True
+
+    def _ensure_target(self, target_id: int, node_id: int) -> bool:
+        old = self._targets.get(target_id)
+        if old is None:
+            self._targets[target_id] = TargetInfo(target_id=target_id, node_id=node_id)
+            return True
+        if old.node_id != node_id:
+            logger.warning(
+                "target %d moved from node %d to node %d",
+                target_id,
+                old.node_id,
+                node_id,
+            )
+            self._targets[target_id] = _replace(old, node_id=node_id)
+            return True
+        return False
+
+    def _record_stats(self, report: TargetReport) -> None:
+        self._targets[report.target_id] = _replace(
+            self._targets[report.target_id],
+            used_bytes=report.used_bytes,
+            free_bytes=report.free_bytes,
+            total_bytes=report.total_bytes,
+            chunk_count=report.chunk_count,
+        )
+
+    def _set_target_state(self, target_id: int, state: str) -> None:
+        """Change a target's public state and bump its chain's version; a target
+        going offline moves to the end of its chain, as in 3FS, so the remaining
+        replicas keep their order and the head stays first."""
+        self._targets[target_id] = _replace(self._targets[target_id], state=state)
+        logger.info("target %d is now %s", target_id, state)
+        for chain in list(self._chains.values()):
+            if target_id not in chain.targets:
+                continue
+            targets = chain.targets
+            if state == TargetState.OFFLINE:
+                targets = [t for t in targets if t != target_id] + [target_id]
+            self._chains[chain.chain_id] = _replace(
+                chain, version=chain.version + 1, targets=targets
+            )
+            logger.info(
+                "chain %d version %d: %s", chain.chain_id, chain.version + 1, targets
+            )

@@ -1,0 +1,3 @@
+from py3fs.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The storage service: chunk store per target, CRAQ write path, reads, data server."""

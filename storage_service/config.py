@@ -1,0 +1,25 @@
+"""Storage service configuration (`[storage]` in the TOML file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    # Identity: which node this is, where its data lives, whom it reports to.
+    node_id: int = 0
+    data_dir: str = ""
+    mgmt: list[str] = field(default_factory=list)
+    # Tunables.
+    targets: int = 4
+    host: str = "127.0.0.1"
+    port: int = 0
+    fsync: bool = True
+    heartbeat_interval: float = 1.0
+    # How long startup keeps retrying registration while mgmtd is not up yet.
+    register_timeout: float = 60.0
+    # A forward must cover the whole rest of the chain writing a 64 MiB chunk.
+    forward_timeout: float = 30.0
+    # Replies remembered per node to answer retried writes without reapplying them.
+    dedup_entries: int = 65536
