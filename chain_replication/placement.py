@@ -3,7 +3,9 @@
 Every chain holds `replicas` targets on distinct nodes and every target belongs to
 at most one chain (a CRAQ target is one replica of one chain). Positions are
 balanced across nodes, heads above all, because the head serializes every write
-of its chain: piling heads on one node would make it the write bottleneck.
+of its chain: piling heads on one node would make it the write bottleneck. Each
+chain picks the rotation of its nodes that least loads the head, then the other
+positions (rotations, not all permutations, keep this linear in `replicas`).
 """
 
 from __future__ import annotations
@@ -39,12 +41,19 @@ def make_chains(
         eligible = [n for n in nodes if remaining[n]]
         if len(eligible) < replicas:
             return chains
-        chosen = sorted(eligible, key=lambda n: (-len(remaining[n]), n))[:replicas]
-        order: list[int] = []
-        for counts in position_counts:
-            node = min(
-                (n for n in chosen if n not in order), key=lambda n: (counts[n], n)
-            )
+        chosen = sorted(
+            sorted(eligible, key=lambda n: (-len(remaining[n]), n))[:replicas]
+        )
+        order = min(
+            (chosen[i:] + chosen[:i] for i in range(replicas)),
+            key=lambda rotation: (
+                position_counts[0][rotation[0]],
+                sum(
+                    counts[n]
+                    for counts, n in zip(position_counts, rotation, strict=True)
+                ),
+            ),
+        )
+        for counts, node in zip(position_counts, order, strict=True):
             counts[node] += 1
-            order.append(node)
         chains.append([remaining[n].pop() for n in order])

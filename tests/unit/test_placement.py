@@ -21,7 +21,9 @@ def node_of(targets_by_node: dict[int, list[int]]) -> dict[int, int]:
     return {t: n for n, ts in targets_by_node.items() for t in ts}
 
 
-def check(targets_by_node: dict[int, list[int]], chains: list[list[int]], r: int) -> None:
+def check(
+    targets_by_node: dict[int, list[int]], chains: list[list[int]], r: int
+) -> None:
     owner = node_of(targets_by_node)
     used = [t for chain in chains for t in chain]
     assert len(used) == len(set(used)), "a target is in two chains"

@@ -1,0 +1,84 @@
+"""symlink, readlink, and hard links."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from py3fs import errors
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import (
+    Inode,
+    InodeType,
+    LinkReq,
+    PathReq,
+    ReadlinkReply,
+    SymlinkReq,
+)
+
+from meta_service import dentries, inodes
+from meta_service.ops import lookup
+from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import MAX_PATH_BYTES, W, X
+
+MAX_LINKS = 65000
+
+
+def symlink(
+    tr: Transaction, ctx: OpContext, req: SymlinkReq, new_id: Callable[[], int]
+) -> Inode:
+    """Create symlink `path` → `target` (stored verbatim, never resolved here)."""
+    if not req.target:
+        raise errors.NotFound("empty symlink target")
+    if len(req.target.encode()) > MAX_PATH_BYTES or "\0" in req.target:
+        raise errors.NameTooLong("symlink target too long")
+    parent, name = lookup.resolve_parent(tr, req.path, req)
+    lookup.validate_name(name)
+    lookup.check_access(parent, req, W | X)
+    if dentries.get(tr, parent.inode, name) is not None:
+        raise errors.AlreadyExists(f"{req.path!r} exists")
+    now = ctx.clock()
+    node = Inode(
+        inode=new_id(),
+        type=InodeType.SYMLINK,
+        mode=0o777,
+        uid=req.uid,
+        gid=req.gid,
+        nlink=1,
+        length=len(req.target.encode()),
+        atime=now,
+        mtime=now,
+        ctime=now,
+        target=req.target,
+    )
+    inodes.store(tr, node)
+    dentries.put(tr, parent.inode, name, node.inode, InodeType.SYMLINK)
+    inodes.count(tr, InodeType.SYMLINK, +1)
+    return node
+
+
+def readlink(tr: Transaction, ctx: OpContext, req: PathReq) -> ReadlinkReply:
+    node = lookup.resolve(tr, req.path, req, follow=False)
+    if node.type != InodeType.SYMLINK:
+        raise errors.InvalidArgument(f"{req.path!r} is not a symlink")
+    return ReadlinkReply(target=node.target)
+
+
+def link(tr: Transaction, ctx: OpContext, req: LinkReq) -> Inode:
+    """Hard link `dst` to the file `src` (not followed if a symlink, as link(2)).
+    OperationNotPermitted (EPERM) for a directory; AlreadyExists, TooManyLinks."""
+    node = lookup.resolve(tr, req.src, req, follow=False)
+    if node.type == InodeType.DIRECTORY:
+        raise errors.OperationNotPermitted("hard links to directories are not allowed")
+    parent, name = lookup.resolve_parent(tr, req.dst, req)
+    lookup.validate_name(name)
+    lookup.check_access(parent, req, W | X)
+    if dentries.get(tr, parent.inode, name) is not None:
+        raise errors.AlreadyExists(f"{req.dst!r} exists")
+    if node.nlink >= MAX_LINKS:
+        raise errors.TooManyLinks(f"{req.src!r} has {node.nlink} links")
+    node = msgspec.structs.replace(node, nlink=node.nlink + 1, ctime=ctx.clock())
+    inodes.store(tr, node)
+    dentries.put(tr, parent.inode, name, node.inode, node.type)
+    return node

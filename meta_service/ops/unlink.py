@@ -1,0 +1,76 @@
+"""unlink and rmdir, and dropping one link of an inode (shared with rename)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from py3fs import errors, ids
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import Empty, Inode, InodeType, PathReq
+
+from meta_service import dentries, gc, inodes, sessions
+from meta_service.ops import lookup
+from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import W, X
+
+
+def drop_link(tr: Transaction, ctx: OpContext, node: Inode) -> None:
+    """One name of `node` (a file or symlink) went away. At nlink 0 the inode
+    leaves the namespace: a symlink is deleted, a file goes to the GC queue
+    (its chunks are removed by gc) unless write sessions keep it open, in which
+    case the last close queues it."""
+    now = ctx.clock()
+    node = msgspec.structs.replace(node, nlink=max(0, node.nlink - 1), ctime=now)
+    if node.nlink > 0:
+        inodes.store(tr, node)
+        return
+    inodes.count(tr, node.type, -1)
+    if node.type != InodeType.FILE:
+        inodes.delete(tr, node.inode)
+        return
+    inodes.store(tr, node)
+    if not sessions.any_open(tr, node.inode):
+        gc.enqueue(tr, node.inode, int(now * 1000))
+
+
+def remove_directory(tr: Transaction, node: Inode) -> None:
+    """Delete an (empty) directory inode."""
+    inodes.delete(tr, node.inode)
+    inodes.count(tr, InodeType.DIRECTORY, -1)
+
+
+def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
+    """Remove a file or symlink name. IsADirectory for a directory."""
+    parent, name = lookup.resolve_parent(tr, req.path, req)
+    if name == "..":
+        raise errors.IsADirectory(f"{req.path!r} is a directory")
+    lookup.check_access(parent, req, W | X)
+    ent = dentries.get(tr, parent.inode, name)
+    if ent is None:
+        raise errors.NotFound(f"no such file: {req.path!r}")
+    if ent.type == InodeType.DIRECTORY:
+        raise errors.IsADirectory(f"{req.path!r} is a directory")
+    dentries.remove(tr, parent.inode, name)
+    drop_link(tr, ctx, inodes.get(tr, ent.inode))
+    return Empty()
+
+
+def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
+    """Remove an empty directory. NotEmpty, NotADirectory; InvalidArgument for
+    the root and for a last component of '.'."""
+    parent, name = lookup.resolve_parent(tr, req.path, req)
+    if name == "..":
+        raise errors.NotEmpty(f"{req.path!r} is not empty")
+    lookup.check_access(parent, req, W | X)
+    ent = dentries.get(tr, parent.inode, name)
+    if ent is None:
+        raise errors.NotFound(f"no such directory: {req.path!r}")
+    if ent.type != InodeType.DIRECTORY:
+        raise errors.NotADirectory(f"{req.path!r} is not a directory")
+    if ent.inode == ids.ROOT_INODE:
+        raise errors.InvalidArgument("cannot remove the root")
+    if not dentries.is_empty(tr, ent.inode):
+        raise errors.NotEmpty(f"{req.path!r} is not empty")
+    dentries.remove(tr, parent.inode, name)
+    remove_directory(tr, inodes.get(tr, ent.inode))
+    return Empty()

@@ -1,0 +1,294 @@
+"""CRAQ writes and removes on this node's targets.
+
+The head (a request with `update_ver` 0) locks the chunk, assigns the next version,
+stages the new content while forwarding the update to its successor, and commits
+once the successor acks; every other target does the same with the version it was
+given, and the tail commits straight away. Version rules live in
+`chain_replication.craq`.
+
+If a forward fails or an ack shows the successor holding different content, the
+head cannot know what the rest of the chain committed, so it marks the chunk
+"dirty": its next update goes down the chain as a full-chunk replace under a version
+no one has used, which brings every replica back to the same content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from chain_replication import craq
+from py3fs import errors, wire
+from py3fs.routing import RoutingView
+from storage_service.chunk_store import MAX_CHUNK_SIZE, ChunkInfo, ChunkStore
+from storage_service.targets import StorageContext
+
+logger = logging.getLogger(__name__)
+
+_Key = tuple[int, bytes]  # (target id, chunk id)
+
+
+class _Diverged(Exception):
+    def __init__(self, reason: str, ack_ver: int) -> None:
+        super().__init__(reason)
+        self.ack_ver = ack_ver
+
+
+def _reply(info: ChunkInfo | None) -> wire.WriteReply:
+    if info is None:
+        return wire.WriteReply(chunk_ver=0, length=0, crc=0)
+    return wire.WriteReply(chunk_ver=info.version, length=info.length, crc=info.crc)
+
+
+def _validate(req: wire.WriteReq, n: int) -> None:
+    if not 0 < req.chunk_size <= MAX_CHUNK_SIZE:
+        raise errors.ChunkTooLarge(
+            f"chunk size {req.chunk_size} not in 1..{MAX_CHUNK_SIZE}"
+        )
+    if req.offset < 0 or req.offset + n > req.chunk_size:
+        raise errors.ChunkTooLarge(
+            f"write [{req.offset}, {req.offset + n}) outside chunk of {req.chunk_size}"
+        )
+
+
+class WritePath:
+    def __init__(self, ctx: StorageContext) -> None:
+        self.ctx = ctx
+        self._done: OrderedDict[tuple[str, int, bytes], wire.WriteReply] = (
+            OrderedDict()
+        )
+        self._last_assigned: dict[_Key, int] = {}
+        self._dirty: set[_Key] = set()
+
+    # -- writes
+
+    async def write(self, req: wire.WriteReq, payload: memoryview) -> wire.WriteReply:
+        """Apply `req` on this target and the rest of the chain. `payload` must stay
+        valid until this returns (the connection's buffer does: one request at a
+        time). Raises ChainVersionMismatch/TargetNotServing (retryable) when routing
+        disagrees, the successor's error when forwarding fails."""
+        _validate(req, payload.nbytes)
+        routing = await self.ctx.check_chain(req.chain_id, req.chain_ver)
+        store = self.ctx.store(req.target_id)
+        succ = routing.successor(req.chain_id, req.target_id)
+        is_head = req.update_ver == 0
+        if is_head and routing.head(req.chain_id) != req.target_id:
+            raise errors.TargetNotServing(
+                f"target {req.target_id} is not the head of chain {req.chain_id}"
+            )
+        dedup = (req.client_id, req.request_id, req.chunk_id)
+        use_dedup = is_head and bool(req.request_id)
+        if use_dedup and (hit := self._recall(dedup)) is not None:
+            return hit
+        async with self.ctx.locks.hold((req.target_id, req.chunk_id)):
+            if use_dedup and (hit := self._recall(dedup)) is not None:
+                return hit
+            if is_head:
+                reply = await self._head_write(store, routing, req, payload, succ)
+            else:
+                reply = await self._chain_write(store, routing, req, payload, succ)
+        if use_dedup:
+            self._remember(dedup, reply)
+        return reply
+
+    def _recall(self, key: tuple[str, int, bytes]) -> wire.WriteReply | None:
+        reply = self._done.get(key)
+        if reply is not None:
+            self._done.move_to_end(key)
+        return reply
+
+    def _remember(self, key: tuple[str, int, bytes], reply: wire.WriteReply) -> None:
+        self._done[key] = reply
+        while len(self._done) > self.ctx.cfg.dedup_entries:
+            self._done.popitem(last=False)
+
+    async def _head_write(
+        self,
+        store: ChunkStore,
+        routing: RoutingView,
+        req: wire.WriteReq,
+        payload: memoryview,
+        succ: int | None,
+    ) -> wire.WriteReply:
+        key = (req.target_id, req.chunk_id)
+        for _attempt in range(3):
+            info = store.get(req.chunk_id)
+            version = craq.head_version(
+                info.version if info else 0, self._last_assigned.get(key, 0)
+            )
+            offset, data, crc, full = req.offset, payload, req.data_crc, req.full_replace
+            if key in self._dirty and succ is not None and not full:
+                whole = await self._whole_content(store, req, payload)
+                offset, data, full = 0, memoryview(whole), True
+                crc = await asyncio.to_thread(wire.crc32c, whole)
+            # Once forwarded, a successor may commit this version whatever happens here.
+            self._last_assigned[key] = version
+            try:
+                reply = await self._apply(
+                    store, routing, req, succ, offset, data, crc, version, full
+                )
+            except _Diverged as exc:
+                logger.warning("chunk %s diverged: %s", req.chunk_id.hex(), exc)
+                self._dirty.add(key)
+                self._last_assigned[key] = max(version, exc.ack_ver)
+                continue
+            except BaseException:
+                if succ is not None:
+                    self._dirty.add(key)
+                else:
+                    self._last_assigned.pop(key, None)
+                raise
+            self._dirty.discard(key)
+            self._last_assigned.pop(key, None)
+            return reply
+        raise errors.ChunkNotCommitted(
+            f"chunk {req.chunk_id.hex()}: replicas disagree; retry"
+        )
+
+    async def _whole_content(
+        self, store: ChunkStore, req: wire.WriteReq, payload: memoryview
+    ) -> bytearray:
+        """The head's committed data with `payload` applied: a full-replace body."""
+        info = store.get(req.chunk_id)
+        old: memoryview | bytes = b""
+        if info is not None and info.length:
+            _, old = await store.read(req.chunk_id, 0, info.length, verify=True)
+        end = max(len(old), req.offset + payload.nbytes)
+        whole = bytearray(end)
+        whole[: len(old)] = old
+        whole[req.offset : req.offset + payload.nbytes] = payload
+        return whole
+
+    async def _chain_write(
+        self,
+        store: ChunkStore,
+        routing: RoutingView,
+        req: wire.WriteReq,
+        payload: memoryview,
+        succ: int | None,
+    ) -> wire.WriteReply:
+        info = store.get(req.chunk_id)
+        action = craq.decide(info.version if info else 0, req.update_ver, req.full_replace)
+        if action is craq.Action.ALREADY_DONE:
+            return _reply(info)
+        if action is craq.Action.MISSING_UPDATE:
+            raise errors.TargetNotServing(
+                f"target {req.target_id} chunk {req.chunk_id.hex()} at version "
+                f"{info.version if info else 0} missed updates before {req.update_ver}"
+            )
+        return await self._apply(
+            store,
+            routing,
+            req,
+            succ,
+            req.offset,
+            payload,
+            req.data_crc,
+            req.update_ver,
+            req.full_replace,
+        )
+
+    async def _apply(
+        self,
+        store: ChunkStore,
+        routing: RoutingView,
+        req: wire.WriteReq,
+        succ: int | None,
+        offset: int,
+        data: memoryview,
+        crc: int,
+        version: int,
+        full: bool,
+    ) -> wire.WriteReply:
+        """Stage locally while the successor applies; commit when both are done."""
+        stage = store.stage(
+            req.chunk_id,
+            offset,
+            data,
+            version=version,
+            chunk_size=req.chunk_size,
+            chain_ver=req.chain_ver,
+            full_replace=full,
+            data_crc=crc,
+        )
+        if succ is None:
+            return _reply(await store.commit(await stage))
+        fwd = wire.WriteReq(
+            chain_id=req.chain_id,
+            chain_ver=req.chain_ver,
+            target_id=succ,
+            chunk_id=req.chunk_id,
+            offset=offset,
+            chunk_size=req.chunk_size,
+            data_crc=crc,
+            client_id=req.client_id,
+            request_id=req.request_id,
+            update_ver=version,
+            full_replace=full,
+        )
+        staged, acked = await asyncio.gather(
+            stage, self._forward(routing, succ, wire.MsgType.WRITE, fwd, [data]), return_exceptions=True
+        )
+        if isinstance(staged, BaseException):
+            raise staged
+        if isinstance(acked, BaseException):
+            await store.abort(staged)
+            raise acked
+        assert isinstance(acked, wire.WriteReply)
+        check = craq.check_ack(
+            version,
+            staged.info.crc,
+            staged.info.length,
+            acked.chunk_ver,
+            acked.crc,
+            acked.length,
+        )
+        if not check.ok:
+            await store.abort(staged)
+            raise _Diverged(check.reason, acked.chunk_ver)
+        return _reply(await store.commit(staged))
+
+    async def _forward(
+        self,
+        routing: RoutingView,
+        succ: int,
+        mtype: wire.MsgType,
+        body: wire.Body,
+        payload: list[Any],
+    ) -> wire.Body:
+        reply, _ = await self.ctx.client.call(
+            routing.target_address(succ),
+            mtype,
+            body,
+            payload,
+            timeout=self.ctx.cfg.forward_timeout,
+        )
+        return reply
+
+    # -- removes
+
+    async def remove(self, req: wire.RemoveReq) -> wire.RemoveReply:
+        """Remove every chunk of `req.inode` here and down the chain. Idempotent."""
+        routing = await self.ctx.check_chain(req.chain_id, req.chain_ver)
+        store = self.ctx.store(req.target_id)
+        succ = routing.successor(req.chain_id, req.target_id)
+        keys = [(req.target_id, cid) for cid, _ in store.list_chunks(req.inode)]
+        async with self.ctx.locks.hold_all(keys):
+            local = store.remove_inode(req.inode)
+            if succ is None:
+                return wire.RemoveReply(removed=await local)
+            fwd = wire.RemoveReq(
+                chain_id=req.chain_id,
+                chain_ver=req.chain_ver,
+                target_id=succ,
+                inode=req.inode,
+                client_id=req.client_id,
+                request_id=req.request_id,
+            )
+            removed, _ = await asyncio.gather(local, self._forward(routing, succ, wire.MsgType.REMOVE, fwd, []))
+        for key in keys:
+            self._last_assigned.pop(key, None)
+            self._dirty.discard(key)
+        return wire.RemoveReply(removed=removed)

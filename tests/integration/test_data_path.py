@@ -1,0 +1,95 @@
+"""Acceptance 1: file data through the client on a 3-node, 3-replica cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from harness import list_chunks
+
+from client import Client
+from py3fs import ids, wire
+from py3fs.cluster import LocalCluster
+
+MiB = 1024 * 1024
+
+
+async def test_256mib_file_roundtrip_replicated(
+    fs: Client, cluster: LocalCluster
+) -> None:
+    data = os.urandom(256 * MiB)
+    assert await fs.write_file("/big.bin", data) == len(data)
+
+    node = await fs.stat("/big.bin")
+    assert node.length == len(data)
+    back = await fs.read_file("/big.bin")
+    assert len(back) == len(data)
+    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    del back
+
+    # Every chunk is on all three targets of its chain with the same CRC32C.
+    layout = node.layout
+    assert layout is not None
+    view = await fs.routing.refresh()
+    size = layout.chunk_size
+    nchunks = -(-len(data) // size)
+    by_target: dict[int, dict[bytes, wire.ChunkMeta]] = {}
+    for chain_id in set(layout.chains):
+        targets = view.chain(chain_id).targets
+        assert len(targets) == 3
+        nodes = {view.targets[t].node_id for t in targets}
+        assert len(nodes) == 3, "replicas of a chain must be on distinct nodes"
+        for t in targets:
+            metas = await list_chunks(fs, view, t)
+            by_target[t] = {m.chunk_id: m for m in metas}
+    for i in range(nchunks):
+        cid = ids.chunk_id(node.inode, i)
+        chain = view.chain(layout.chains[i % len(layout.chains)])
+        want = wire.crc32c(memoryview(data)[i * size : (i + 1) * size])
+        replicas = [by_target[t].get(cid) for t in chain.targets]
+        assert all(r is not None for r in replicas), f"chunk {i} missing a replica"
+        assert {r.crc for r in replicas if r} == {want}, f"chunk {i} CRC differs"
+        assert len({r.committed_ver for r in replicas if r}) == 1
+
+    # Reads at and past EOF come back short.
+    async with await fs.open("/big.bin") as f:
+        assert await f.pread(MiB, len(data) - 100) == data[-100:]
+        assert await f.pread(10, len(data)) == b""
+        assert await f.pread(10, len(data) + 5) == b""
+
+
+async def test_overwrite_append_and_holes(fs: Client) -> None:
+    async with await fs.open("/holes.bin", "wb") as f:
+        await f.pwrite(b"tail", 9 * MiB)  # chunks 0 and 1 never written
+    assert (await fs.stat("/holes.bin")).length == 9 * MiB + 4
+    back = await fs.read_file("/holes.bin")
+    assert back[: 9 * MiB] == bytes(9 * MiB)
+    assert back[9 * MiB :] == b"tail"
+
+    async with await fs.open("/holes.bin", "r+b") as f:
+        await f.pwrite(b"X" * 10, 4 * MiB - 5)  # across a chunk boundary
+    back = await fs.read_file("/holes.bin")
+    assert back[4 * MiB - 5 : 4 * MiB + 5] == b"X" * 10
+    assert back[: 4 * MiB - 5] == bytes(4 * MiB - 5)
+
+    async with await fs.open("/log.txt", "ab") as f:
+        await f.write(b"one\n")
+    async with await fs.open("/log.txt", "ab") as f:
+        await f.write(b"two\n")
+    assert await fs.read_file("/log.txt") == b"one\ntwo\n"
+
+
+async def test_small_chunks_and_stripe(fs: Client) -> None:
+    data = os.urandom(3 * MiB + 17)
+    async with await fs.open(
+        "/striped.bin", "wb", chunk_size=256 * 1024, stripe=2
+    ) as f:
+        await f.write(data)
+    node = await fs.stat("/striped.bin")
+    assert node.layout is not None
+    assert node.layout.chunk_size == 256 * 1024
+    assert len(node.layout.chains) == 2
+    assert await fs.read_file("/striped.bin") == data
+    async with await fs.open("/striped.bin") as f:
+        f.seek(1000)
+        assert await f.read(5000) == data[1000:6000]
