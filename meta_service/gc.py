@@ -1,0 +1,144 @@
+"""Removal of unlinked files' chunks: the GC queue (keys.gc_key) and its worker.
+
+An unlinked file keeps its inode record (nlink 0, with its layout) until storage
+has removed its chunks. Entries are due at a time; a worker claims due entries in
+one transaction (several meta processes may race; the KV conflict lets one win)
+and re-queues each claimed inode `retry_interval` later as a lease, so if this
+meta dies mid-removal another picks the inode up. After every chain of the layout
+removed the chunks, the lease entry and the inode record go away together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+from py3fs import errors, wire
+from py3fs.dataplane import DataClient
+from py3fs.kv import keys
+from py3fs.kv.base import Database, Transaction
+from py3fs.proto.messages import Inode, InodeType
+from py3fs.routing import RoutingView
+
+from meta_service import idempotency, inodes, sessions
+
+logger = logging.getLogger(__name__)
+IDEMPOTENCY_SWEEP = 500
+
+
+def enqueue(tr: Transaction, inode: int, due_ms: int) -> None:
+    tr.set(keys.gc_key(due_ms, inode), b"")
+
+
+def claim(tr: Transaction, now_ms: int, limit: int, lease_ms: int) -> list[Inode]:
+    """Take up to `limit` due entries; each one still removable is re-queued at
+    `lease_ms` and returned. Entries whose inode is gone, relinked or open for
+    writing are dropped (the last close queues the file again)."""
+    out = []
+    for key, _ in tr.get_range(*keys.gc_range(now_ms), limit=limit):
+        tr.clear(key)
+        ino = keys.gc_inode(key)
+        node = inodes.load(tr, ino)
+        if node is None or node.type != InodeType.FILE or node.nlink > 0:
+            continue
+        if sessions.any_open(tr, ino):
+            continue
+        enqueue(tr, ino, lease_ms)
+        out.append(node)
+    return out
+
+
+def finish(tr: Transaction, inode: int, lease_ms: int) -> None:
+    tr.clear(keys.gc_key(lease_ms, inode))
+    node = inodes.load(tr, inode)
+    if node is not None and node.nlink == 0:
+        inodes.delete(tr, inode)
+
+
+class GcWorker:
+    def __init__(
+        self,
+        db: Database,
+        routing: Callable[[], RoutingView | None],
+        data: DataClient,
+        *,
+        client_id: str,
+        interval: float = 1.0,
+        batch: int = 64,
+        retry_interval: float = 30.0,
+        idempotency_ttl: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._routing = routing
+        self._data = data
+        self._client_id = client_id
+        self._interval = interval
+        self._batch = batch
+        self._retry_ms = int(retry_interval * 1000)
+        self._ttl = idempotency_ttl
+        self._clock = clock
+        # Storage deduplicates by (client_id, request_id); start from the clock
+        # so a restarted meta does not reuse ids.
+        self._request_ids = itertools.count(int(clock() * 1_000_000))
+        self._sweep_from: bytes | None = None
+
+    async def run(self) -> None:
+        """Work every `interval` seconds until cancelled."""
+        while True:
+            try:
+                await self.run_once()
+            except errors.Py3fsError as exc:
+                logger.warning("gc pass failed: %s", exc)
+            await asyncio.sleep(self._interval)
+
+    async def run_once(self) -> int:
+        """One pass: remove due files' chunks, expire a slice of idempotency
+        records. Returns the number of files whose removal finished."""
+        now_ms = int(self._clock() * 1000)
+        lease_ms = now_ms + self._retry_ms
+        claimed = await self._db.arun(
+            lambda tr: claim(tr, now_ms, self._batch, lease_ms)
+        )
+        done = 0
+        for node in claimed:
+            if await self._remove_chunks(node):
+                await self._db.arun(lambda tr, n=node: finish(tr, n.inode, lease_ms))
+                done += 1
+        cutoff = self._clock() - self._ttl
+        start = self._sweep_from
+        _cleared, self._sweep_from = await self._db.arun(
+            lambda tr: idempotency.expire(tr, cutoff, start, IDEMPOTENCY_SWEEP)
+        )
+        return done
+
+    async def _remove_chunks(self, node: Inode) -> bool:
+        """Ask the head of every chain of the layout to remove the inode's chunks.
+        False (retry later) when routing is missing or any chain fails."""
+        if node.layout is None:
+            return True
+        view = self._routing()
+        if view is None:
+            return False
+        try:
+            for chain_id in node.layout.chains:
+                head = view.head(chain_id)
+                req = wire.RemoveReq(
+                    chain_id=chain_id,
+                    chain_ver=view.chain(chain_id).version,
+                    target_id=head,
+                    inode=node.inode,
+                    client_id=self._client_id,
+                    request_id=next(self._request_ids),
+                )
+                await self._data.call(
+                    view.target_address(head), wire.MsgType.REMOVE, req, timeout=30.0
+                )
+        except errors.Py3fsError as exc:
+            logger.info("gc of inode %d postponed: %s", node.inode, exc)
+            return False
+        logger.debug("gc removed chunks of inode %d", node.inode)
+        return True

@@ -1,0 +1,188 @@
+"""The namespace as a synchronous API over a Database: each call reserves the
+inode ids it may need, then runs its op in one retried transaction, wrapped in
+the idempotency record of its request. The RPC server calls these from worker
+threads; unit tests call them directly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from py3fs import ids
+from py3fs.kv.base import Database, Transaction
+from py3fs.proto.messages import (
+    CloseReq,
+    Empty,
+    Inode,
+    InodeReq,
+    InodeType,
+    LinkReq,
+    ListDirReply,
+    ListDirReq,
+    MetaReq,
+    MkdirReq,
+    Msg,
+    OpenReply,
+    OpenReq,
+    PathReq,
+    ReadlinkReply,
+    RenameReq,
+    SetAttrReq,
+    StatFsReply,
+    SymlinkReq,
+    SyncReq,
+)
+
+from meta_service import idempotency, inodes
+from meta_service.id_alloc import IdAllocator
+from meta_service.ops import (
+    link,
+    listdir,
+    lookup,
+    mkdir,
+    open_close,
+    rename,
+    statfs,
+    unlink,
+)
+from meta_service.ops import setattr as setattr_op
+from meta_service.ops.context import OpContext
+
+R = TypeVar("R", bound=Msg)
+NewId = Callable[[], int]
+
+
+class MetaStore:
+    def __init__(
+        self, db: Database, ctx: OpContext, alloc: IdAllocator | None = None
+    ) -> None:
+        self.db = db
+        self.ctx = ctx
+        self.alloc = alloc or IdAllocator(db)
+
+    def ensure_root(self) -> Inode:
+        """Create the root directory (inode 1, 0o755, owned by root) if missing."""
+
+        def fn(tr: Transaction) -> Inode:
+            node = inodes.load(tr, ids.ROOT_INODE)
+            if node is None:
+                now = self.ctx.clock()
+                node = Inode(
+                    inode=ids.ROOT_INODE,
+                    type=InodeType.DIRECTORY,
+                    mode=0o755,
+                    uid=0,
+                    gid=0,
+                    nlink=1,
+                    atime=now,
+                    mtime=now,
+                    ctime=now,
+                    parent=ids.ROOT_INODE,
+                )
+                inodes.store(tr, node)
+                inodes.count(tr, InodeType.DIRECTORY, +1)
+            return node
+
+        return self.db.run(fn)
+
+    def _read(self, fn: Callable[[Transaction], R]) -> R:
+        return self.db.run(fn, read_only=True)
+
+    def _mutate(
+        self,
+        method: str,
+        req: MetaReq,
+        reply_type: type[R],
+        fn: Callable[[Transaction, NewId], R],
+        n_ids: int = 0,
+    ) -> R:
+        # Ids are reserved before the transaction: a reservation is a transaction
+        # of its own and must not nest. A retried attempt reuses the same ids.
+        reserved = self.alloc.take(n_ids) if n_ids else []
+
+        def txn(tr: Transaction) -> R:
+            new_id = iter(reserved).__next__
+            return idempotency.once(
+                tr, method, req, reply_type, self.ctx.clock(), lambda: fn(tr, new_id)
+            )
+
+        return self.db.run(txn)
+
+    # ------------------------------------------------------------ reads
+
+    def stat(self, req: PathReq) -> Inode:
+        return self._read(lambda tr: lookup.stat(tr, req))
+
+    def stat_inode(self, req: InodeReq) -> Inode:
+        return self._read(lambda tr: lookup.stat_inode(tr, req))
+
+    def list_dir(self, req: ListDirReq) -> ListDirReply:
+        return self._read(lambda tr: listdir.list_dir(tr, self.ctx, req))
+
+    def readlink(self, req: PathReq) -> ReadlinkReply:
+        return self._read(lambda tr: link.readlink(tr, self.ctx, req))
+
+    def stat_fs(self, req: MetaReq) -> StatFsReply:
+        return self._read(lambda tr: statfs.stat_fs(tr, self.ctx, req))
+
+    # ------------------------------------------------------------ mutations
+
+    def mkdir(self, req: MkdirReq) -> Inode:
+        return self._mutate(
+            "Mkdir",
+            req,
+            Inode,
+            lambda tr, new_id: mkdir.mkdir(tr, self.ctx, req, new_id),
+            mkdir.ids_needed(req),
+        )
+
+    def open(self, req: OpenReq) -> OpenReply:
+        creates = 1 if req.flags & os.O_CREAT else 0
+        return self._mutate(
+            "Open",
+            req,
+            OpenReply,
+            lambda tr, new_id: open_close.open_file(tr, self.ctx, req, new_id),
+            creates,
+        )
+
+    def close(self, req: CloseReq) -> Inode:
+        return self._mutate(
+            "Close", req, Inode, lambda tr, _: open_close.close(tr, self.ctx, req)
+        )
+
+    def sync(self, req: SyncReq) -> Inode:
+        return self._mutate("Sync", req, Inode, lambda tr, _: open_close.sync(tr, self.ctx, req))
+
+    def rename(self, req: RenameReq) -> Empty:
+        return self._mutate(
+            "Rename", req, Empty, lambda tr, _: rename.rename(tr, self.ctx, req)
+        )
+
+    def unlink(self, req: PathReq) -> Empty:
+        return self._mutate(
+            "Unlink", req, Empty, lambda tr, _: unlink.unlink(tr, self.ctx, req)
+        )
+
+    def rmdir(self, req: PathReq) -> Empty:
+        return self._mutate(
+            "Rmdir", req, Empty, lambda tr, _: unlink.rmdir(tr, self.ctx, req)
+        )
+
+    def symlink(self, req: SymlinkReq) -> Inode:
+        return self._mutate(
+            "Symlink",
+            req,
+            Inode,
+            lambda tr, new_id: link.symlink(tr, self.ctx, req, new_id),
+            1,
+        )
+
+    def link(self, req: LinkReq) -> Inode:
+        return self._mutate("Link", req, Inode, lambda tr, _: link.link(tr, self.ctx, req))
+
+    def set_attr(self, req: SetAttrReq) -> Inode:
+        return self._mutate(
+            "SetAttr", req, Inode, lambda tr, _: setattr_op.set_attr(tr, self.ctx, req)
+        )
