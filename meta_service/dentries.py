@@ -49,7 +49,9 @@ def listing(
     entries = []
     for key, raw in rows[:limit]:
         val = _decoder.decode(raw)
-        entries.append(DirEntry(name=keys.dentry_name(key), inode=val.inode, type=val.type))
+        entries.append(
+            DirEntry(name=keys.dentry_name(key), inode=val.inode, type=val.type)
+        )
     return entries, len(rows) > limit
 
 

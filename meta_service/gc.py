@@ -16,14 +16,13 @@ import logging
 import time
 from collections.abc import Callable
 
+from meta_service import idempotency, inodes, sessions
 from py3fs import errors, wire
 from py3fs.dataplane import DataClient
 from py3fs.kv import keys
 from py3fs.kv.base import Database, Transaction
 from py3fs.proto.messages import Inode, InodeType
 from py3fs.routing import RoutingView
-
-from meta_service import idempotency, inodes, sessions
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_SWEEP = 500

@@ -25,7 +25,9 @@ _encoder = msgspec.msgpack.Encoder()
 def create(tr: Transaction, inode: int, client_id: str, now: float) -> str:
     """Start a session; returns its id."""
     session_id = uuid.uuid4().hex
-    tr.set(keys.session_key(inode, session_id), _encoder.encode(Session(client_id, now)))
+    tr.set(
+        keys.session_key(inode, session_id), _encoder.encode(Session(client_id, now))
+    )
     return session_id
 
 

@@ -9,6 +9,20 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from meta_service import idempotency, inodes
+from meta_service.id_alloc import IdAllocator
+from meta_service.ops import (
+    link,
+    listdir,
+    lookup,
+    mkdir,
+    open_close,
+    rename,
+    statfs,
+    unlink,
+)
+from meta_service.ops import setattr as setattr_op
+from meta_service.ops.context import OpContext
 from py3fs import ids
 from py3fs.kv.base import Database, Transaction
 from py3fs.proto.messages import (
@@ -33,21 +47,6 @@ from py3fs.proto.messages import (
     SymlinkReq,
     SyncReq,
 )
-
-from meta_service import idempotency, inodes
-from meta_service.id_alloc import IdAllocator
-from meta_service.ops import (
-    link,
-    listdir,
-    lookup,
-    mkdir,
-    open_close,
-    rename,
-    statfs,
-    unlink,
-)
-from meta_service.ops import setattr as setattr_op
-from meta_service.ops.context import OpContext
 
 R = TypeVar("R", bound=Msg)
 NewId = Callable[[], int]
@@ -153,7 +152,9 @@ class MetaStore:
         )
 
     def sync(self, req: SyncReq) -> Inode:
-        return self._mutate("Sync", req, Inode, lambda tr, _: open_close.sync(tr, self.ctx, req))
+        return self._mutate(
+            "Sync", req, Inode, lambda tr, _: open_close.sync(tr, self.ctx, req)
+        )
 
     def rename(self, req: RenameReq) -> Empty:
         return self._mutate(
@@ -180,7 +181,9 @@ class MetaStore:
         )
 
     def link(self, req: LinkReq) -> Inode:
-        return self._mutate("Link", req, Inode, lambda tr, _: link.link(tr, self.ctx, req))
+        return self._mutate(
+            "Link", req, Inode, lambda tr, _: link.link(tr, self.ctx, req)
+        )
 
     def set_attr(self, req: SetAttrReq) -> Inode:
         return self._mutate(

@@ -17,7 +17,9 @@ from storage_service.config import StorageConfig
 @click.option("--targets", type=int, help="storage targets on this node (default 4)")
 @click.option("--host")
 @click.option("--port", type=int)
-@click.option("--fsync/--no-fsync", default=None, help="fsync chunk writes (default on)")
+@click.option(
+    "--fsync/--no-fsync", default=None, help="fsync chunk writes (default on)"
+)
 @click.option("--heartbeat-interval", help='e.g. "1s"')
 @click.option("--ready-file", type=click.Path(dir_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))

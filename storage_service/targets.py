@@ -59,7 +59,9 @@ class KeyedLocks:
 
 
 class StorageContext:
-    def __init__(self, cfg: StorageConfig, mgmt: MgmtClient, client: DataClient) -> None:
+    def __init__(
+        self, cfg: StorageConfig, mgmt: MgmtClient, client: DataClient
+    ) -> None:
         self.cfg = cfg
         self.mgmt = mgmt
         self.client = client

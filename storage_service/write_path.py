@@ -56,9 +56,7 @@ def _validate(req: wire.WriteReq, n: int) -> None:
 class WritePath:
     def __init__(self, ctx: StorageContext) -> None:
         self.ctx = ctx
-        self._done: OrderedDict[tuple[str, int, bytes], wire.WriteReply] = (
-            OrderedDict()
-        )
+        self._done: OrderedDict[tuple[str, int, bytes], wire.WriteReply] = OrderedDict()
         self._last_assigned: dict[_Key, int] = {}
         self._dirty: set[_Key] = set()
 
@@ -118,7 +116,12 @@ class WritePath:
             version = craq.head_version(
                 info.version if info else 0, self._last_assigned.get(key, 0)
             )
-            offset, data, crc, full = req.offset, payload, req.data_crc, req.full_replace
+            offset, data, crc, full = (
+                req.offset,
+                payload,
+                req.data_crc,
+                req.full_replace,
+            )
             if key in self._dirty and succ is not None and not full:
                 whole = await self._whole_content(store, req, payload)
                 offset, data, full = 0, memoryview(whole), True
@@ -170,7 +173,9 @@ class WritePath:
         succ: int | None,
     ) -> wire.WriteReply:
         info = store.get(req.chunk_id)
-        action = craq.decide(info.version if info else 0, req.update_ver, req.full_replace)
+        action = craq.decide(
+            info.version if info else 0, req.update_ver, req.full_replace
+        )
         if action is craq.Action.ALREADY_DONE:
             return _reply(info)
         if action is craq.Action.MISSING_UPDATE:
@@ -229,7 +234,9 @@ class WritePath:
             full_replace=full,
         )
         staged, acked = await asyncio.gather(
-            stage, self._forward(routing, succ, wire.MsgType.WRITE, fwd, [data]), return_exceptions=True
+            stage,
+            self._forward(routing, succ, wire.MsgType.WRITE, fwd, [data]),
+            return_exceptions=True,
         )
         if isinstance(staged, BaseException):
             raise staged
@@ -287,7 +294,9 @@ class WritePath:
                 client_id=req.client_id,
                 request_id=req.request_id,
             )
-            removed, _ = await asyncio.gather(local, self._forward(routing, succ, wire.MsgType.REMOVE, fwd, []))
+            removed, _ = await asyncio.gather(
+                local, self._forward(routing, succ, wire.MsgType.REMOVE, fwd, [])
+            )
         for key in keys:
             self._last_assigned.pop(key, None)
             self._dirty.discard(key)

@@ -6,6 +6,10 @@ from collections.abc import Callable
 
 import msgspec
 
+from meta_service import dentries, inodes
+from meta_service.ops import lookup
+from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import MAX_PATH_BYTES, W, X
 from py3fs import errors
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
@@ -16,11 +20,6 @@ from py3fs.proto.messages import (
     ReadlinkReply,
     SymlinkReq,
 )
-
-from meta_service import dentries, inodes
-from meta_service.ops import lookup
-from meta_service.ops.context import OpContext
-from meta_service.ops.lookup import MAX_PATH_BYTES, W, X
 
 MAX_LINKS = 65000
 

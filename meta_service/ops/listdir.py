@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from py3fs import errors
-from py3fs.kv.base import Transaction
-from py3fs.proto.messages import InodeType, ListDirReply, ListDirReq
-
 from meta_service import dentries
 from meta_service.ops import lookup
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import R
+from py3fs import errors
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import InodeType, ListDirReply, ListDirReq
 
 MAX_PAGE = 10_000
 

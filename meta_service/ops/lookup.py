@@ -8,11 +8,10 @@ expansions with TooManySymlinks (ELOOP, an InvalidArgument).
 
 from __future__ import annotations
 
+from meta_service import dentries, inodes
 from py3fs import errors, ids
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import Inode, InodeReq, InodeType, MetaReq, PathReq
-
-from meta_service import dentries, inodes
 
 MAX_SYMLINKS = 40
 MAX_NAME_BYTES = 255

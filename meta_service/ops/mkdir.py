@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from py3fs import errors
-from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Inode, InodeType, MetaReq, MkdirReq
-
 from meta_service import dentries, inodes
 from meta_service.ops import lookup
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
+from py3fs import errors
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import Inode, InodeType, MetaReq, MkdirReq
 
 
 def new_directory(

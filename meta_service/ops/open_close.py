@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import msgspec
 
+from meta_service import dentries, gc, inodes, sessions
+from meta_service.ops import lookup
+from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import R, W, X
 from py3fs import errors
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
@@ -18,11 +22,6 @@ from py3fs.proto.messages import (
     OpenReq,
     SyncReq,
 )
-
-from meta_service import dentries, gc, inodes, sessions
-from meta_service.ops import lookup
-from meta_service.ops.context import OpContext
-from meta_service.ops.lookup import R, W, X
 
 TABLE_ID = 1
 
@@ -126,9 +125,7 @@ def open_file(
     return OpenReply(inode=node, session_id=session_id)
 
 
-def _update_length(
-    tr: Transaction, ctx: OpContext, node: Inode, length: int
-) -> Inode:
+def _update_length(tr: Transaction, ctx: OpContext, node: Inode, length: int) -> Inode:
     if length < 0:
         return node
     now = ctx.clock()

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import msgspec
 
-from py3fs import errors, ids
-from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Empty, Inode, InodeType, RenameReq
-
 from meta_service import dentries, inodes
 from meta_service.ops import lookup
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
 from meta_service.ops.unlink import drop_link, remove_directory
+from py3fs import errors, ids
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import Empty, Inode, InodeType, RenameReq
 
 
 def _check_not_ancestor(tr: Transaction, moved: int, dst_dir: Inode) -> None:

@@ -6,14 +6,13 @@ from typing import Any
 
 import msgspec
 
-from py3fs import errors
-from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Inode, InodeType, SetAttrReq
-
 from meta_service import inodes
 from meta_service.ops import lookup
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W
+from py3fs import errors
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import Inode, InodeType, SetAttrReq
 
 
 def set_attr(tr: Transaction, ctx: OpContext, req: SetAttrReq) -> Inode:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from py3fs.kv.base import Transaction
-from py3fs.proto.messages import MetaReq, StatFsReply
-
 from meta_service import inodes
 from meta_service.ops.context import OpContext
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import MetaReq, StatFsReply
 
 
 def stat_fs(tr: Transaction, ctx: OpContext, req: MetaReq) -> StatFsReply:

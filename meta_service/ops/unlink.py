@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
-from py3fs import errors, ids
-from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Empty, Inode, InodeType, PathReq
-
 from meta_service import dentries, gc, inodes, sessions
 from meta_service.ops import lookup
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
+from py3fs import errors, ids
+from py3fs.kv.base import Transaction
+from py3fs.proto.messages import Empty, Inode, InodeType, PathReq
 
 
 def drop_link(tr: Transaction, ctx: OpContext, node: Inode) -> None:

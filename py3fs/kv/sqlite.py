@@ -36,6 +36,11 @@ class SqliteTransaction(Transaction):
         if self._done:
             raise errors.KVError("transaction already finished")
         if not self._open:
+            if self._conn.in_transaction:
+                # Autocommit writes outside it would be neither atomic nor isolated.
+                raise errors.KVError(
+                    "another transaction is open on this thread's connection"
+                )
             try:
                 self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -109,7 +114,9 @@ class SqliteTransaction(Transaction):
             self._rollback()
 
     def _rollback(self) -> None:
-        if self._conn.in_transaction:
+        # Only a transaction that began may roll back: the connection is per
+        # thread, so another transaction of this thread may own the open one.
+        if self._open and self._conn.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:

@@ -1,0 +1,234 @@
+"""The meta gRPC surface: decode, run the op in a worker thread, encode.
+
+`MetaServer` is an async resource: entering it opens the KV store, creates the
+root if missing, starts the gRPC server, registers with mgmtd and starts the
+heartbeat and GC tasks; `aclose` stops all of them and releases the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import grpc.aio
+
+from meta_service.config import MetaConfig
+from meta_service.gc import GcWorker
+from meta_service.id_alloc import IdAllocator
+from meta_service.ops.context import OpContext
+from meta_service.store import MetaStore
+from py3fs import errors
+from py3fs.dataplane import DataClient
+from py3fs.kv.base import Database
+from py3fs.kv.registry import open_database
+from py3fs.mgmt_client import MgmtClient
+from py3fs.proto import meta_pb2_grpc
+from py3fs.proto.messages import (
+    META_RPCS,
+    CloseReq,
+    Empty,
+    HeartbeatReq,
+    Inode,
+    InodeReq,
+    LinkReq,
+    ListDirReply,
+    ListDirReq,
+    MetaReq,
+    MkdirReq,
+    OpenReply,
+    OpenReq,
+    PathReq,
+    ReadlinkReply,
+    RegisterNodeReq,
+    RenameReq,
+    SetAttrReq,
+    StatFsReply,
+    SymlinkReq,
+    SyncReq,
+)
+from py3fs.routing import RoutingView
+from py3fs.rpc import make_servicer, start_server
+
+logger = logging.getLogger(__name__)
+
+
+class MetaServer:
+    def __init__(self, cfg: MetaConfig, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.address = ""
+        self.routing: RoutingView | None = None
+        self._clock = clock
+        self._db: Database | None = None
+        self._store: MetaStore | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._mgmt: MgmtClient | None = None
+        self._data = DataClient()
+        self._registered = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._running: list[asyncio.Task[None]] = []
+
+    @property
+    def store(self) -> MetaStore:
+        assert self._store is not None, "server not started"
+        return self._store
+
+    async def __aenter__(self) -> MetaServer:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        self._db = db = await asyncio.to_thread(open_database, cfg.kv)
+        ctx = OpContext(
+            routing=lambda: self.routing, chunk_size=cfg.chunk_size, clock=self._clock
+        )
+        self._store = MetaStore(db, ctx, IdAllocator(db, cfg.id_batch))
+        await asyncio.to_thread(self._store.ensure_root)
+        servicer = make_servicer(meta_pb2_grpc.MetaServicer, META_RPCS, self)
+        self._grpc, self.address = await start_server(
+            meta_pb2_grpc.add_MetaServicer_to_server, servicer, cfg.host, cfg.port
+        )
+        self._mgmt = MgmtClient(cfg.mgmt)
+        try:
+            await self._register()
+        except errors.Py3fsError as exc:
+            # Namespace ops work without mgmtd; the heartbeat loop keeps trying.
+            logger.warning("cannot register with mgmtd yet: %s", exc)
+        gc = GcWorker(
+            db,
+            lambda: self.routing,
+            self._data,
+            client_id=f"meta-{cfg.node_id}",
+            interval=cfg.gc_interval,
+            batch=cfg.gc_batch,
+            retry_interval=cfg.gc_retry_interval,
+            idempotency_ttl=cfg.idempotency_ttl,
+            clock=self._clock,
+        )
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._running = [
+            self._tasks.create_task(self._heartbeat_loop()),
+            self._tasks.create_task(gc.run()),
+        ]
+
+    async def aclose(self) -> None:
+        """Stop serving and release everything, even if a step fails."""
+        try:
+            if self._grpc is not None:
+                await self._grpc.stop(grace=1.0)
+        finally:
+            for task in self._running:
+                task.cancel()
+            if self._tasks is not None:
+                with contextlib.suppress(Exception):
+                    await self._tasks.__aexit__(None, None, None)
+                self._tasks = None
+            if self._mgmt is not None:
+                await self._mgmt.aclose()
+            await self._data.aclose()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # ------------------------------------------------------------ mgmtd
+
+    async def _register(self) -> None:
+        assert self._mgmt is not None
+        req = RegisterNodeReq(
+            node_id=self.cfg.node_id, role="meta", address=self.address, pid=os.getpid()
+        )
+        self.routing = await self._mgmt.register(req)
+        self._registered = True
+        logger.info("registered with mgmtd (routing version %d)", self.routing.version)
+
+    async def refresh_routing(self) -> None:
+        assert self._mgmt is not None
+        self.routing = await self._mgmt.routing()
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._mgmt is not None
+        req = HeartbeatReq(
+            node_id=self.cfg.node_id, role="meta", address=self.address, pid=os.getpid()
+        )
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+            try:
+                if not self._registered:
+                    await self._register()
+                    continue
+                reply = await self._mgmt.heartbeat(req)
+                if (
+                    self.routing is None
+                    or reply.routing_version != self.routing.version
+                ):
+                    await self.refresh_routing()
+            except errors.UnknownNode:
+                self._registered = False
+            except errors.Py3fsError as exc:
+                logger.warning("heartbeat to mgmtd failed: %s", exc)
+
+    # ------------------------------------------------------------ RPCs
+
+    async def stat(self, req: PathReq) -> Inode:
+        return await asyncio.to_thread(self.store.stat, req)
+
+    async def stat_inode(self, req: InodeReq) -> Inode:
+        return await asyncio.to_thread(self.store.stat_inode, req)
+
+    async def mkdir(self, req: MkdirReq) -> Inode:
+        return await asyncio.to_thread(self.store.mkdir, req)
+
+    async def open(self, req: OpenReq) -> OpenReply:
+        try:
+            return await asyncio.to_thread(self.store.open, req)
+        except errors.NoChainTable:
+            # Our routing may predate the chain table: refresh once and retry.
+            await self.refresh_routing()
+            return await asyncio.to_thread(self.store.open, req)
+
+    async def close(self, req: CloseReq) -> Inode:
+        return await asyncio.to_thread(self.store.close, req)
+
+    async def sync(self, req: SyncReq) -> Inode:
+        return await asyncio.to_thread(self.store.sync, req)
+
+    async def list_dir(self, req: ListDirReq) -> ListDirReply:
+        return await asyncio.to_thread(self.store.list_dir, req)
+
+    async def rename(self, req: RenameReq) -> Empty:
+        return await asyncio.to_thread(self.store.rename, req)
+
+    async def unlink(self, req: PathReq) -> Empty:
+        return await asyncio.to_thread(self.store.unlink, req)
+
+    async def rmdir(self, req: PathReq) -> Empty:
+        return await asyncio.to_thread(self.store.rmdir, req)
+
+    async def symlink(self, req: SymlinkReq) -> Inode:
+        return await asyncio.to_thread(self.store.symlink, req)
+
+    async def readlink(self, req: PathReq) -> ReadlinkReply:
+        return await asyncio.to_thread(self.store.readlink, req)
+
+    async def link(self, req: LinkReq) -> Inode:
+        return await asyncio.to_thread(self.store.link, req)
+
+    async def set_attr(self, req: SetAttrReq) -> Inode:
+        return await asyncio.to_thread(self.store.set_attr, req)
+
+    async def stat_fs(self, req: MetaReq) -> StatFsReply:
+        with contextlib.suppress(errors.Py3fsError):
+            await self.refresh_routing()  # capacity numbers come from fresh reports
+        return await asyncio.to_thread(self.store.stat_fs, req)

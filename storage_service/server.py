@@ -1,0 +1,143 @@
+"""The storage server: data-plane RPC surface, registration and heartbeats.
+
+`async with StorageServer(cfg) as srv` opens the targets, listens on the data
+port, registers with mgmtd (retrying while mgmtd is not up yet) and heartbeats
+until closed. Requests are decoded here and handed to the read/write paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+from py3fs import errors, wire
+from py3fs.dataplane import DataClient, DataServer, ServerConn
+from py3fs.mgmt_client import MgmtClient
+from py3fs.proto.messages import HeartbeatReq, RegisterNodeReq
+from storage_service.config import StorageConfig
+from storage_service.read_path import ReadPath
+from storage_service.targets import StorageContext
+from storage_service.write_path import WritePath
+
+logger = logging.getLogger(__name__)
+M = wire.MsgType
+
+
+class StorageServer:
+    def __init__(self, cfg: StorageConfig) -> None:
+        self.cfg = cfg
+        self.mgmt = MgmtClient(cfg.mgmt)
+        self.client = DataClient()
+        self.ctx = StorageContext(cfg, self.mgmt, self.client)
+        self.writes = WritePath(self.ctx)
+        self.reads = ReadPath(self.ctx)
+        self.address = ""
+        self._data: DataServer | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StorageServer:
+        try:
+            await self.ctx.open()
+            self._data = DataServer(self._handle, self.cfg.host, self.cfg.port)
+            await self._data.__aenter__()
+            self.address = self._data.address
+            await self._register()
+            self._tasks = asyncio.TaskGroup()
+            await self._tasks.__aenter__()
+            self._heartbeats = self._tasks.create_task(self._heartbeat_loop())
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop heartbeats, close the listener and connections; always releases all."""
+        if self._tasks is not None:
+            tasks, self._tasks = self._tasks, None
+            if self._heartbeats is not None:
+                self._heartbeats.cancel()
+            with contextlib.suppress(Exception):
+                await tasks.__aexit__(None, None, None)
+        if self._data is not None:
+            data, self._data = self._data, None
+            await data.aclose()
+        await self.client.aclose()
+        await self.mgmt.aclose()
+
+    # -- mgmtd
+
+    async def _register(self) -> None:
+        req = RegisterNodeReq(
+            node_id=self.cfg.node_id,
+            role="storage",
+            address=self.address,
+            targets=list(self.ctx.stores),
+            pid=os.getpid(),
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.register_timeout
+        while True:
+            try:
+                self.ctx.set_routing(await self.mgmt.register(req))
+                logger.info("registered node %d at %s", self.cfg.node_id, self.address)
+                return
+            except errors.Py3fsError as exc:
+                if not exc.retryable or loop.time() > deadline:
+                    raise
+                logger.info("mgmtd not reachable yet: %s", exc)
+                await asyncio.sleep(0.2)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+            try:
+                await self._heartbeat()
+            except errors.UnknownNode:
+                logger.warning("mgmtd does not know this node; registering again")
+                with contextlib.suppress(errors.Py3fsError):
+                    await self._register()
+            except errors.Py3fsError as exc:
+                logger.warning("heartbeat failed: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        req = HeartbeatReq(
+            node_id=self.cfg.node_id,
+            role="storage",
+            address=self.address,
+            targets=await self.ctx.reports(),
+            pid=os.getpid(),
+        )
+        reply = await self.mgmt.heartbeat(req)
+        known = self.ctx.routing.version if self.ctx.routing else 0
+        if reply.routing_version > known:
+            await self.ctx.refresh_routing()
+
+    # -- data plane
+
+    async def _handle(self, frame: wire.Frame, conn: ServerConn) -> None:
+        body = frame.body
+        if isinstance(body, wire.WriteReq):
+            payload = await conn.read_payload()
+            await conn.reply(M.WRITE_REPLY, await self.writes.write(body, payload))
+        elif isinstance(body, wire.ReadReq):
+            reply, views = await self.reads.read(body)
+            await conn.reply(M.READ_REPLY, reply, views)
+        elif isinstance(body, wire.RemoveReq):
+            await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
+        elif isinstance(body, wire.QueryChunkReq):
+            await conn.reply(M.QUERY_CHUNK_REPLY, self.reads.query(body))
+        elif isinstance(body, wire.ListChunksReq):
+            await conn.reply(M.LIST_CHUNKS_REPLY, self.reads.list_chunks(body))
+        elif isinstance(body, wire.TargetStatsReq):
+            stats = await self.ctx.target_stats()
+            await conn.reply(M.TARGET_STATS_REPLY, wire.TargetStatsReply(stats))
+        elif frame.type == M.PING:
+            await conn.reply(M.PONG, wire.Ping())
+        else:
+            raise errors.UnknownMessage(f"storage does not serve {frame.type.name}")
