@@ -1,57 +1,58 @@
-"""`python -m meta_service`: flags → MetaConfig → py3fs.app.run."""
+"""`python -m meta_service`: flags -> MetaConfig -> py3fs.app.run."""
 
 from __future__ import annotations
 
-import argparse
-import sys
+import click
 
 from meta_service.config import MetaConfig
 from meta_service.server import MetaServer
-from py3fs import app
-from py3fs.config import ConfigError, load
+from py3fs import app, config, errors
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m meta_service", description=__doc__)
-    p.add_argument("--kv", help="KV store URL, e.g. sqlite:///var/py3fs/meta.db")
-    p.add_argument("--mgmt", help="mgmtd address(es), comma-separated")
-    p.add_argument("--node-id", type=int)
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--chunk-size", help="default chunk size of new files (4MiB)")
-    p.add_argument("--gc-interval", help="GC pass interval (1s)")
-    p.add_argument("--heartbeat-interval", help="mgmtd heartbeat interval (1s)")
-    p.add_argument("--ready-file")
-    p.add_argument("--config", help="TOML file; its [meta] section")
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+@click.command()
+@click.option("--kv", help="KV store URL, e.g. sqlite:///path/kv.db")
+@click.option("--mgmt", help="mgmtd address(es), comma-separated")
+@click.option("--node-id", type=int, default=None)
+@click.option("--host", default=None, help="address to bind [127.0.0.1]")
+@click.option("--port", type=int, default=None, help="port to bind [0: any free]")
+@click.option("--chunk-size", default=None, help="chunk size of new files [4MiB]")
+@click.option("--gc-interval", default=None, help="GC pass interval [1s]")
+@click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [1s]")
+@click.option("--ready-file", default=None, help="write pid and address here")
+@click.option("--config", "config_file", default=None, help="TOML config file")
+@click.option("--log-level", default="INFO", show_default=True)
+def main(
+    kv: str | None,
+    mgmt: str | None,
+    node_id: int | None,
+    host: str | None,
+    port: int | None,
+    chunk_size: str | None,
+    gc_interval: str | None,
+    heartbeat_interval: str | None,
+    ready_file: str | None,
+    config_file: str | None,
+    log_level: str,
+) -> None:
     overrides = {
-        "kv": args.kv,
-        "mgmt": args.mgmt,
-        "node_id": args.node_id,
-        "host": args.host,
-        "port": args.port,
-        "chunk_size": args.chunk_size,
-        "gc_interval": args.gc_interval,
-        "heartbeat_interval": args.heartbeat_interval,
+        "kv": kv,
+        "mgmt": mgmt,
+        "node_id": node_id,
+        "host": host,
+        "port": port,
+        "chunk_size": chunk_size,
+        "gc_interval": gc_interval,
+        "heartbeat_interval": heartbeat_interval,
     }
     try:
-        cfg = load(MetaConfig, "meta", args.config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    missing = [n for n in ("kv", "mgmt", "node_id") if not getattr(cfg, n)]
-    if missing:
-        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-        print(f"error: missing {flags}", file=sys.stderr)
-        sys.exit(2)
-    app.run(
-        "meta", cfg.node_id, lambda: MetaServer(cfg), args.ready_file, args.log_level
-    )
+        cfg = config.load(MetaConfig, "meta", config_file, overrides)
+        missing = [f for f in ("kv", "mgmt", "node_id") if not getattr(cfg, f)]
+        if missing:
+            flags = ", ".join("--" + f.replace("_", "-") for f in missing)
+            raise errors.InvalidArgument(f"missing {flags}")
+    except errors.Py3fsError as exc:
+        raise click.UsageError(str(exc)) from None
+    app.run("meta", cfg.node_id, lambda: MetaServer(cfg), ready_file, log_level)
 
 
 if __name__ == "__main__":

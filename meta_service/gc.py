@@ -11,6 +11,7 @@ removed the chunks, the lease entry and the inode record go away together.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -92,6 +93,9 @@ class GcWorker:
                 await self.run_once()
             except errors.Py3fsError as exc:
                 logger.warning("gc pass failed: %s", exc)
+            except Exception:
+                # A bad record must not stop GC for the life of the process.
+                logger.exception("gc pass failed unexpectedly")
             await asyncio.sleep(self._interval)
 
     async def run_once(self) -> int:
@@ -105,7 +109,9 @@ class GcWorker:
         done = 0
         for node in claimed:
             if await self._remove_chunks(node):
-                await self._db.arun(lambda tr, n=node: finish(tr, n.inode, lease_ms))
+                await self._db.arun(
+                    functools.partial(finish, inode=node.inode, lease_ms=lease_ms)
+                )
                 done += 1
         cutoff = self._clock() - self._ttl
         start = self._sweep_from

@@ -194,8 +194,13 @@ class MetaServer:
         try:
             return await asyncio.to_thread(self.store.open, req)
         except errors.NoChainTable:
-            # Our routing may predate the chain table: refresh once and retry.
-            await self.refresh_routing()
+            # Our routing may predate the chain table: refresh once and retry. If
+            # mgmtd is unreachable the client still sees NoChainTable (retryable),
+            # not a transport error that would blame this meta.
+            try:
+                await self.refresh_routing()
+            except errors.Py3fsError as exc:
+                logger.warning("cannot refresh routing: %s", exc)
             return await asyncio.to_thread(self.store.open, req)
 
     async def close(self, req: CloseReq) -> Inode:

@@ -15,12 +15,14 @@ Node ids: mgmtd 1, meta 11, 12, ..., storage 21, 22, ... (targets <node>01...).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from py3fs import errors
 from py3fs.mgmt_client import MgmtClient
@@ -29,6 +31,7 @@ from py3fs.procs import ServiceProc
 MGMT_NODE = 1
 META_BASE = 11
 STORAGE_BASE = 21
+T = TypeVar("T")
 
 
 @dataclass
@@ -225,7 +228,7 @@ class LocalCluster:
             for p in others:
                 p.wait_ready(timeout)
             self._write_files()
-            asyncio.run(self._create_chains(timeout))
+            _run_sync(self._create_chains(timeout))
         except BaseException:
             self.down()
             raise
@@ -278,3 +281,14 @@ class LocalCluster:
         """Start a stopped or killed process again with the same identity."""
         proc.start(timeout)
         self._write_files()
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion, also when called from inside an event loop
+    (async tests start clusters): then it runs on a loop of its own thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

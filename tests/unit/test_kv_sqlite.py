@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kv_conformance import KVConformance, read
 
 from py3fs import errors
 from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
 from py3fs.kv.sqlite import SqliteDatabase
-from tests.kv_conformance import KVConformance, read
 
 
 class TestSqlite(KVConformance):
