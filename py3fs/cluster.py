@@ -19,9 +19,9 @@ import concurrent.futures
 import dataclasses
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from py3fs import errors
