@@ -1,0 +1,1 @@
+"""USRBIO: zero-copy batch I/O (in progress)."""

@@ -1,0 +1,1 @@
+"""hf3fs_fuse (in progress)."""

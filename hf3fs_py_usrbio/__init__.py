@@ -1,0 +1,1 @@
+"""hf3fs_py_usrbio (in progress)."""
