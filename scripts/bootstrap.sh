@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Make ./.venv with py3fs and its development tools (idempotent).
-# On Debian without the venv module it installs python3-venv first.
+# Make ./.venv with py3fs and everything its tests use (idempotent, quiet when done).
+# System packages come from Debian's apt (with sudo when not root): FUSE 3 for the
+# mount, fio for the benchmarks, etcd for the etcd KV backend, python3-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+APT_PACKAGES=(python3-venv python3-pip python3-dev gcc pkg-config fuse3 libfuse3-dev fio etcd-server rsync)
+
+missing=()
+if command -v dpkg-query >/dev/null; then
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+fi
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "bootstrap: installing ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "py3fs needs Python 3.11 or newer as $PY" >&2
     exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
-    if ! "$PY" -m venv .venv >/dev/null 2>&1; then
-        rm -rf .venv
-        SUDO=""
-        [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq python3-venv python3-pip >/dev/null
-        "$PY" -m venv .venv
-    fi
-fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.py3fs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
