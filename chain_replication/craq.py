@@ -20,13 +20,19 @@ class Action(Enum):
     MISSING_UPDATE = "missing_update"  # u skips versions: this replica is stale
 
 
-def decide(committed: int, update_ver: int, full_replace: bool) -> Action:
+def decide(
+    committed: int, update_ver: int, full_replace: bool, syncing: bool = False
+) -> Action:
     """What a non-head target does with update `update_ver` of a chunk.
 
     A partial update applies only on top of version `update_ver - 1`: applying it
     to anything older would silently diverge the replicas. A full replace carries
-    the whole content, so it applies over any older version.
+    the whole content, so it applies over any older version. On a `syncing`
+    target a full replace applies whatever it holds: its chunks may carry versions
+    from before it went down that the chain never committed.
     """
+    if syncing and full_replace:
+        return Action.APPLY
     if update_ver <= committed:
         return Action.ALREADY_DONE
     if full_replace or update_ver == committed + 1:

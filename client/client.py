@@ -253,6 +253,15 @@ class File:
     def length(self) -> int:
         return max(self.inode.length, self._written_end)
 
+    def forget_writes_past(self, length: int) -> None:
+        """The file was truncated to `length`: writes beyond it must no longer
+        raise the length this handle reports on fsync and close."""
+        self._written_end = min(self._written_end, length)
+
+    @property
+    def written(self) -> bool:
+        return self._written_end >= 0
+
     def _check(self, write: bool) -> None:
         if self.closed:
             raise errors.BadFileHandle(f"{self.path}: file is closed")

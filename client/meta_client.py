@@ -8,9 +8,12 @@ same id, and meta answers it from its stored reply instead of applying it twice.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import msgspec
@@ -23,6 +26,24 @@ from py3fs.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
+
+# The (uid, gid) meta checks permissions against. One client serves many users
+# in the FUSE daemon, so the identity is per request (per task), not per client.
+_identity: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "py3fs_meta_identity", default=None
+)
+
+
+@contextmanager
+def acting_as(uid: int, gid: int) -> Iterator[None]:
+    """Meta calls made inside the block (in this task and tasks it starts) act
+    as `uid`/`gid` instead of the client's configured identity."""
+    token = _identity.set((uid, gid))
+    try:
+        yield
+    finally:
+        _identity.reset(token)
+
 
 # Calls that change the namespace and therefore need a request id.
 MUTATIONS = frozenset(
@@ -83,7 +104,8 @@ class MetaClient:
 
     async def call(self, method: str, req: MetaReq, reply_type: type[R]) -> R:
         """Call `method` on some meta, retrying retryable failures on others."""
-        fields = {"uid": self.uid, "gid": self.gid, "client_id": self.client_id}
+        uid, gid = _identity.get() or (self.uid, self.gid)
+        fields = {"uid": uid, "gid": gid, "client_id": self.client_id}
         if method in MUTATIONS:
             fields["request_id"] = next(self._ids)
         req = msgspec.structs.replace(req, **fields)

@@ -63,7 +63,14 @@ class StorageClient:
                 logger.debug("%s: retrying after %s", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
-            view = await self._routing.refresh(view)
+            try:
+                view = await self._routing.refresh(view)
+            except errors.Py3fsError as exc:
+                # mgmtd failing over (NotPrimary, unreachable) must not fail
+                # the I/O: keep the old view and retry until the deadline.
+                if not exc.retryable or time.monotonic() > deadline:
+                    raise
+                logger.debug("%s: routing refresh failed: %s", what, exc)
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ writes
@@ -79,8 +86,39 @@ class StorageClient:
             for p in pieces(layout, offset, data.nbytes)
         )
 
+    async def truncate(
+        self, inode: int, layout: Layout, length: int, old_length: int
+    ) -> None:
+        """Drop the file's bytes in [length, old_length) so that extending the file
+        later reads zeros there: the chunk holding `length` is replaced by its
+        head, later chunks by empty ones (a full replace of each, no data moved)."""
+        if old_length <= length:
+            return
+        size = layout.chunk_size
+        first, inner = divmod(length, size)
+        last = (old_length - 1) // size
+        head = bytearray(inner)
+        if inner:
+            await self.read(inode, layout, first * size, memoryview(head))
+        await _gather(
+            self._write_piece(
+                inode,
+                layout,
+                Piece(i, layout.chains[i % len(layout.chains)], 0, 0, 0),
+                memoryview(head if i == first else b""),
+                full_replace=True,
+            )
+            for i in range(first, last + 1)
+        )
+
     async def _write_piece(
-        self, inode: int, layout: Layout, p: Piece, data: memoryview
+        self,
+        inode: int,
+        layout: Layout,
+        p: Piece,
+        data: memoryview,
+        *,
+        full_replace: bool = False,
     ) -> None:
         request_id = next(self._ids)
         crc = wire.crc32c(data)
@@ -99,6 +137,7 @@ class StorageClient:
                 data_crc=crc,
                 client_id=self._client_id,
                 request_id=request_id,
+                full_replace=full_replace,
             )
             await self._data.call(
                 view.target_address(head),

@@ -34,6 +34,21 @@ from py3fs.proto.messages import (
     HeartbeatReq,
     Inode,
     InodeReq,
+    KvCountReply,
+    KvEvictReply,
+    KvEvictReq,
+    KvKeysReq,
+    KvListReply,
+    KvListReq,
+    KvLookupReply,
+    KvLookupReq,
+    KvPutReply,
+    KvPutReq,
+    KvStageReply,
+    KvStageReq,
+    KvStoreInfo,
+    KvStoreReq,
+    KvStoreStats,
     LinkReq,
     ListDirReply,
     ListDirReq,
@@ -237,3 +252,40 @@ class MetaServer:
         with contextlib.suppress(errors.Py3fsError):
             await self.refresh_routing()  # capacity numbers come from fresh reports
         return await asyncio.to_thread(self.store.stat_fs, req)
+
+    # KVCache page index (meta_service/ops/kvcache.py)
+
+    async def kv_store_open(self, req: KvStoreReq) -> KvStoreInfo:
+        return await asyncio.to_thread(self.store.kv_store_open, req)
+
+    async def kv_store_stats(self, req: KvStoreReq) -> KvStoreStats:
+        return await asyncio.to_thread(self.store.kv_store_stats, req)
+
+    async def kv_page_stage(self, req: KvStageReq) -> KvStageReply:
+        try:
+            return await asyncio.to_thread(self.store.kv_page_stage, req)
+        except errors.NoChainTable:
+            # As in `open`: our routing may predate the chain table.
+            await self.refresh_routing()
+            return await asyncio.to_thread(self.store.kv_page_stage, req)
+
+    async def kv_page_put(self, req: KvPutReq) -> KvPutReply:
+        return await asyncio.to_thread(self.store.kv_page_put, req)
+
+    async def kv_page_lookup(self, req: KvLookupReq) -> KvLookupReply:
+        return await asyncio.to_thread(self.store.kv_page_lookup, req)
+
+    async def kv_page_touch(self, req: KvKeysReq) -> KvCountReply:
+        return await asyncio.to_thread(self.store.kv_page_touch, req)
+
+    async def kv_page_lease(self, req: KvKeysReq) -> KvCountReply:
+        return await asyncio.to_thread(self.store.kv_page_lease, req)
+
+    async def kv_page_remove(self, req: KvKeysReq) -> KvCountReply:
+        return await asyncio.to_thread(self.store.kv_page_remove, req)
+
+    async def kv_page_evict(self, req: KvEvictReq) -> KvEvictReply:
+        return await asyncio.to_thread(self.store.kv_page_evict, req)
+
+    async def kv_page_list(self, req: KvListReq) -> KvListReply:
+        return await asyncio.to_thread(self.store.kv_page_list, req)

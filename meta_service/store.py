@@ -12,6 +12,8 @@ from typing import TypeVar
 from meta_service import idempotency, inodes
 from meta_service.id_alloc import IdAllocator
 from meta_service.ops import (
+    kvcache,
+    kvevict,
     link,
     listdir,
     lookup,
@@ -31,6 +33,21 @@ from py3fs.proto.messages import (
     Inode,
     InodeReq,
     InodeType,
+    KvCountReply,
+    KvEvictReply,
+    KvEvictReq,
+    KvKeysReq,
+    KvListReply,
+    KvListReq,
+    KvLookupReply,
+    KvLookupReq,
+    KvPutReply,
+    KvPutReq,
+    KvStageReply,
+    KvStageReq,
+    KvStoreInfo,
+    KvStoreReq,
+    KvStoreStats,
     LinkReq,
     ListDirReply,
     ListDirReq,
@@ -189,3 +206,64 @@ class MetaStore:
         return self._mutate(
             "SetAttr", req, Inode, lambda tr, _: setattr_op.set_attr(tr, self.ctx, req)
         )
+
+    # ------------------------------------------------------------ KVCache index
+
+    def kv_store_open(self, req: KvStoreReq) -> KvStoreInfo:
+        return self._mutate(
+            "KvStoreOpen",
+            req,
+            KvStoreInfo,
+            lambda tr, new_id: kvcache.open_store(tr, self.ctx, req, new_id),
+            kvcache.store_ids_needed(req),
+        )
+
+    def kv_store_stats(self, req: KvStoreReq) -> KvStoreStats:
+        return self._read(lambda tr: kvcache.stats(tr, req))
+
+    def kv_page_stage(self, req: KvStageReq) -> KvStageReply:
+        return self._mutate(
+            "KvPageStage",
+            req,
+            KvStageReply,
+            lambda tr, new_id: kvcache.stage(tr, self.ctx, req, new_id),
+            max(0, min(req.count, kvcache.MAX_BATCH)),
+        )
+
+    def kv_page_put(self, req: KvPutReq) -> KvPutReply:
+        return self._mutate(
+            "KvPagePut", req, KvPutReply, lambda tr, _: kvcache.put(tr, self.ctx, req)
+        )
+
+    def kv_page_lookup(self, req: KvLookupReq) -> KvLookupReply:
+        def fn(tr: Transaction) -> KvLookupReply:
+            return kvcache.page_lookup(tr, self.ctx, req)
+
+        if req.touch or req.lease_ttl > 0:
+            return self.db.run(fn)
+        return self._read(fn)
+
+    def kv_page_touch(self, req: KvKeysReq) -> KvCountReply:
+        return self.db.run(lambda tr: kvcache.touch(tr, self.ctx, req))
+
+    def kv_page_lease(self, req: KvKeysReq) -> KvCountReply:
+        return self.db.run(lambda tr: kvcache.lease(tr, self.ctx, req))
+
+    def kv_page_remove(self, req: KvKeysReq) -> KvCountReply:
+        return self._mutate(
+            "KvPageRemove",
+            req,
+            KvCountReply,
+            lambda tr, _: kvevict.remove(tr, self.ctx, req),
+        )
+
+    def kv_page_evict(self, req: KvEvictReq) -> KvEvictReply:
+        return self._mutate(
+            "KvPageEvict",
+            req,
+            KvEvictReply,
+            lambda tr, _: kvevict.evict(tr, self.ctx, req),
+        )
+
+    def kv_page_list(self, req: KvListReq) -> KvListReply:
+        return self._read(lambda tr: kvevict.list_pages(tr, self.ctx, req))

@@ -17,6 +17,7 @@ from py3fs import app, config, errors
 @click.option("--ready-file", default=None, help="write pid and address here")
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--heartbeat-timeout", default=None, help="e.g. 10s, 500ms")
+@click.option("--lease-timeout", default=None, help="primary lease [heartbeat timeout]")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     kv_url: str | None,
@@ -26,6 +27,7 @@ def main(
     ready_file: str | None,
     config_file: str | None,
     heartbeat_timeout: str | None,
+    lease_timeout: str | None,
     log_level: str,
 ) -> None:
     overrides = {
@@ -33,6 +35,8 @@ def main(
         "host": host,
         "port": port,
         "heartbeat_timeout": heartbeat_timeout,
+        "lease_timeout": lease_timeout,
+        "node_id": node_id,
     }
     try:
         cfg = config.load(MgmtConfig, "mgmt", config_file, overrides)

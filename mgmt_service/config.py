@@ -14,3 +14,8 @@ class MgmtConfig:
     heartbeat_timeout: float = 10.0
     # How often silent nodes are looked for; 0: a quarter of heartbeat_timeout.
     expire_interval: float = 0.0
+    # This mgmtd's id in the primary lease; each mgmtd of a cluster needs its own.
+    node_id: int = 1
+    # How long the primary's lease lasts (renewed every third of it); a standby
+    # takes over this long after the primary stops renewing. 0: heartbeat_timeout.
+    lease_timeout: float = 0.0

@@ -1,9 +1,15 @@
-"""mgmtd's RPC surface: the gRPC server, persistence of the routing state, and the
-task that expires silent nodes. The decisions themselves live in `state.py`.
+"""mgmtd's RPC surface: the gRPC server, persistence of the routing state, the
+primary lease and the task that expires silent nodes. The decisions themselves
+live in `state.py`, the lease in `leases.py`.
 
 Every request that changes the routing version is persisted to the KV store (the
 whole `RoutingInfo`, msgpack, at `keys.mgmt_key("routing")`) before it is
 answered, so a reply that shows a chain table means the table survives a crash.
+
+Several mgmtd may share one KV store: the one holding the lease is the primary and
+serves; the others answer NotPrimary (clients fail over) and take over, from the
+persisted state, when the lease lapses. Persisting checks the lease in the same
+transaction, so a deposed primary cannot overwrite its successor's routing.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import grpc.aio
 import msgspec
 
 from mgmt_service.config import MgmtConfig
+from mgmt_service.leases import PrimaryLease, check_holder
 from mgmt_service.state import MgmtState
 from py3fs import errors
 from py3fs.kv import keys
@@ -76,10 +83,17 @@ class MgmtServer:
         # Serializes persists so an older snapshot never overwrites a newer one.
         self._persist_lock = asyncio.Lock()
         self._persisted_version = -1
+        self._lease: PrimaryLease | None = None
+
+    @property
+    def is_primary(self) -> bool:
+        return self._state is not None and self._lease is not None and self._lease.held
 
     @property
     def state(self) -> MgmtState:
-        assert self._state is not None, "server not started"
+        """The routing state; raises NotPrimary (retryable) on a standby."""
+        if self._state is None or not self.is_primary:
+            raise errors.NotPrimary(f"mgmtd {self.cfg.node_id} is a standby")
         return self._state
 
     async def __aenter__(self) -> MgmtServer:
@@ -101,19 +115,16 @@ class MgmtServer:
     async def _start(self) -> None:
         self._db = await asyncio.to_thread(open_database, self.cfg.kv_url)
         self._stack.callback(self._db.close)
-        initial = await load_routing(self._db)
-        if initial is not None:
-            logger.info(
-                "loaded routing version %d: %d nodes, %d chains, %d tables",
-                initial.version,
-                len(initial.nodes),
-                len(initial.chains),
-                len(initial.tables),
-            )
-            self._persisted_version = initial.version
-        self._state = MgmtState(
-            self.cfg.heartbeat_timeout, clock=self._clock, initial=initial
+        self._lease = PrimaryLease(
+            self._db,
+            self.cfg.node_id,
+            self.cfg.lease_timeout or self.cfg.heartbeat_timeout,
+            clock=self._clock,
         )
+        self._stack.push_async_callback(self._release_lease)
+        # One attempt before serving, so the first mgmtd of a cluster is primary
+        # by the time it reports ready.
+        await self._lease_round()
         servicer = make_servicer(mgmt_pb2_grpc.MgmtServicer, MGMT_RPCS, self)
         self._server, self.address = await start_server(
             mgmt_pb2_grpc.add_MgmtServicer_to_server,
@@ -124,9 +135,57 @@ class MgmtServer:
         self._stack.push_async_callback(self._stop_grpc)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         expiry = tasks.create_task(self._expire_loop())
-        # Registered after the TaskGroup, so it runs first on close and the group's
-        # exit only has to await the cancelled task.
+        lease = tasks.create_task(self._lease_loop())
+        # Registered after the TaskGroup, so they run first on close and the
+        # group's exit only has to await the cancelled tasks.
         self._stack.callback(expiry.cancel)
+        self._stack.callback(lease.cancel)
+
+    async def _release_lease(self) -> None:
+        if self._lease is not None and self.is_primary:
+            try:
+                await self._lease.release()
+            except errors.Py3fsError as exc:
+                logger.warning("releasing the primary lease failed: %s", exc)
+
+    async def _lease_round(self) -> None:
+        """Renew (primary) or try to take (standby) the lease, and step up or
+        down accordingly."""
+        assert self._lease is not None
+        try:
+            await self._lease.try_acquire()
+        except errors.Py3fsError as exc:
+            # Keep what we hold until it runs out; the next round tries again.
+            logger.warning("primary lease round failed: %s", exc)
+        if self._lease.held and self._state is None:
+            await self._become_primary()
+        elif not self._lease.held and self._state is not None:
+            logger.warning("mgmtd %d lost the primary lease", self.cfg.node_id)
+            self._state = None
+
+    async def _become_primary(self) -> None:
+        assert self._db is not None
+        initial = await load_routing(self._db)
+        if initial is not None:
+            logger.info(
+                "loaded routing version %d: %d nodes, %d chains, %d tables",
+                initial.version,
+                len(initial.nodes),
+                len(initial.chains),
+                len(initial.tables),
+            )
+        self._persisted_version = initial.version if initial is not None else -1
+        # MgmtState gives every restored node a full timeout from now.
+        self._state = MgmtState(
+            self.cfg.heartbeat_timeout, clock=self._clock, initial=initial
+        )
+        logger.info("mgmtd %d is primary", self.cfg.node_id)
+
+    async def _lease_loop(self) -> None:
+        assert self._lease is not None
+        while True:
+            await asyncio.sleep(self._lease.duration / 3)
+            await self._lease_round()
 
     async def _stop_grpc(self) -> None:
         assert self._server is not None
@@ -145,7 +204,9 @@ class MgmtServer:
     async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
         version = self.state.heartbeat(req)
         await self._persist()
-        return HeartbeatReply(routing_version=version)
+        return HeartbeatReply(
+            routing_version=version, heartbeat_timeout=self.cfg.heartbeat_timeout
+        )
 
     async def get_routing(self, req: GetRoutingReq) -> RoutingInfo:
         return self.state.routing()
@@ -165,7 +226,10 @@ class MgmtServer:
                 return
             raw = msgspec.msgpack.encode(info)
 
+            node_id = self.cfg.node_id
+
             def write(tr: Transaction) -> None:
+                check_holder(tr, node_id)
                 tr.set(ROUTING_KEY, raw)
 
             assert self._db is not None
@@ -176,6 +240,8 @@ class MgmtServer:
         interval = self.cfg.expire_interval or self.cfg.heartbeat_timeout / 4
         while True:
             await asyncio.sleep(interval)
+            if not self.is_primary:
+                continue
             try:
                 if self.state.expire():
                     await self._persist()

@@ -17,12 +17,14 @@ from collections.abc import Callable
 
 import msgspec
 
+from chain_replication import states
 from chain_replication.placement import make_chains
 from py3fs import errors
 from py3fs.proto.messages import (
     ChainInfo,
     ChainTable,
     HeartbeatReq,
+    LocalState,
     NodeInfo,
     RegisterNodeReq,
     RoutingInfo,
@@ -60,6 +62,9 @@ class MgmtState:
         # their heartbeats went to the previous mgmtd.
         now = clock()
         self._last_seen = {node_id: now for node_id in self._nodes}
+        # Local target states from heartbeats; not persisted: a new primary starts
+        # from "online" and hears the truth within a heartbeat interval.
+        self._local: dict[int, str] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -76,12 +81,20 @@ class MgmtState:
     # ------------------------------------------------------------------ updates
 
     def register(self, req: RegisterNodeReq) -> RoutingInfo:
-        """Add or update a node and (for storage) its targets; a node that was down
-        comes back up with its offline targets serving again."""
+        """Add or update a node and (for storage) its targets.
+
+        Registering is what a starting process does, so a known node registering
+        again has restarted: whatever its targets held may have missed writes, and
+        they go through recovery (offline, then waiting, syncing, serving) as in
+        3FS, where a restarting node reports its targets offline."""
         self._check_node(req.node_id, req.role)
         changed = self._touch_node(req.node_id, req.role, req.address, req.pid)
         for target_id in req.targets:
             changed |= self._ensure_target(target_id, req.node_id)
+        mine = {t for t in req.targets if self._in_chain(t)}
+        changed |= self._recompute(force_offline=mine)
+        for target_id in req.targets:
+            self._local[target_id] = LocalState.ONLINE
         if changed:
             self._bump()
         return self.routing()
@@ -94,6 +107,8 @@ class MgmtState:
         for report in req.targets:
             changed |= self._ensure_target(report.target_id, req.node_id)
             self._record_stats(report)
+            self._local[report.target_id] = report.local_state or LocalState.ONLINE
+        changed |= self._recompute()
         if changed:
             self._bump()
         return self.version
@@ -115,10 +130,8 @@ class MgmtState:
                 now - self._last_seen[node_id],
             )
             self._nodes[node_id] = _replace(self._nodes[node_id], up=False)
-            for target in list(self._targets.values()):
-                if target.node_id == node_id and target.state != TargetState.OFFLINE:
-                    self._set_target_state(target.target_id, TargetState.OFFLINE)
         if expired:
+            self._recompute()
             self._bump()
         return expired
 
@@ -209,10 +222,6 @@ class MgmtState:
         if old.up:
             return _replace(old, last_heartbeat=new.last_heartbeat) != new
         logger.info("node %d (%s) is back at %s", node_id, role, address)
-        # Resync is not implemented yet: a returning target serves again at once.
-        for target in list(self._targets.values()):
-            if target.node_id == node_id and target.state == TargetState.OFFLINE:
-                self._set_target_state(target.target_id, TargetState.SERVING)
         return True
 
     def _ensure_target(self, target_id: int, node_id: int) -> bool:
@@ -240,21 +249,61 @@ class MgmtState:
             chunk_count=report.chunk_count,
         )
 
-    def _set_target_state(self, target_id: int, state: str) -> None:
-        """Change a target's public state and bump its chain's version; a target
-        going offline moves to the end of its chain, as in 3FS, so the remaining
-        replicas keep their order and the head stays first."""
-        self._targets[target_id] = _replace(self._targets[target_id], state=state)
-        logger.info("target %d is now %s", target_id, state)
+    def _in_chain(self, target_id: int) -> bool:
+        return any(target_id in c.targets for c in self._chains.values())
+
+    def _local_state(self, target: TargetInfo) -> str:
+        node = self._nodes.get(target.node_id)
+        if node is None or not node.up:
+            return LocalState.OFFLINE
+        return self._local.get(target.target_id, LocalState.ONLINE)
+
+    def _recompute(
+        self, force_offline: set[int] | frozenset[int] = frozenset()
+    ) -> bool:
+        """Apply 3FS's public-state transitions to every chain (and up/down to
+        targets in no chain); bumps the version of each chain that changed.
+        Returns True if anything changed."""
+        changed = False
+        in_chains: set[int] = set()
         for chain in list(self._chains.values()):
-            if target_id not in chain.targets:
+            replicas = [
+                states.Replica(
+                    t,
+                    self._targets[t].state,
+                    LocalState.OFFLINE
+                    if t in force_offline
+                    else self._local_state(self._targets[t]),
+                )
+                for t in chain.targets
+            ]
+            in_chains.update(chain.targets)
+            result = states.recompute(replicas)
+            order = [t for t, _ in result]
+            moved = [(t, s) for t, s in result if self._targets[t].state != s]
+            if order == chain.targets and not moved:
                 continue
-            targets = chain.targets
-            if state == TargetState.OFFLINE:
-                targets = [t for t in targets if t != target_id] + [target_id]
+            for target_id, state in moved:
+                self._targets[target_id] = _replace(
+                    self._targets[target_id], state=state
+                )
+                logger.info("target %d is now %s", target_id, state)
             self._chains[chain.chain_id] = _replace(
-                chain, version=chain.version + 1, targets=targets
+                chain, version=chain.version + 1, targets=order
             )
             logger.info(
-                "chain %d version %d: %s", chain.chain_id, chain.version + 1, targets
+                "chain %d version %d: %s",
+                chain.chain_id,
+                chain.version + 1,
+                ", ".join(f"{t}:{self._targets[t].state}" for t in order),
             )
+            changed = True
+        for target in list(self._targets.values()):
+            if target.target_id in in_chains:
+                continue
+            up = self._local_state(target) != LocalState.OFFLINE
+            state = TargetState.SERVING if up else TargetState.OFFLINE
+            if target.state != state:
+                self._targets[target.target_id] = _replace(target, state=state)
+                changed = True
+        return changed

@@ -5,11 +5,13 @@ Everything lives under one data directory:
     DIR/cluster.toml     what clients need ([client] mgmt = [...])
     DIR/cluster.json     the launcher's record of its processes (for status and down)
     DIR/kv.db            the embedded KV store (default backend)
+    DIR/etcd/etcd-<n>/   etcd members' data, with `--kv etcd` (a local 3-member etcd)
     DIR/storage-<id>/    storage targets
     DIR/run/             ready files and one log per process
 
 Processes run in their own sessions, so they outlive the command that started them.
-Node ids: mgmtd 1, meta 11, 12, ..., storage 21, 22, ... (targets <node>01...).
+Node ids: mgmtd 1..N, meta 11, 12, ..., storage 21, 22, ... (targets <node>01...);
+etcd members are numbered 1, 2, 3 in their own role.
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from py3fs import errors
+from py3fs.etcd_local import (
+    EtcdMember,
+    endpoints_of,
+    plan_members,
+    ports_from_args,
+    start_members,
+)
 from py3fs.mgmt_client import MgmtClient
 from py3fs.procs import ServiceProc
 
 MGMT_NODE = 1
 META_BASE = 11
 STORAGE_BASE = 21
+LOCAL_ETCD = "etcd"  # ClusterSpec.kv value: start a local 3-member etcd
+ETCD_MEMBERS = 3
 T = TypeVar("T")
 
 
@@ -41,10 +52,12 @@ class ClusterSpec:
     storage: int = 3
     targets: int = 4
     replicas: int = 3
-    kv: str = ""  # default: sqlite under data_dir
+    kv: str = ""  # a KV URL, "etcd" (local etcd members), or "": sqlite in data_dir
     fsync: bool = True
     heartbeat_timeout: str = "10s"
     chunk_size: str = "4MiB"
+    # mgmtd processes (node ids 1..N): the first to take the lease is primary.
+    mgmtd: int = 1
     # Extra command-line arguments per role ("mgmtd", "meta", "storage").
     extra: dict[str, list[str]] = field(default_factory=dict)
 
@@ -57,7 +70,9 @@ class LocalCluster:
         self.spec = spec
         self.data_dir = spec.data_dir.resolve()
         self.run_dir = self.data_dir / "run"
-        self.mgmtd: ServiceProc | None = None
+        self.etcd: list[EtcdMember] = []
+        self.mgmtd: ServiceProc | None = None  # the first of mgmtds
+        self.mgmtds: list[ServiceProc] = []
         self.metas: list[ServiceProc] = []
         self.storages: list[ServiceProc] = []
 
@@ -73,11 +88,22 @@ class LocalCluster:
 
     @property
     def procs(self) -> list[ServiceProc]:
-        return [p for p in [self.mgmtd, *self.metas, *self.storages] if p is not None]
+        # Order matters: down stops them in reverse, the KV store last.
+        mgmtds = self.mgmtds or [self.mgmtd]
+        procs = [*self.etcd, *mgmtds, *self.metas, *self.storages]
+        return [p for p in procs if p is not None]
+
+    @property
+    def kv_url(self) -> str:
+        """The KV URL that mgmtd and meta use."""
+        if self.spec.kv == LOCAL_ETCD:
+            return f"etcd://{endpoints_of(self.etcd)}"
+        return self.spec.kv_url()
 
     @property
     def mgmt_addresses(self) -> list[str]:
-        return [self.mgmtd.address] if self.mgmtd and self.mgmtd.address else []
+        mgmtds = self.mgmtds or [self.mgmtd]
+        return [p.address for p in mgmtds if p is not None and p.address]
 
     def _write_files(self) -> None:
         mgmt = ", ".join(f'"{a}"' for a in self.mgmt_addresses)
@@ -86,6 +112,7 @@ class LocalCluster:
             f"[client]\nmgmt = [{mgmt}]\n"
         )
         state = {
+            "kv_url": self.kv_url,
             "spec": {
                 k: str(v) if isinstance(v, Path) else v
                 for k, v in dataclasses.asdict(self.spec).items()
@@ -124,17 +151,25 @@ class LocalCluster:
         spec.data_dir = Path(spec.data_dir)
         cluster = cls(spec)
         for rec in state["processes"]:
-            proc = ServiceProc(
-                role=rec["role"],
-                node_id=rec["node_id"],
-                module=rec["module"],
-                args=rec["args"],
-                run_dir=cluster.run_dir,
-                pid=rec["pid"],
-                address=rec["address"],
-            )
+            fields = {
+                "role": rec["role"],
+                "node_id": rec["node_id"],
+                "module": rec["module"],
+                "args": rec["args"],
+                "run_dir": cluster.run_dir,
+                "pid": rec["pid"],
+                "address": rec["address"],
+            }
+            if rec["role"] == "etcd":
+                client, peer = ports_from_args(rec["args"])
+                cluster.etcd.append(
+                    EtcdMember(**fields, client_port=client, peer_port=peer)
+                )
+                continue
+            proc = ServiceProc(**fields)
             if proc.role == "mgmtd":
-                cluster.mgmtd = proc
+                cluster.mgmtds.append(proc)
+                cluster.mgmtd = cluster.mgmtds[0]
             elif proc.role == "meta":
                 cluster.metas.append(proc)
             else:
@@ -143,25 +178,42 @@ class LocalCluster:
 
     # ------------------------------------------------------------ lifecycle
 
+    def _plan_etcd(self, old: LocalCluster | None) -> None:
+        if self.spec.kv != LOCAL_ETCD:
+            return
+        # A restarted etcd must keep its peer ports: members find each other by
+        # the URLs stored in their data.
+        ports = [ports_from_args(m.args) for m in old.etcd] if old else []
+        self.etcd = plan_members(
+            self.data_dir / "etcd",
+            self.run_dir,
+            ETCD_MEMBERS,
+            ports=ports or None,
+        )
+
     def _plan(self) -> None:
         spec = self.spec
-        kv = spec.kv_url()
+        kv = self.kv_url
         extra = spec.extra
-        self.mgmtd = ServiceProc(
-            "mgmtd",
-            MGMT_NODE,
-            "mgmt_service",
-            [
-                "--kv",
-                kv,
-                "--node-id",
-                str(MGMT_NODE),
-                "--heartbeat-timeout",
-                spec.heartbeat_timeout,
-                *extra.get("mgmtd", []),
-            ],
-            self.run_dir,
-        )
+        self.mgmtds = [
+            ServiceProc(
+                "mgmtd",
+                MGMT_NODE + i,
+                "mgmt_service",
+                [
+                    "--kv",
+                    kv,
+                    "--node-id",
+                    str(MGMT_NODE + i),
+                    "--heartbeat-timeout",
+                    spec.heartbeat_timeout,
+                    *extra.get("mgmtd", []),
+                ],
+                self.run_dir,
+            )
+            for i in range(max(spec.mgmtd, 1))
+        ]
+        self.mgmtd = self.mgmtds[0]
         self.metas = [
             ServiceProc("meta", META_BASE + i, "meta_service", [], self.run_dir)
             for i in range(spec.meta)
@@ -180,7 +232,7 @@ class LocalCluster:
         for p in self.metas:
             p.args = [
                 "--kv",
-                spec.kv_url(),
+                self.kv_url,
                 "--mgmt",
                 mgmt,
                 "--node-id",
@@ -209,6 +261,7 @@ class LocalCluster:
     def up(self, timeout: float = 60.0) -> None:
         """Start every process and the chain table; returns when clients can work.
         On failure, stops whatever it started and raises with the failing log."""
+        old = None
         if self.state_file.exists():
             old = LocalCluster.load(self.data_dir)
             if alive := old.running():
@@ -217,10 +270,13 @@ class LocalCluster:
                     f"a cluster is already running in {self.data_dir}: {names}"
                 )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._plan()
+        self._plan_etcd(old)
         try:
-            assert self.mgmtd is not None
-            self.mgmtd.start(timeout)
+            start_members(self.etcd, timeout)
+            self._plan()
+            # One by one: the first takes the lease, the others stand by.
+            for p in self.mgmtds:
+                p.start(timeout)
             self._bind_mgmt()
             others = [*self.storages, *self.metas]
             for p in others:

@@ -57,6 +57,10 @@ class MsgType(IntEnum):
     TARGET_STATS_REPLY = 19
     LIST_CHUNKS = 20
     LIST_CHUNKS_REPLY = 21
+    SYNC_CHUNK = 22
+    SYNC_CHUNK_REPLY = 23
+    SYNC_DONE = 24
+    SYNC_DONE_REPLY = 25
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -161,6 +165,38 @@ class ListChunksReply(Body):
     chunks: list[ChunkMeta]
 
 
+class SyncChunkReq(Body):
+    """Resync: make `chunk_id` on the syncing `target_id` exactly the predecessor's
+    committed chunk (the payload, `version`, `crc`), or remove it when `remove`.
+    Applied whatever the receiver holds: the predecessor's copy is the truth."""
+
+    chain_id: int
+    chain_ver: int
+    target_id: int
+    chunk_id: bytes
+    version: int = 0
+    crc: int = 0
+    chunk_chain_ver: int = 0
+    remove: bool = False
+
+
+class SyncChunkReply(Body):
+    version: int
+
+
+class SyncDoneReq(Body):
+    """Resync finished: every chunk of `target_id` matched its predecessor at
+    chain version `chain_ver`; the target may report itself up to date."""
+
+    chain_id: int
+    chain_ver: int
+    target_id: int
+
+
+class SyncDoneReply(Body):
+    pass
+
+
 class TargetStatsReq(Body):
     pass
 
@@ -193,6 +229,10 @@ BODY_TYPES: Final[dict[MsgType, type[Body]]] = {
     MsgType.TARGET_STATS_REPLY: TargetStatsReply,
     MsgType.LIST_CHUNKS: ListChunksReq,
     MsgType.LIST_CHUNKS_REPLY: ListChunksReply,
+    MsgType.SYNC_CHUNK: SyncChunkReq,
+    MsgType.SYNC_CHUNK_REPLY: SyncChunkReply,
+    MsgType.SYNC_DONE: SyncDoneReq,
+    MsgType.SYNC_DONE_REPLY: SyncDoneReply,
 }
 REPLY_OF: Final[dict[MsgType, MsgType]] = {
     MsgType.PING: MsgType.PONG,
@@ -202,6 +242,8 @@ REPLY_OF: Final[dict[MsgType, MsgType]] = {
     MsgType.QUERY_CHUNK: MsgType.QUERY_CHUNK_REPLY,
     MsgType.TARGET_STATS: MsgType.TARGET_STATS_REPLY,
     MsgType.LIST_CHUNKS: MsgType.LIST_CHUNKS_REPLY,
+    MsgType.SYNC_CHUNK: MsgType.SYNC_CHUNK_REPLY,
+    MsgType.SYNC_DONE: MsgType.SYNC_DONE_REPLY,
 }
 _TYPE_OF_BODY: Final = {cls: t for t, cls in BODY_TYPES.items() if t != MsgType.PONG}
 _ENCODER = msgspec.msgpack.Encoder()

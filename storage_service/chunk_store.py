@@ -142,6 +142,10 @@ class ChunkStore(abc.ABC):
         """Delete every chunk of `inode`; returns how many existed."""
 
     @abc.abstractmethod
+    async def remove_chunk(self, chunk_id: bytes) -> bool:
+        """Delete one chunk (resync); returns whether it existed."""
+
+    @abc.abstractmethod
     async def stats(self) -> StoreStats: ...
 
     async def write(
@@ -426,6 +430,17 @@ class FileChunkStore(ChunkStore):
         removed = len(self._chunks.pop(inode, {}))
         await asyncio.to_thread(self._remove_dir, self._dir(inode))
         return removed
+
+    async def remove_chunk(self, chunk_id: bytes) -> bool:
+        inode, _ = ids.split_chunk_id(chunk_id)
+        existed = self._chunks.get(inode, {}).pop(chunk_id, None) is not None
+        try:
+            await asyncio.to_thread(os.unlink, self.path(chunk_id))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise errors.from_oserror(exc) from None
+        return existed
 
     def _remove_dir(self, path: str) -> None:
         try:

@@ -15,6 +15,7 @@ import logging
 from chain_replication import craq
 from py3fs import errors, wire
 from storage_service.chunk_store import ChunkInfo
+from storage_service.resync import Resync
 from storage_service.targets import StorageContext
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ def chunk_meta(chunk_id: bytes, info: ChunkInfo | None, pending: int) -> wire.Ch
 
 
 class ReadPath:
-    def __init__(self, ctx: StorageContext) -> None:
+    def __init__(self, ctx: StorageContext, resync: Resync) -> None:
         self.ctx = ctx
+        self.resync = resync
 
     async def read(self, req: wire.ReadReq) -> tuple[wire.ReadReply, list[memoryview]]:
         done = await asyncio.gather(*(self._one(io, req.verify) for io in req.ios))
@@ -59,7 +61,9 @@ class ReadPath:
             return wire.ReadResult(0, view.nbytes, got.version), view
         except errors.Py3fsError as exc:
             if isinstance(exc, errors.ChecksumMismatch):
-                logger.error("target %d: %s", io.target_id, exc)
+                logger.error("target %d: %s; repairing", io.target_id, exc)
+                if io.target_id in self.ctx.stores:
+                    self.resync.schedule_repair(io.target_id, io.chunk_id)
             return wire.ReadResult(exc.code, 0, 0, exc.message), _EMPTY
         except Exception as exc:
             logger.exception("read of %s failed", io.chunk_id.hex())

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 from py3fs import errors, wire
 from py3fs.dataplane import DataClient, DataServer, ServerConn
@@ -18,6 +19,7 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import HeartbeatReq, RegisterNodeReq
 from storage_service.config import StorageConfig
 from storage_service.read_path import ReadPath
+from storage_service.resync import Resync
 from storage_service.targets import StorageContext
 from storage_service.write_path import WritePath
 
@@ -31,8 +33,9 @@ class StorageServer:
         self.mgmt = MgmtClient(cfg.mgmt)
         self.client = DataClient()
         self.ctx = StorageContext(cfg, self.mgmt, self.client)
-        self.writes = WritePath(self.ctx)
-        self.reads = ReadPath(self.ctx)
+        self.resync = Resync(self.ctx)
+        self.writes = WritePath(self.ctx, self.resync)
+        self.reads = ReadPath(self.ctx, self.resync)
         self.address = ""
         self._data: DataServer | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -44,9 +47,13 @@ class StorageServer:
             self._data = DataServer(self._handle, self.cfg.host, self.cfg.port)
             await self._data.__aenter__()
             self.address = self._data.address
-            await self._register()
             self._tasks = asyncio.TaskGroup()
             await self._tasks.__aenter__()
+            self.ctx.set_spawner(self._tasks.create_task)
+            await self._register()
+            # The first heartbeat starts the lease; until then we do not serve.
+            with contextlib.suppress(errors.Py3fsError):
+                await self._heartbeat()
             self._heartbeats = self._tasks.create_task(self._heartbeat_loop())
         except BaseException:
             await self.aclose()
@@ -62,6 +69,7 @@ class StorageServer:
             tasks, self._tasks = self._tasks, None
             if self._heartbeats is not None:
                 self._heartbeats.cancel()
+            self.resync.cancel_all()
             with contextlib.suppress(Exception):
                 await tasks.__aexit__(None, None, None)
         if self._data is not None:
@@ -95,7 +103,10 @@ class StorageServer:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.heartbeat_interval):
+                    await self.ctx.beat_now.wait()
+            self.ctx.beat_now.clear()
             try:
                 await self._heartbeat()
             except errors.UnknownNode:
@@ -103,9 +114,15 @@ class StorageServer:
                 with contextlib.suppress(errors.Py3fsError):
                     await self._register()
             except errors.Py3fsError as exc:
-                logger.warning("heartbeat failed: %s", exc)
+                lapsed = (
+                    "; lease lapsed, not serving" if not self.ctx.lease_ok() else ""
+                )
+                logger.warning("heartbeat failed: %s%s", exc, lapsed)
 
     async def _heartbeat(self) -> None:
+        """One heartbeat; on success the lease runs to half of mgmtd's timeout
+        after the moment it was sent (mgmtd cannot have declared us dead before)."""
+        sent = time.monotonic()
         req = HeartbeatReq(
             node_id=self.cfg.node_id,
             role="storage",
@@ -117,6 +134,10 @@ class StorageServer:
         known = self.ctx.routing.version if self.ctx.routing else 0
         if reply.routing_version > known:
             await self.ctx.refresh_routing()
+        if reply.heartbeat_timeout > 0:
+            if not self.ctx.lease_ok():
+                logger.info("lease from mgmtd (re)gained: serving")
+            self.ctx.lease_until = sent + reply.heartbeat_timeout / 2
 
     # -- data plane
 
@@ -134,6 +155,12 @@ class StorageServer:
             await conn.reply(M.QUERY_CHUNK_REPLY, self.reads.query(body))
         elif isinstance(body, wire.ListChunksReq):
             await conn.reply(M.LIST_CHUNKS_REPLY, self.reads.list_chunks(body))
+        elif isinstance(body, wire.SyncChunkReq):
+            payload = await conn.read_payload()
+            reply = await self.resync.sync_chunk(body, payload)
+            await conn.reply(M.SYNC_CHUNK_REPLY, reply)
+        elif isinstance(body, wire.SyncDoneReq):
+            await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
         elif isinstance(body, wire.TargetStatsReq):
             stats = await self.ctx.target_stats()
             await conn.reply(M.TARGET_STATS_REPLY, wire.TargetStatsReply(stats))

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Hashable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable
+from typing import Any
 
 from py3fs import errors, wire
 from py3fs.dataplane import DataClient
 from py3fs.mgmt_client import MgmtClient
-from py3fs.proto.messages import ChainInfo, TargetReport
+from py3fs.proto.messages import ChainInfo, LocalState, TargetReport, TargetState
 from py3fs.routing import RoutingView
 from storage_service.chunk_store import FileChunkStore
 from storage_service.config import StorageConfig
@@ -75,6 +77,17 @@ class StorageContext:
         self.locks = KeyedLocks()
         self._refresh_lock = asyncio.Lock()
         self._chain_of_target: dict[int, int] = {}
+        # The lease: monotonic time until which mgmtd's view of us is trusted (half
+        # its heartbeat timeout after a heartbeat was sent). 0: none yet.
+        self.lease_until = 0.0
+        # target -> chain version at which its resync completed (SYNC_DONE)
+        self.sync_done: dict[int, int] = {}
+        # Called with every new routing view (resync jobs start from here).
+        self.listeners: list[Callable[[RoutingView], None]] = []
+        # Set to send a heartbeat at once (a target became up to date).
+        self.beat_now = asyncio.Event()
+        self._spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] | None
+        self._spawn = None
 
     async def open(self) -> None:
         await asyncio.gather(*(s.load() for s in self.stores.values()))
@@ -89,6 +102,48 @@ class StorageContext:
                 f"target {target_id} is not on node {self.cfg.node_id}"
             ) from None
 
+    # -- background work
+
+    def set_spawner(
+        self, spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
+    ) -> None:
+        self._spawn = spawn
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coro` in the server's task group; its failure is logged, never
+        allowed to tear the group (and the server) down."""
+        assert self._spawn is not None, "server task group not started"
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                logger.exception("background task failed")
+
+        return self._spawn(guarded())
+
+    # -- lease and local states
+
+    def lease_ok(self) -> bool:
+        return time.monotonic() < self.lease_until
+
+    def local_state(self, target_id: int) -> str:
+        """What we tell mgmtd about a target: up to date while it serves or once
+        its resync finished at the current chain version; online otherwise."""
+        if self.routing is None or target_id not in self.routing.targets:
+            return LocalState.ONLINE
+        state = self.routing.targets[target_id].state
+        if state == TargetState.SERVING:
+            return LocalState.UPTODATE
+        chain = self.chain_of(target_id)
+        if (
+            state == TargetState.SYNCING
+            and chain is not None
+            and self.sync_done.get(target_id) == chain.version
+        ):
+            return LocalState.UPTODATE
+        return LocalState.ONLINE
+
     # -- routing
 
     def set_routing(self, routing: RoutingView) -> None:
@@ -101,6 +156,8 @@ class StorageContext:
         }
         if routing.version != old:
             logger.info("routing version %d -> %d", old, routing.version)
+            for listener in self.listeners:
+                listener(routing)
 
     async def refresh_routing(self, want_chain: tuple[int, int] | None = None) -> None:
         """Pull routing from mgmtd; concurrent callers share one pull. With
@@ -128,6 +185,12 @@ class StorageContext:
                 logger.warning("routing refresh failed: %s", exc)
         if self.routing is None:
             raise errors.TargetNotServing("no routing from mgmtd yet")
+        if not self.lease_ok():
+            # mgmtd may already have given our place in the chain to another
+            # target: serving now could make two heads (split brain).
+            raise errors.TargetNotServing(
+                f"node {self.cfg.node_id} has no lease: mgmtd not reachable"
+            )
         mine = self._chain_version(chain_id)
         if mine != chain_ver:
             raise errors.ChainVersionMismatch(
@@ -163,6 +226,7 @@ class StorageContext:
                 free_bytes=s.free_bytes,
                 total_bytes=s.total_bytes,
                 chunk_count=s.chunk_count,
+                local_state=self.local_state(s.target_id),
             )
             for s in await self.target_stats()
         ]

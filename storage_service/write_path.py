@@ -10,6 +10,12 @@ If a forward fails or an ack shows the successor holding different content, the
 head cannot know what the rest of the chain committed, so it marks the chunk
 "dirty": its next update goes down the chain as a full-chunk replace under a version
 no one has used, which brings every replica back to the same content.
+
+Every target remembers the reply to each (client, request, chunk) it applied, not
+only the head: after a head failover the client retries at the new head, which
+may already hold the write through the chain and must not apply it again.
+A successor that is `syncing` gets every update as a full replace, since its copy
+of the chunk may be anything until the resync reaches it.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from typing import Any
 
 from chain_replication import craq
 from py3fs import errors, wire
+from py3fs.proto.messages import TargetState
 from py3fs.routing import RoutingView
-from storage_service.chunk_store import MAX_CHUNK_SIZE, ChunkInfo, ChunkStore
+from storage_service.chunk_store import MAX_CHUNK_SIZE, ChunkInfo, ChunkStore, Staged
+from storage_service.resync import Resync
 from storage_service.targets import StorageContext
 
 logger = logging.getLogger(__name__)
@@ -54,8 +62,9 @@ def _validate(req: wire.WriteReq, n: int) -> None:
 
 
 class WritePath:
-    def __init__(self, ctx: StorageContext) -> None:
+    def __init__(self, ctx: StorageContext, resync: Resync) -> None:
         self.ctx = ctx
+        self.resync = resync
         self._done: OrderedDict[tuple[str, int, bytes], wire.WriteReply] = OrderedDict()
         self._last_assigned: dict[_Key, int] = {}
         self._dirty: set[_Key] = set()
@@ -77,18 +86,19 @@ class WritePath:
                 f"target {req.target_id} is not the head of chain {req.chain_id}"
             )
         dedup = (req.client_id, req.request_id, req.chunk_id)
-        use_dedup = is_head and bool(req.request_id)
-        if use_dedup and (hit := self._recall(dedup)) is not None:
+        recall = is_head and bool(req.request_id)
+        if recall and (hit := self._recall(dedup)) is not None:
             return hit
         async with self.ctx.locks.hold((req.target_id, req.chunk_id)):
-            if use_dedup and (hit := self._recall(dedup)) is not None:
+            if recall and (hit := self._recall(dedup)) is not None:
                 return hit
             if is_head:
                 reply = await self._head_write(store, routing, req, payload, succ)
             else:
                 reply = await self._chain_write(store, routing, req, payload, succ)
-        if use_dedup:
-            self._remember(dedup, reply)
+            if req.request_id:
+                # Remembered on every replica, consulted only as head (above).
+                self._remember(dedup, reply)
         return reply
 
     def _recall(self, key: tuple[str, int, bytes]) -> wire.WriteReply | None:
@@ -123,7 +133,9 @@ class WritePath:
                 req.full_replace,
             )
             if key in self._dirty and succ is not None and not full:
-                whole = await self._whole_content(store, req, payload)
+                whole = await self._whole_content(
+                    store, req.chunk_id, req.offset, payload
+                )
                 offset, data, full = 0, memoryview(whole), True
                 crc = await asyncio.to_thread(wire.crc32c, whole)
             # Once forwarded, a successor may commit this version whatever happens here.
@@ -151,17 +163,17 @@ class WritePath:
         )
 
     async def _whole_content(
-        self, store: ChunkStore, req: wire.WriteReq, payload: memoryview
+        self, store: ChunkStore, chunk_id: bytes, offset: int, payload: memoryview
     ) -> bytearray:
-        """The head's committed data with `payload` applied: a full-replace body."""
-        info = store.get(req.chunk_id)
+        """Our committed data with `payload` applied: a full-replace body."""
+        info = store.get(chunk_id)
         old: memoryview | bytes = b""
         if info is not None and info.length:
-            _, old = await store.read(req.chunk_id, 0, info.length, verify=True)
-        end = max(len(old), req.offset + payload.nbytes)
+            _, old = await store.read(chunk_id, 0, info.length, verify=True)
+        end = max(len(old), offset + payload.nbytes)
         whole = bytearray(end)
         whole[: len(old)] = old
-        whole[req.offset : req.offset + payload.nbytes] = payload
+        whole[offset : offset + payload.nbytes] = payload
         return whole
 
     async def _chain_write(
@@ -173,8 +185,12 @@ class WritePath:
         succ: int | None,
     ) -> wire.WriteReply:
         info = store.get(req.chunk_id)
+        me = routing.targets.get(req.target_id)
         action = craq.decide(
-            info.version if info else 0, req.update_ver, req.full_replace
+            info.version if info else 0,
+            req.update_ver,
+            req.full_replace,
+            syncing=me is not None and me.state == TargetState.SYNCING,
         )
         if action is craq.Action.ALREADY_DONE:
             return _reply(info)
@@ -183,17 +199,24 @@ class WritePath:
                 f"target {req.target_id} chunk {req.chunk_id.hex()} at version "
                 f"{info.version if info else 0} missed updates before {req.update_ver}"
             )
-        return await self._apply(
-            store,
-            routing,
-            req,
-            succ,
-            req.offset,
-            payload,
-            req.data_crc,
-            req.update_ver,
-            req.full_replace,
-        )
+        try:
+            return await self._apply(
+                store,
+                routing,
+                req,
+                succ,
+                req.offset,
+                payload,
+                req.data_crc,
+                req.update_ver,
+                req.full_replace,
+            )
+        except _Diverged as exc:
+            # Only the head can pick a fresh version; make it retry.
+            raise errors.ChunkNotCommitted(
+                f"chunk {req.chunk_id.hex()} diverged below target "
+                f"{req.target_id}: {exc}"
+            ) from None
 
     async def _apply(
         self,
@@ -208,16 +231,15 @@ class WritePath:
         full: bool,
     ) -> wire.WriteReply:
         """Stage locally while the successor applies; commit when both are done."""
-        stage = store.stage(
-            req.chunk_id,
-            offset,
-            data,
-            version=version,
-            chunk_size=req.chunk_size,
-            chain_ver=req.chain_ver,
-            full_replace=full,
-            data_crc=crc,
-        )
+        if (
+            succ is not None
+            and not full
+            and routing.targets[succ].state == TargetState.SYNCING
+        ):
+            whole = await self._whole_content(store, req.chunk_id, offset, data)
+            offset, data, full = 0, memoryview(whole), True
+            crc = await asyncio.to_thread(wire.crc32c, whole)
+        stage = self._stage(store, req, offset, data, crc, version, full)
         if succ is None:
             return _reply(await store.commit(await stage))
         fwd = wire.WriteReq(
@@ -256,6 +278,33 @@ class WritePath:
             await store.abort(staged)
             raise _Diverged(check.reason, acked.chunk_ver)
         return _reply(await store.commit(staged))
+
+    async def _stage(
+        self,
+        store: ChunkStore,
+        req: wire.WriteReq,
+        offset: int,
+        data: memoryview,
+        crc: int,
+        version: int,
+        full: bool,
+    ) -> Staged:
+        try:
+            return await store.stage(
+                req.chunk_id,
+                offset,
+                data,
+                version=version,
+                chunk_size=req.chunk_size,
+                chain_ver=req.chain_ver,
+                full_replace=full,
+                data_crc=crc,
+            )
+        except errors.ChecksumMismatch:
+            # A good payload means our old data is what failed its checksum.
+            if await asyncio.to_thread(wire.crc32c, data) == crc:
+                self.resync.schedule_repair(req.target_id, req.chunk_id)
+            raise
 
     async def _forward(
         self,

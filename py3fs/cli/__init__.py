@@ -10,7 +10,7 @@ import sys
 import click
 
 from py3fs import errors
-from py3fs.cli import cluster_cmds, file_cmds
+from py3fs.cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd
 
 
 class _Group(click.Group):
@@ -34,3 +34,5 @@ def main() -> None:
 main.add_command(cluster_cmds.cluster)
 for command in file_cmds.COMMANDS:
     main.add_command(command)
+main.add_command(mount_cmd.mount)
+main.add_command(bench_cmd.bench)

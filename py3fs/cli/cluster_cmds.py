@@ -30,7 +30,12 @@ def cluster() -> None:
 @click.option("--storage", default=3, show_default=True, help="Storage nodes.")
 @click.option("--targets", default=4, show_default=True, help="Targets per node.")
 @click.option("--replicas", default=3, show_default=True, help="Replicas per chain.")
-@click.option("--kv", default="", help="KV store URL (default: sqlite in DATA_DIR).")
+@click.option(
+    "--kv",
+    default="",
+    help="KV store URL, or 'etcd' to run a local 3-member etcd "
+    "(default: sqlite in DATA_DIR).",
+)
 @click.option("--fsync/--no-fsync", default=True, show_default=True)
 @click.option("--chunk-size", default="4MiB", show_default=True)
 @click.option("--heartbeat-timeout", default="10s", show_default=True)
@@ -63,7 +68,7 @@ def up(
     click.echo(f"\ncluster file: {local.cluster_file}")
     click.echo(f"data:         {local.data_dir}")
     click.echo(f"logs:         {local.run_dir}/*.log")
-    click.echo(f"KV store:     {spec.kv_url()}")
+    click.echo(f"KV store:     {local.kv_url}")
 
 
 @cluster.command()

@@ -84,3 +84,56 @@ def idempotent_key(client_id: str, request_id: int) -> bytes:
 
 def idempotent_range() -> tuple[bytes, bytes]:
     return IDEMPOTENT, strinc(IDEMPOTENT)
+
+
+# ---------------------------------------------------------------- KVCache index
+# A store is named (no NUL, no '/'); every key of one store starts with
+# prefix + name + NUL, so a store's pages, LRU order and counters are range reads.
+KV_STORE = b"KVST"
+KV_PAGE = b"KVPG"
+KV_LRU = b"KVLR"
+KV_COUNTER = b"KVCT"
+
+
+def _kv_store_prefix(prefix: bytes, store: str) -> bytes:
+    return prefix + store.encode() + b"\0"
+
+
+def kv_store_key(store: str) -> bytes:
+    """Store record: where its directories are, page size, capacity."""
+    return KV_STORE + store.encode()
+
+
+def kv_page_key(store: str, page: bytes) -> bytes:
+    return _kv_store_prefix(KV_PAGE, store) + page
+
+
+def kv_page_range(store: str) -> tuple[bytes, bytes]:
+    prefix = _kv_store_prefix(KV_PAGE, store)
+    return prefix, strinc(prefix)
+
+
+def kv_page_of(store: str, key: bytes) -> bytes:
+    return key[len(KV_PAGE) + len(store.encode()) + 1 :]
+
+
+def kv_lru_key(store: str, atime_ms: int, page: bytes) -> bytes:
+    """LRU secondary index: big-endian access time first, so a range scan from
+    the start of the store's range meets the least recently used page first."""
+    return _kv_store_prefix(KV_LRU, store) + _U64BE.pack(atime_ms) + page
+
+
+def kv_lru_range(store: str) -> tuple[bytes, bytes]:
+    prefix = _kv_store_prefix(KV_LRU, store)
+    return prefix, strinc(prefix)
+
+
+def kv_lru_split(store: str, key: bytes) -> tuple[int, bytes]:
+    """(access time in ms, page key) of an LRU index key."""
+    rest = key[len(KV_LRU) + len(store.encode()) + 1 :]
+    return int(_U64BE.unpack(rest[:8])[0]), rest[8:]
+
+
+def kv_counter_key(store: str, name: str) -> bytes:
+    """Per-store counters ("pages", "bytes") kept by atomic add."""
+    return _kv_store_prefix(KV_COUNTER, store) + name.encode()

@@ -36,6 +36,16 @@ class TargetState:
     OFFLINE = "offline"
 
 
+class LocalState:
+    """What a storage node says about its own target in heartbeats (3FS's local
+    state). `uptodate` only after a completed resync or while serving; a target of
+    a node that is down counts as `offline`."""
+
+    UPTODATE = "uptodate"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
 class NodeInfo(Msg):
     node_id: int
     role: str  # "storage" | "meta" | "mgmtd"
@@ -81,6 +91,7 @@ class TargetReport(Msg):
     free_bytes: int = 0
     total_bytes: int = 0
     chunk_count: int = 0
+    local_state: str = ""  # a LocalState; "" (an old sender) counts as online
 
 
 class RegisterNodeReq(Msg):
@@ -101,6 +112,9 @@ class HeartbeatReq(Msg):
 
 class HeartbeatReply(Msg):
     routing_version: int
+    # mgmtd's failure timeout in seconds: a storage node that has not heard back
+    # from mgmtd for half of it stops serving (its lease ran out).
+    heartbeat_timeout: float = 0.0
 
 
 class GetRoutingReq(Msg):
@@ -263,6 +277,138 @@ class StatFsReply(Msg):
     total_bytes: int
 
 
+# ---------------------------------------------------------------- KVCache (meta)
+# The page index of a KVCache store lives beside the namespace and changes in the
+# same transactions as the page files (see meta_service/ops/kvcache.py).
+
+
+class KvStoreReq(MetaReq):
+    """Open a store, creating it (and its directories) when missing. Zero
+    fields keep an existing store's settings."""
+
+    store: str = ""
+    path: str = ""  # directory of the store; "" means /kvcache/<store>
+    page_bytes: int = 0
+    capacity_bytes: int = 0
+    chunk_size: int = 0  # layout of page files; 0: the cluster default
+    stripe: int = 0
+
+
+class KvStoreInfo(Msg):
+    store: str
+    path: str
+    dir_inode: int
+    pages_inode: int
+    staging_inode: int
+    page_bytes: int = 0
+    capacity_bytes: int = 0
+    chunk_size: int = 0
+    stripe: int = 0
+
+
+class KvStoreStats(Msg):
+    pages: int
+    used_bytes: int
+    capacity_bytes: int
+    page_bytes: int
+
+
+class KvStageReq(MetaReq):
+    store: str = ""
+    count: int = 0
+
+
+class KvStageReply(Msg):
+    files: list[Inode]  # fresh empty files in the store's staging directory
+
+
+class KvPageNew(Msg):
+    key: bytes
+    inode: int  # a staging file from KvPageStage, already written
+    length: int
+
+
+class KvPutReq(MetaReq):
+    store: str = ""
+    pages: list[KvPageNew] = []
+
+
+class KvPutReply(Msg):
+    added: list[bool]  # False: the key was already there; the staging file is dropped
+
+
+class KvLookupReq(MetaReq):
+    store: str = ""
+    keys: list[bytes] = []
+    prefix: bool = False  # stop at the first missing key
+    touch: bool = False  # update the access time (LRU)
+    lease_ttl: float = 0.0  # > 0: lease found pages for this long
+    holder: str = ""
+    ttl: float = 0.0  # > 0: pages idle longer than this count as missing
+
+
+class KvPageLoc(Msg):
+    index: int  # position in the request's keys
+    inode: int
+    length: int
+    layout: Layout | None = None
+
+
+class KvLookupReply(Msg):
+    pages: list[KvPageLoc]
+    prefix_len: int  # leading keys found
+
+
+class KvKeysReq(MetaReq):
+    store: str = ""
+    keys: list[bytes] = []
+    ttl: float = 0.0  # lease: seconds; <= 0 releases `holder`'s lease
+    holder: str = ""
+
+
+class KvCountReply(Msg):
+    count: int
+
+
+class KvEvictReq(MetaReq):
+    """Remove least recently used unleased pages while the store holds more than
+    `target_bytes` (-1: no size goal) or they were idle longer than `ttl` (0:
+    none), at most `limit` per call; also staging files older than
+    `staging_ttl` (0: none)."""
+
+    store: str = ""
+    target_bytes: int = -1
+    ttl: float = 0.0
+    staging_ttl: float = 0.0
+    limit: int = 32
+
+
+class KvEvictReply(Msg):
+    evicted: int
+    evicted_bytes: int
+    staging_removed: int = 0
+    more: bool = False  # stopped at `limit` with work left
+
+
+class KvListReq(MetaReq):
+    store: str = ""
+    start_after: bytes = b""
+    limit: int = 1000
+
+
+class KvEntry(Msg):
+    key: bytes
+    inode: int
+    length: int
+    atime: float
+    leased_until: float = 0.0
+
+
+class KvListReply(Msg):
+    entries: list[KvEntry]
+    more: bool = False
+
+
 META_RPCS: Final[dict[str, tuple[type[Msg], type[Msg]]]] = {
     "Stat": (PathReq, Inode),
     "StatInode": (InodeReq, Inode),
@@ -279,4 +425,14 @@ META_RPCS: Final[dict[str, tuple[type[Msg], type[Msg]]]] = {
     "Link": (LinkReq, Inode),
     "SetAttr": (SetAttrReq, Inode),
     "StatFs": (MetaReq, StatFsReply),
+    "KvStoreOpen": (KvStoreReq, KvStoreInfo),
+    "KvStoreStats": (KvStoreReq, KvStoreStats),
+    "KvPageStage": (KvStageReq, KvStageReply),
+    "KvPagePut": (KvPutReq, KvPutReply),
+    "KvPageLookup": (KvLookupReq, KvLookupReply),
+    "KvPageTouch": (KvKeysReq, KvCountReply),
+    "KvPageLease": (KvKeysReq, KvCountReply),
+    "KvPageRemove": (KvKeysReq, KvCountReply),
+    "KvPageEvict": (KvEvictReq, KvEvictReply),
+    "KvPageList": (KvListReq, KvListReply),
 }

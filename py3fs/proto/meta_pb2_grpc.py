@@ -109,6 +109,56 @@ class MetaStub:
                 request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
                 response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
                 _registered_method=True)
+        self.KvStoreOpen = channel.unary_unary(
+                '/py3fs.meta.Meta/KvStoreOpen',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvStoreStats = channel.unary_unary(
+                '/py3fs.meta.Meta/KvStoreStats',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageStage = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageStage',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPagePut = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPagePut',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageLookup = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageLookup',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageTouch = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageTouch',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageLease = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageLease',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageRemove = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageRemove',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageEvict = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageEvict',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
+        self.KvPageList = channel.unary_unary(
+                '/py3fs.meta.Meta/KvPageList',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -204,6 +254,67 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KvStoreOpen(self, request, context):
+        """KVCache page index (meta_service/ops/kvcache.py)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvStoreStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageStage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPagePut(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageLookup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageTouch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageEvict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPageList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +390,56 @@ def add_MetaServicer_to_server(servicer, server):
             ),
             'StatFs': grpc.unary_unary_rpc_method_handler(
                     servicer.StatFs,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvStoreOpen': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvStoreOpen,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvStoreStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvStoreStats,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageStage': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageStage,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPagePut': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPagePut,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageLookup': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageLookup,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageTouch': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageTouch,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageLease,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageRemove,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageEvict': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageEvict,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'KvPageList': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPageList,
                     request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
                     response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
             ),
@@ -686,6 +847,276 @@ class Meta:
             request,
             target,
             '/py3fs.meta.Meta/StatFs',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvStoreOpen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvStoreOpen',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvStoreStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvStoreStats',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageStage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageStage',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPagePut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPagePut',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageLookup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageLookup',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageTouch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageTouch',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageLease',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageRemove',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageEvict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageEvict',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPageList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.meta.Meta/KvPageList',
             py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
             py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
             options,

@@ -16,6 +16,7 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.procs import ServiceProc
 from py3fs.proto.messages import (
     HeartbeatReq,
+    LocalState,
     RegisterNodeReq,
     TargetReport,
     TargetState,
@@ -76,6 +77,9 @@ class FakeStorage:
     def __init__(self, client: MgmtClient) -> None:
         self.client = client
         self.silent: set[int] = set()
+        # Nodes whose targets report "online" (resync pending) instead of
+        # "uptodate", as a real storage node does until its resync is done.
+        self.recovering: set[int] = set()
 
     async def register(self) -> RoutingView:
         view = None
@@ -99,7 +103,14 @@ class FakeStorage:
                 role="storage",
                 address=f"127.0.0.1:{node_id}",
                 targets=[
-                    TargetReport(target_id=t, used_bytes=node_id, total_bytes=1 << 30)
+                    TargetReport(
+                        target_id=t,
+                        used_bytes=node_id,
+                        total_bytes=1 << 30,
+                        local_state=LocalState.ONLINE
+                        if node_id in self.recovering
+                        else LocalState.UPTODATE,
+                    )
                     for t in targets_of(node_id)
                 ],
                 pid=1000 + node_id,
@@ -196,9 +207,25 @@ async def test_silent_node_goes_down_and_returns(mgmtd: ServiceProc) -> None:
             assert view.chain(chain_id).version > before.chain(chain_id).version
             assert len(view.writable_targets(chain_id)) == 2
 
+        # Back: its targets sync (writable, not readable) until it reports them
+        # up to date, then serve.
+        storage.recovering.add(2)
         storage.silent.clear()
-        view = await wait_for(client, lambda v: v.nodes[2].up, timeout=3.0)
-        assert all(t.state == TargetState.SERVING for t in view.targets.values())
+
+        def syncing(v: RoutingView) -> bool:
+            mine = [t.state for t in v.targets.values() if t.node_id == 2]
+            return v.nodes[2].up and set(mine) == {TargetState.SYNCING}
+
+        view = await wait_for(client, syncing, timeout=3.0)
+        for chain_id in view.table(1).chains:
+            assert len(view.writable_targets(chain_id)) == 3
+            assert len(view.serving_targets(chain_id)) == 2
+        storage.recovering.clear()
+        view = await wait_for(
+            client,
+            lambda v: all(t.state == TargetState.SERVING for t in v.targets.values()),
+            timeout=3.0,
+        )
 
 
 async def test_routing_survives_kill_9(tmp_path: Path, mgmtd: ServiceProc) -> None:

@@ -10,6 +10,7 @@ from mgmt_service.state import MgmtState
 from py3fs import errors
 from py3fs.proto.messages import (
     HeartbeatReq,
+    LocalState,
     RegisterNodeReq,
     RoutingInfo,
     TargetReport,
@@ -55,8 +56,11 @@ def register_storage(state: MgmtState, nodes: int = 3) -> None:
         )
 
 
-def beat(state: MgmtState, node_id: int, **stats: int) -> int:
-    reports = [TargetReport(target_id=t, **stats) for t in storage_targets(node_id)]
+def beat(state: MgmtState, node_id: int, local: str = "", **stats: int) -> int:
+    reports = [
+        TargetReport(target_id=t, local_state=local, **stats)
+        for t in storage_targets(node_id)
+    ]
     return state.heartbeat(
         HeartbeatReq(
             node_id=node_id,
@@ -193,12 +197,48 @@ def test_silent_node_goes_down_and_comes_back(
         ]
         assert len(view.writable_targets(chain_id)) == 2
 
-    beat(state, 2)
+    # Back: waiting first, then syncing (writable, not readable), then serving
+    # once the node reports the resync done.
+    beat(state, 2, local=LocalState.ONLINE)
     view = RoutingView(state.routing())
     assert view.nodes[2].up
+    assert {t.state for t in view.targets.values() if t.node_id == 2} == {
+        TargetState.WAITING
+    }
+    beat(state, 2, local=LocalState.ONLINE)
+    view = RoutingView(state.routing())
+    for chain_id in view.table(1).chains:
+        chain = view.chain(chain_id)
+        assert view.targets[chain.targets[-1]].state == TargetState.SYNCING
+        assert len(view.writable_targets(chain_id)) == 3
+        assert len(view.serving_targets(chain_id)) == 2
+    beat(state, 2, local=LocalState.UPTODATE)
+    view = RoutingView(state.routing())
     assert all(t.state == TargetState.SERVING for t in view.targets.values())
-    assert all(view.chain(c).version == 3 for c in view.table(1).chains)
-    assert view.version == before.version + 2
+    assert all(view.chain(c).version == 5 for c in view.table(1).chains)
+
+
+def test_restart_sends_targets_through_recovery(state: MgmtState) -> None:
+    register_storage(state)
+    state.create_chain_table(replicas=3)
+    register_storage(state, nodes=1)  # node 1 restarted within the timeout
+    view = RoutingView(state.routing())
+    assert {t.state for t in view.targets.values() if t.node_id == 1} == {
+        TargetState.OFFLINE
+    }
+    for chain_id in view.table(1).chains:
+        assert view.chain(chain_id).targets[-1] // 100 == 1
+
+
+def test_last_serving_target_is_waited_for(state: MgmtState, clock: FakeClock) -> None:
+    register_storage(state)
+    state.create_chain_table(replicas=3)
+    clock.now += TIMEOUT + 1
+    assert state.expire() == [1, 2, 3]
+    view = RoutingView(state.routing())
+    for chain_id in view.table(1).chains:
+        got = [view.targets[t].state for t in view.chain(chain_id).targets]
+        assert got == [TargetState.LASTSRV, TargetState.OFFLINE, TargetState.OFFLINE]
 
 
 def test_reregister_brings_node_back(state: MgmtState, clock: FakeClock) -> None:

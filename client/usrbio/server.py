@@ -1,0 +1,320 @@
+"""The USRBIO agent core: maps iovs and rings, runs the ios prepared in each ring
+with many in flight, straight between the shared buffer and storage.
+
+It runs on the event loop of a `Client`: inside the FUSE daemon
+(`fuse_mount.agent`) or in a private thread (`client.usrbio.local`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from client.batch_read import ReadItem, read_batch
+from client.usrbio.iov import close_map, map_shm
+from client.usrbio.ring import RingConsumer, parse_name
+from py3fs import errors
+from py3fs.proto.messages import Inode, SyncReq
+
+if TYPE_CHECKING:
+    from client.client import Client
+
+logger = logging.getLogger(__name__)
+Sqe = tuple[bytes, int, int, int, int, int]  # iov id, buf off, inode, off, len, tag
+WORKERS_PER_BATCH = 64  # writes one batch keeps in flight
+SLICE_IOS = 256  # reads per `read_batch` call
+SLICE_BYTES = 32 << 20
+SLICES_IN_FLIGHT = 8
+SCAN_INTERVAL = 0.05  # s: look at a ring even without a doorbell (prepare w/o submit)
+
+
+@dataclass
+class _Iov:
+    name: str
+    target: str
+    uid: int
+    mm: mmap.mmap
+    view: memoryview
+
+
+@dataclass
+class _Ring:
+    name: str
+    target: str
+    uid: int
+    ring: RingConsumer
+    task: asyncio.Task[None] | None = None
+    batches: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class UsrbioServer:
+    """Registry of iovs and rings by symlink name, and the ring servers."""
+
+    def __init__(
+        self, on_length: Callable[[int], Awaitable[None]] | None = None
+    ) -> None:
+        # Called with an inode whose length grew through a ring, before the
+        # completions are posted (the FUSE agent drops the kernel's cached size).
+        self._on_length = on_length
+        self._iovs: dict[bytes, _Iov] = {}
+        self._rings: dict[str, _Ring] = {}
+        self._names: dict[str, str] = {}  # name -> target
+        self._client: Client | None = None
+        self._inodes: dict[int, tuple[Inode, float]] = {}
+        self._closing = False
+
+    # ------------------------------------------------------------ registry
+
+    def register_iov(self, name: str, target: str, uid: int = 0) -> None:
+        if name in self._names:
+            raise OSError(errno.EEXIST, f"{name} is registered already")
+        ident, _block, spec = parse_name(name)
+        path = os.path.realpath(target)
+        if spec is None:
+            mm = map_shm(path)
+            self._iovs[ident.bytes] = _Iov(name, target, uid, mm, memoryview(mm))
+        else:
+            ring = _Ring(name, target, uid, RingConsumer(path))
+            self._rings[name] = ring
+            if self._client is not None:
+                self._start_ring(ring)
+        self._names[name] = target
+
+    def deregister_iov(self, name: str) -> None:
+        if self._names.pop(name, None) is None:
+            raise OSError(errno.ENOENT, f"{name} is not registered")
+        ring = self._rings.pop(name, None)
+        if ring is not None:
+            if ring.task is not None:
+                ring.task.cancel()
+                # Close once the serving task has let go of the ring.
+                ring.task.add_done_callback(lambda _t: ring.ring.close())
+            else:
+                ring.ring.close()
+            return
+        ident, _, _ = parse_name(name)
+        iov = self._iovs.pop(ident.bytes, None)
+        if iov is not None:
+            iov.view.release()
+            close_map(iov.mm)
+
+    def iov_names(self) -> list[str]:
+        return list(self._names)
+
+    def iov_target(self, name: str) -> str | None:
+        return self._names.get(name)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, client: Client) -> None:
+        self._client = client
+        for ring in self._rings.values():
+            if ring.task is None:
+                self._start_ring(ring)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for name in list(self._names):
+            with contextlib.suppress(OSError):
+                self.deregister_iov(name)
+        tasks = [r.task for r in self._rings.values() if r.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start_ring(self, ring: _Ring) -> None:
+        ring.task = asyncio.get_running_loop().create_task(
+            self._serve(ring), name=f"usrbio-ring-{ring.name}"
+        )
+
+    # ------------------------------------------------------------ serving
+
+    async def _serve(self, r: _Ring) -> None:
+        loop = asyncio.get_running_loop()
+        ring = r.ring
+        wake = asyncio.Event()
+        loop.add_reader(ring.submit_bell.fd, wake.set)
+        try:
+            while True:
+                wake.clear()
+                ring.submit_bell.drain()
+                batch = self._take(ring)
+                if batch:
+                    task = loop.create_task(self._run_batch(ring, batch))
+                    r.batches.add(task)
+                    task.add_done_callback(r.batches.discard)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SCAN_INTERVAL):
+                        await wake.wait()
+        finally:
+            loop.remove_reader(ring.submit_bell.fd)
+            for task in list(r.batches):
+                task.cancel()
+            await asyncio.gather(*r.batches, return_exceptions=True)
+
+    @staticmethod
+    def _take(ring: RingConsumer) -> list[Sqe]:
+        depth = ring.io_depth
+        if depth > 0:
+            # Fixed-size batches only, as 3FS does: fewer queued ios wait.
+            return ring.take(depth) if ring.pending() >= depth else []
+        return ring.take(-depth if depth < 0 else ring.entries)
+
+    async def _run_batch(self, ring: RingConsumer, batch: list[Sqe]) -> None:
+        if ring.for_read:
+            await self._read_batch(ring, batch)
+        else:
+            await self._write_batch(ring, batch)
+
+    async def _read_batch(self, ring: RingConsumer, batch: list[Sqe]) -> None:
+        """Reads go out grouped (`client.batch_read`): a slice of the batch at a
+        time, several slices in flight, completions posted per slice."""
+        since = time.monotonic()
+        need: dict[int, int] = {}
+        for sqe in batch:
+            need[sqe[2]] = max(need.get(sqe[2], 0), sqe[3] + sqe[4])
+        nodes: dict[int, Inode | int] = {}
+
+        async def resolve(inode: int) -> None:
+            try:
+                nodes[inode] = await self._inode(inode, need[inode], since)
+            except errors.Py3fsError as exc:
+                nodes[inode] = -exc.errno
+
+        await asyncio.gather(*(resolve(i) for i in need))
+        slices: list[list[tuple[int, ReadItem]]] = [[]]
+        size = 0
+        for iov_id, buf_off, inode, file_off, length, tag in batch:
+            iov = self._iovs.get(iov_id)
+            node = nodes[inode]
+            if iov is None or buf_off + length > iov.view.nbytes:
+                ring.post(tag, -errno.EFAULT)
+                continue
+            if isinstance(node, int):
+                ring.post(tag, node)
+                continue
+            n = max(0, min(length, node.length - file_off))
+            if n == 0:
+                ring.post(tag, 0)
+                continue
+            assert node.layout is not None
+            dest = iov.view[buf_off : buf_off + n]
+            if len(slices[-1]) >= SLICE_IOS or size >= SLICE_BYTES:
+                slices.append([])
+                size = 0
+            slices[-1].append((tag, ReadItem(inode, node.layout, file_off, dest)))
+            size += n
+        ring.done_bell.ring()
+        sem = asyncio.Semaphore(SLICES_IN_FLIGHT)
+
+        async def run(part: list[tuple[int, ReadItem]]) -> None:
+            async with sem:
+                try:
+                    failed = await read_batch(
+                        self._client_or_fail().storage, [it for _, it in part]
+                    )
+                except Exception:
+                    logger.exception("usrbio batch read failed")
+                    failed = [errors.Py3fsError("batch read failed")] * len(part)
+            for (tag, item), exc in zip(part, failed, strict=True):
+                if exc is None:
+                    ring.post(tag, item.dest.nbytes)
+                else:
+                    ring.post(tag, -getattr(exc, "errno", errno.EIO))
+            ring.done_bell.ring()
+
+        await asyncio.gather(*(run(p) for p in slices if p))
+
+    def _client_or_fail(self) -> Client:
+        assert self._client is not None
+        return self._client
+
+    async def _write_batch(self, ring: RingConsumer, batch: list[Sqe]) -> None:
+        """Writes to one chunk run one after another (each is a read-modify-write
+        of the chunk on every replica, so concurrent ones only contend); writes
+        to different chunks run in parallel."""
+        since = time.monotonic()
+        ends: dict[int, int] = {}
+        held: list[tuple[int, int]] = []
+        groups: dict[tuple[int, int], list[Sqe]] = {}
+        for sqe in batch:
+            cached = self._inodes.get(sqe[2])
+            layout = cached[0].layout if cached else None
+            chunk = sqe[3] // layout.chunk_size if layout else 0
+            groups.setdefault((sqe[2], chunk), []).append(sqe)
+        sem = asyncio.Semaphore(WORKERS_PER_BATCH)
+
+        async def run(group: list[Sqe]) -> None:
+            async with sem:
+                for sqe in sorted(group, key=lambda q: q[3]):
+                    held.append((sqe[5], await self._write_one(sqe, since, ends)))
+
+        await asyncio.gather(*(run(g) for g in groups.values()))
+        if held:
+            # Written lengths reach meta before the program sees the completions,
+            # so a stat right after wait() shows them (3FS needs force_fsync).
+            await self._sync_lengths(ends)
+            for tag, result in held:
+                ring.post(tag, result)
+            ring.done_bell.ring()
+
+    async def _write_one(self, sqe: Sqe, since: float, ends: dict[int, int]) -> int:
+        iov_id, buf_off, inode, file_off, length, _tag = sqe
+        iov = self._iovs.get(iov_id)
+        if iov is None or buf_off + length > iov.view.nbytes:
+            return -errno.EFAULT
+        try:
+            node = await self._inode(inode, 0, since)
+            assert node.layout is not None
+            await self._client_or_fail().storage.write(
+                inode, node.layout, file_off, iov.view[buf_off : buf_off + length]
+            )
+        except errors.Py3fsError as exc:
+            return -exc.errno
+        except Exception:
+            logger.exception("usrbio write on inode %d failed", inode)
+            return -errno.EIO
+        ends[inode] = max(ends.get(inode, 0), file_off + length)
+        return length
+
+    async def _inode(self, inode: int, need_end: int, since: float) -> Inode:
+        """The inode, re-read from meta when the cached length is short of
+        `need_end` and older than the batch (another writer may have grown it)."""
+        cached = self._inodes.get(inode)
+        if cached is not None and (cached[0].length >= need_end or cached[1] >= since):
+            return cached[0]
+        assert self._client is not None
+        node = await self._client.stat_inode(inode)
+        if not node.layout:
+            raise errors.IsADirectory(f"inode {inode} is not a file")
+        self._inodes[inode] = (node, time.monotonic())
+        return node
+
+    async def _sync_lengths(self, ends: dict[int, int]) -> None:
+        assert self._client is not None
+        for inode, end in ends.items():
+            cached = self._inodes.get(inode)
+            if cached is not None and cached[0].length >= end:
+                continue
+            try:
+                node = await self._client.meta.call(
+                    "Sync", SyncReq(inode=inode, length=end), Inode
+                )
+            except errors.Py3fsError:
+                logger.warning("usrbio: length of inode %d not updated", inode)
+                continue
+            self._inodes[inode] = (node, time.monotonic())
+            if self._on_length is not None:
+                try:
+                    await self._on_length(inode)
+                except Exception:
+                    logger.exception("usrbio: length hook failed for %d", inode)

@@ -1,0 +1,274 @@
+"""Open files of the FUSE daemon: one client `File` (and meta write session) per
+FUSE handle, file lengths, appends, truncation, and unlinked-but-open files.
+
+Lengths: a write is acknowledged once every replica has it, but meta learns the
+new length only on flush/fsync/release (as in 3FS). Until then `length_hint`
+merges what this daemon's handles wrote, so `stat` and reads here see it.
+
+O_APPEND: each append takes the inode's lock, asks meta for the length, writes
+there and reports the new length before the lock is released. Appends through
+this daemon therefore never overlap; appends to one file from two different
+mounts (two daemons) can still race, as they do on NFS.
+
+Sequential writes: the kernel sends at most 1 MiB per write, and storage
+rewrites a whole chunk for a write that does not replace it from its start.
+So a handle gathers contiguous writes and sends them when they reach a chunk
+boundary (a full-chunk write is a plain replace), when a write is not
+contiguous, and before any read, truncate, flush, fsync or release of the
+inode. A storage failure on gathered data is reported by the next of those
+(close or fsync), as on NFS.
+
+Unlinked-but-open files: meta keeps the chunks of an unlinked file while it has
+write sessions, but read-only opens have none (as in 3FS). Before this daemon
+unlinks or renames over a file it has open only for reading, `pin` opens a
+write session for it, closed with the last handle, so reads keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+from client import Client, File
+from client.meta_client import acting_as
+from py3fs.proto.messages import Inode, OpenReply, OpenReq
+
+logger = logging.getLogger(__name__)
+_META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
+
+
+@dataclass
+class FileHandle:
+    fh: int
+    ino: int
+    file: File
+    append: bool
+    # Sequential writes gathered up to a chunk boundary (see `write`).
+    pending_at: int = 0
+    pending: bytearray = field(default_factory=bytearray)
+
+    @property
+    def length(self) -> int:
+        return max(self.file.length, self.pending_at + len(self.pending))
+
+    async def flush_pending(self) -> None:
+        if self.pending:
+            data, self.pending = self.pending, bytearray()
+            await self.file.pwrite(data, self.pending_at)
+
+
+@dataclass
+class InodeState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    handles: dict[int, FileHandle] = field(default_factory=dict)
+    pin: File | None = None
+
+
+def _writes(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+
+
+class OpenFiles:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._fhs = itertools.count(1)
+        self._handles: dict[int, FileHandle] = {}
+        self._inodes: dict[int, InodeState] = {}
+
+    def get(self, fh: int) -> FileHandle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return handle
+
+    def is_open(self, ino: int) -> bool:
+        return ino in self._inodes
+
+    def length_hint(self, ino: int) -> int | None:
+        """The longest length this daemon's handles know of `ino`, or None."""
+        state = self._inodes.get(ino)
+        if state is None or not state.handles:
+            return None
+        return max(h.length for h in state.handles.values())
+
+    def _adopt(self, ino: int, node: Inode) -> None:
+        for handle in self._inodes[ino].handles.values():
+            handle.file.inode = node
+
+    # ------------------------------------------------------------ open/close
+
+    async def open(
+        self, path: str, flags: int, *, ino: int = 0, perm: int = 0o644
+    ) -> FileHandle:
+        """Open `path` for a FUSE request (O_CREAT creates it with `perm`). With
+        `ino`, the path must still name that inode (ESTALE otherwise)."""
+        old_length = 0
+        if ino and flags & os.O_TRUNC and _writes(flags):
+            old_length = max(
+                self.length_hint(ino) or 0,
+                (await self._client.stat_inode(ino)).length,
+            )
+        req = OpenReq(path=path, flags=flags & _META_FLAGS, mode=perm)
+        reply = await self._client.meta.call("Open", req, OpenReply)
+        file = File(self._client, path, flags & _META_FLAGS, reply)
+        node = reply.inode
+        if ino and node.inode != ino:
+            await file.close()
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        state = self._inodes.setdefault(node.inode, InodeState())
+        if old_length > node.length:
+            async with state.lock:
+                await self._flush_inode(node.inode)
+                await self._drop_tail(node, 0, old_length)
+        handle = FileHandle(
+            next(self._fhs), node.inode, file, bool(flags & os.O_APPEND)
+        )
+        self._handles[handle.fh] = handle
+        state.handles[handle.fh] = handle
+        return handle
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        state = self._inodes[handle.ino]
+        state.handles.pop(fh, None)
+        try:
+            try:
+                await handle.flush_pending()
+            finally:
+                await handle.file.close()
+        finally:
+            if not state.handles:
+                del self._inodes[handle.ino]
+                if state.pin is not None:
+                    await state.pin.close()
+
+    async def close_all(self) -> None:
+        """Unmount: end every session so meta can collect unlinked files."""
+        for fh in list(self._handles):
+            try:
+                await self.release(fh)
+            except Exception:  # shutting down: report it, close the rest
+                logger.exception("closing handle %d at unmount failed", fh)
+
+    async def pin(self, ino: int, path: str) -> None:
+        """`path` (naming `ino`) is about to be unlinked or replaced: if this
+        daemon has it open and holds no write session on it, take one."""
+        state = self._inodes.get(ino)
+        if state is None or state.pin is not None:
+            return
+        if any(h.file.writable for h in state.handles.values()):
+            return
+        # The daemon's own session, not the caller's: a reader may lack write
+        # permission, and the session only delays garbage collection.
+        with acting_as(0, 0):
+            req = OpenReq(path=path, flags=os.O_WRONLY)
+            reply = await self._client.meta.call("Open", req, OpenReply)
+        pin = File(self._client, path, os.O_WRONLY, reply)
+        if reply.inode.inode != ino or ino not in self._inodes:
+            await pin.close()
+            return
+        state.pin = pin
+
+    # ------------------------------------------------------------ data
+
+    async def _flush_inode(self, ino: int) -> None:
+        state = self._inodes.get(ino)
+        if state is not None:
+            for handle in list(state.handles.values()):
+                await handle.flush_pending()
+
+    async def read(self, fh: int, offset: int, size: int) -> bytearray:
+        handle = self.get(fh)
+        await self._flush_inode(handle.ino)
+        length = self.length_hint(handle.ino) or 0
+        if offset + size > length:
+            # Reading at the end: another client (or mount) may have grown it.
+            node = await self._client.stat_inode(handle.ino)
+            self._adopt(handle.ino, node)
+            length = self.length_hint(handle.ino) or 0
+        n = min(size, length - offset)
+        if n <= 0:
+            return bytearray()
+        buf = bytearray(n)
+        layout = handle.file.inode.layout
+        assert layout is not None
+        await self._client.storage.read(handle.ino, layout, offset, memoryview(buf))
+        return buf
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.get(fh)
+        if not handle.append:
+            return await self._gather(handle, offset, data)
+        async with self._inodes[handle.ino].lock:
+            await self._flush_inode(handle.ino)
+            node = await self._client.stat_inode(handle.ino)
+            self._adopt(handle.ino, node)
+            end = max(node.length, self.length_hint(handle.ino) or 0)
+            n = await handle.file.pwrite(data, end)
+            await handle.file.fsync()
+        return n
+
+    async def _gather(self, handle: FileHandle, offset: int, data: bytes) -> int:
+        layout = handle.file.inode.layout
+        assert layout is not None
+        chunk = layout.chunk_size
+        if handle.pending and offset != handle.pending_at + len(handle.pending):
+            await handle.flush_pending()
+        if not handle.pending:
+            handle.pending_at = offset
+        handle.pending += data
+        end = handle.pending_at + len(handle.pending)
+        if end // chunk > handle.pending_at // chunk or end % chunk == 0:
+            # Send everything up to the last chunk boundary; keep the rest.
+            cut = end - end % chunk - handle.pending_at
+            head = handle.pending[:cut]
+            handle.pending = handle.pending[cut:]
+            start, handle.pending_at = handle.pending_at, handle.pending_at + cut
+            try:
+                await handle.file.pwrite(head, start)
+            except BaseException:
+                # Nothing of this write is kept: the caller sees the error.
+                handle.pending = bytearray()
+                raise
+        return len(data)
+
+    async def sync(self, fh: int) -> None:
+        """Send gathered writes and report this handle's length to meta (flush,
+        fsync)."""
+        handle = self.get(fh)
+        await handle.flush_pending()
+        if handle.file.writable and handle.file.written:
+            await handle.file.fsync()
+
+    async def set_length(self, ino: int, path: str, length: int) -> Inode:
+        """Truncate or extend `ino` (at `path`) to `length`. Bytes past the new
+        end are dropped from storage, so extending later reads zeros there."""
+        state = self._inodes.get(ino) or InodeState()
+        async with state.lock:
+            await self._flush_inode(ino)
+            old = max(
+                self.length_hint(ino) or 0,
+                (await self._client.stat_inode(ino)).length,
+            )
+            node = await self._client.setattr(path, length=length)
+            if length < old:
+                await self._drop_tail(node, length, old)
+            if ino in self._inodes:
+                self._adopt(ino, node)
+        return node
+
+    async def _drop_tail(self, node: Inode, length: int, old_length: int) -> None:
+        assert node.layout is not None
+        await self._client.storage.truncate(node.inode, node.layout, length, old_length)
+        state = self._inodes.get(node.inode)
+        if state is not None:
+            for handle in state.handles.values():
+                handle.file.forget_writes_past(length)

@@ -1,0 +1,248 @@
+"""Mounting: checks, mount options, the event loop, signals, daemon mode.
+
+The mount shows in /proc/self/mountinfo as fs type `fuse.hf3fs` with source
+`hf3fs` (mount options `subtype=hf3fs`, `fsname=hf3fs`), which is what 3FS's
+USRBIO library and the programs written for it look for.
+
+`--daemon` forks before mounting; the parent waits on a pipe until the child
+has mounted (or failed), so a caller that sees the command return 0 can use
+the mount at once. SIGTERM/SIGINT end the FUSE loop; open files are closed
+(ending their write sessions), the agent stopped and the mount removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from client import Client, ClientConfig, load_client_config
+from fuse_mount.hooks import load_agent
+from fuse_mount.operations import Operations
+from py3fs import errors, log
+
+logger = logging.getLogger(__name__)
+FS_TYPE = "fuse.hf3fs"
+
+
+class MountError(Exception):
+    """A reason the mount cannot start, for a one-line message."""
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """(mount point, fs type) of every mount."""
+    out = []
+    with open(mountinfo) as fh:
+        for line in fh:
+            fields = line.split()
+            sep = fields.index("-")
+            out.append((_unescape(fields[4]), fields[sep + 1]))
+    return out
+
+
+def is_mounted(path: str, fs_type: str | None = None) -> bool:
+    path = os.path.realpath(path)
+    return any(p == path and fs_type in (None, t) for p, t in mounts())
+
+
+def check(mountpoint: str) -> str:
+    """The canonical mount point, or MountError saying why it cannot be used."""
+    path = os.path.realpath(mountpoint)
+    if not os.path.isdir(path):
+        raise MountError(f"{mountpoint} is not a directory")
+    if is_mounted(path):
+        raise MountError(f"{mountpoint} is already a mount point")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("no /dev/fuse: the kernel has no FUSE (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("cannot open /dev/fuse (mounting needs root here)")
+    return path
+
+
+def options(debug: bool = False) -> set[str]:
+    opts = {"fsname=hf3fs", "subtype=hf3fs", "default_permissions"}
+    if os.geteuid() == 0:
+        # Other users' processes may use the mount; default_permissions and
+        # meta's per-request uid keep them to what mode bits allow.
+        opts.add("allow_other")
+    if debug:
+        opts.add("debug")
+    return opts
+
+
+async def serve(
+    client: Client,
+    mountpoint: str,
+    *,
+    debug: bool = False,
+    ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Mount, serve until a signal or an external unmount, clean up."""
+    agent = load_agent(mountpoint)
+    ops = Operations(client, agent, mountpoint)
+    pyfuse3.init(ops, mountpoint, options(debug))
+    try:
+        await agent.start(client)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, pyfuse3.terminate)
+        logger.info("mounted py3fs at %s", mountpoint)
+        ready()
+        await pyfuse3.main()
+    finally:
+        try:
+            await ops.aclose()
+            await agent.aclose()
+        finally:
+            pyfuse3.close(unmount=True)
+            logger.info("unmounted %s", mountpoint)
+
+
+def run(
+    mountpoint: str,
+    cluster_file: str | None = None,
+    *,
+    daemon: bool = False,
+    debug: bool = False,
+    pid_file: str | None = None,
+    log_file: str | None = None,
+) -> int:
+    """The `py3fs mount` / `python -m fuse_mount` entry point; returns the exit
+    status after printing any failure as one line."""
+    try:
+        path = check(mountpoint)
+        config = load_client_config(cluster_file)
+    except (MountError, OSError, errors.Py3fsError) as exc:
+        print(f"py3fs mount: {exc}", file=sys.stderr)
+        return 1
+    if not daemon:
+        log.setup("fuse", 0, "DEBUG" if debug else "INFO")
+        return _serve(config, path, debug, lambda: None)
+    return _daemonize(path, config, debug, pid_file, log_file)
+
+
+def _enable_asyncio() -> None:
+    """Switch pyfuse3 to asyncio, with race-free replacements for its
+    `wait_readable` / `notify_closing`: upstream's reader callback can resolve a
+    future twice (and `notify_closing` fails one already resolved), which raises
+    InvalidStateError in the FUSE loop, most often at unmount."""
+    pyfuse3.asyncio.enable()
+    waiting: dict[int, set[asyncio.Future[None]]] = {}
+
+    async def wait_readable(fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if not future.done():
+                future.set_result(None)
+
+        waiting.setdefault(fd, set()).add(future)
+        loop.add_reader(fd, readable)
+        try:
+            await future
+        finally:
+            loop.remove_reader(fd)
+            waiting[fd].discard(future)
+            if not waiting[fd]:
+                del waiting[fd]
+
+    def notify_closing(fd: int) -> None:
+        for future in waiting.get(fd, ()):
+            if not future.done():
+                future.set_exception(pyfuse3.asyncio.ClosedResourceError())
+
+    pyfuse3.asyncio.wait_readable = wait_readable  # type: ignore[assignment]
+    pyfuse3.asyncio.notify_closing = notify_closing  # type: ignore[assignment]
+
+
+def _serve(
+    config: ClientConfig, path: str, debug: bool, ready: Callable[[], None]
+) -> int:
+    _enable_asyncio()
+
+    async def main() -> None:
+        # Built inside the loop: gRPC channels bind to the loop they start on.
+        # Plain asyncio, not uvloop: pyfuse3.asyncio's reader callback can fire
+        # twice on uvloop and the FUSE loop then stops.
+        async with Client(config) as client:
+            await serve(client, path, debug=debug, ready=ready)
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        logger.exception("mount of %s failed", path)
+        print(f"py3fs mount: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _daemonize(
+    path: str,
+    config: ClientConfig,
+    debug: bool,
+    pid_file: str | None,
+    log_file: str | None,
+) -> int:
+    rfd, wfd = os.pipe()
+    if os.fork():
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as pipe:
+            answer = pipe.read().decode(errors="replace")
+        if answer == "ok":
+            return 0
+        print(
+            f"py3fs mount: {answer or 'the daemon exited before mounting'}",
+            file=sys.stderr,
+        )
+        return 1
+    os.close(rfd)
+    os.setsid()
+    sink = os.open(
+        log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+    )
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    log.setup("fuse", 0, "DEBUG" if debug else "INFO")
+    if pid_file:
+        with open(pid_file, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+    def ready() -> None:
+        os.write(wfd, b"ok")
+        os.close(wfd)
+
+    status = _serve(config, path, debug, ready)
+    try:
+        os.write(wfd, b"mount failed (see the daemon log)")
+        os.close(wfd)
+    except OSError:
+        pass  # already reported ready
+    if pid_file:
+        try:
+            os.unlink(pid_file)
+        except FileNotFoundError:
+            pass
+    os._exit(status)
