@@ -129,6 +129,8 @@ class OpenFiles:
         handle = FileHandle(
             next(self._fhs), node.inode, file, bool(flags & os.O_APPEND)
         )
+        # A release during the awaits above may have dropped the state: look again.
+        state = self._inodes.setdefault(node.inode, state)
         self._handles[handle.fh] = handle
         state.handles[handle.fh] = handle
         return handle
@@ -137,15 +139,21 @@ class OpenFiles:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
-        state = self._inodes[handle.ino]
-        state.handles.pop(fh, None)
+        state = self._inodes.get(handle.ino)
+        if state is not None:
+            state.handles.pop(fh, None)
         try:
             try:
                 await handle.flush_pending()
             finally:
                 await handle.file.close()
         finally:
-            if not state.handles:
+            # Concurrent releases of one inode each get here; one drops the state.
+            if (
+                state is not None
+                and not state.handles
+                and self._inodes.get(handle.ino) is state
+            ):
                 del self._inodes[handle.ino]
                 if state.pin is not None:
                     await state.pin.close()
