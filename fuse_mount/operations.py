@@ -173,7 +173,8 @@ class Operations(DirectoryOps, pyfuse3.Operations):
             if fields.update_size:
                 node = await self.files.set_length(inode, path, attr.st_size)
             if changes:
-                node = await self.client.setattr(path, **changes)
+                # FUSE names the inode itself: never follow a symlink here.
+                node = await self.client.setattr(path, follow=False, **changes)
         if node is None:
             node = await self.client.stat_inode(inode)
         return self._attr(node)

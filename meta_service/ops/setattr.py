@@ -19,7 +19,7 @@ def set_attr(tr: Transaction, ctx: OpContext, req: SetAttrReq) -> Inode:
     """Change the given attributes, following POSIX ownership rules: chmod needs
     the owner, chown root (or the owner giving the file to its own group), times
     the owner or write permission, length write permission on a file."""
-    node = lookup.resolve(tr, req.path, req)
+    node = lookup.resolve(tr, req.path, req, req.follow)
     changes: dict[str, Any] = {}
     if req.mode is not None:
         if not lookup.is_owner(node, req):

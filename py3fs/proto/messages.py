@@ -260,6 +260,7 @@ class LinkReq(MetaReq):
 
 class SetAttrReq(MetaReq):
     path: str = ""
+    follow: bool = True  # False: change a symlink itself (FUSE setattr, lutimes)
     mode: int | None = None
     uid_new: int | None = None
     gid_new: int | None = None
