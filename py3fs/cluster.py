@@ -334,7 +334,11 @@ class LocalCluster:
         ]
 
     def restart(self, proc: ServiceProc, timeout: float = 30.0) -> None:
-        """Start a stopped or killed process again with the same identity."""
+        """Start a stopped or killed process again with the same identity. mgmtd
+        keeps its port: clients and nodes know it only by the address they were
+        given."""
+        if proc.role == "mgmtd" and proc.address and "--port" not in proc.args:
+            proc.args = [*proc.args, "--port", proc.address.rpartition(":")[2]]
         proc.start(timeout)
         self._write_files()
 
