@@ -196,7 +196,13 @@ class Client:
         return await self.setattr(path, mode=mode)
 
     async def truncate(self, path: str, length: int) -> Inode:
-        return await self.setattr(path, length=length)
+        """Set the length; bytes past it are dropped from storage, so extending
+        the file later reads zeros there."""
+        old = await self.stat(path)
+        node = await self.setattr(path, length=length)
+        if length < old.length and node.layout is not None:
+            await self.storage.truncate(node.inode, node.layout, length, old.length)
+        return node
 
     async def statfs(self) -> StatFsReply:
         return await self.meta.call("StatFs", MetaReq(), StatFsReply)
@@ -217,6 +223,10 @@ class Client:
             path=path, flags=flags, mode=perm, chunk_size=chunk_size, stripe=stripe
         )
         reply = await self.meta.call("Open", req, OpenReply)
+        if reply.truncated_from and reply.inode.layout is not None:
+            await self.storage.truncate(
+                reply.inode.inode, reply.inode.layout, 0, reply.truncated_from
+            )
         return File(self, path, flags, reply)
 
     async def write_file(self, path: str, data: Any, **kwargs: Any) -> int:
@@ -300,10 +310,23 @@ class File:
         n = max(0, min(view.nbytes, self.length - offset))
         if n:
             assert self.inode.layout is not None
-            await self._client.storage.read(
+            missing = await self._client.storage.read(
                 self.inode.inode, self.inode.layout, offset, view[:n]
             )
+            if missing and not self.session_id:
+                await self._check_not_removed()
         return n
+
+    async def _check_not_removed(self) -> None:
+        """Missing chunks are holes, unless the file was unlinked and its chunks
+        collected while we held it open for reading only (meta keeps a file's
+        data for its write sessions, not its readers)."""
+        try:
+            node = await self._client.stat_inode(self.inode.inode)
+        except errors.NotFound:
+            node = None
+        if node is None or node.nlink == 0:
+            raise errors.NotFound(f"{self.path} was removed while open for reading")
 
     async def pread(self, size: int, offset: int) -> bytes:
         buf = bytearray(max(0, size))

@@ -154,18 +154,22 @@ class StorageClient:
 
     async def read(
         self, inode: int, layout: Layout, offset: int, dest: memoryview
-    ) -> None:
+    ) -> int:
         """Fill `dest` with the file's bytes from `offset` (the caller clamps to the
-        file length; holes and short chunks read as zeros)."""
+        file length; holes and short chunks read as zeros). Returns how many
+        chunks were missing: holes, or chunks of a removed file (callers tell
+        the two apart by asking meta)."""
+        holes: list[int] = []
         await _gather(
             self._read_piece(
-                inode, layout, p, dest[p.buf_offset : p.buf_offset + p.length]
+                inode, layout, p, dest[p.buf_offset : p.buf_offset + p.length], holes
             )
             for p in pieces(layout, offset, dest.nbytes)
         )
+        return len(holes)
 
     async def _read_piece(
-        self, inode: int, layout: Layout, p: Piece, dest: memoryview
+        self, inode: int, layout: Layout, p: Piece, dest: memoryview, holes: list[int]
     ) -> None:
         cid = ids.chunk_id(inode, p.index)
         avoid: set[int] = set()
@@ -217,6 +221,7 @@ class StorageClient:
             exc = errors.error_from_code(result.code, result.message)
             if isinstance(exc, errors.ChunkNotFound):
                 dest[:] = bytes(dest.nbytes)
+                holes.append(p.index)
                 return
             if isinstance(exc, errors.ChunkNotCommitted):
                 tail_only = True

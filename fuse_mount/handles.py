@@ -52,6 +52,9 @@ class FileHandle:
     # Sequential writes gathered up to a chunk boundary (see `write`).
     pending_at: int = 0
     pending: bytearray = field(default_factory=bytearray)
+    # A failed send of writes the kernel was already told succeeded; reported by
+    # this handle's next fsync/flush/release (like the kernel's errseq).
+    error: BaseException | None = None
 
     @property
     def length(self) -> int:
@@ -60,7 +63,16 @@ class FileHandle:
     async def flush_pending(self) -> None:
         if self.pending:
             data, self.pending = self.pending, bytearray()
-            await self.file.pwrite(data, self.pending_at)
+            try:
+                await self.file.pwrite(data, self.pending_at)
+            except Exception as exc:
+                self.error = exc
+                raise
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise exc
 
 
 @dataclass
@@ -145,6 +157,7 @@ class OpenFiles:
         try:
             try:
                 await handle.flush_pending()
+                handle.raise_error()
             finally:
                 await handle.file.close()
         finally:
@@ -242,9 +255,10 @@ class OpenFiles:
             start, handle.pending_at = handle.pending_at, handle.pending_at + cut
             try:
                 await handle.file.pwrite(head, start)
-            except BaseException:
-                # Nothing of this write is kept: the caller sees the error.
+            except Exception as exc:
+                # Earlier writes gathered in `head` were acknowledged already.
                 handle.pending = bytearray()
+                handle.error = exc
                 raise
         return len(data)
 
@@ -253,6 +267,7 @@ class OpenFiles:
         fsync)."""
         handle = self.get(fh)
         await handle.flush_pending()
+        handle.raise_error()
         if handle.file.writable and handle.file.written:
             await handle.file.fsync()
 

@@ -387,7 +387,12 @@ class FileChunkStore(ChunkStore):
         info = ChunkInfo(version, new_len, crc, chain_ver)
         tmp = path + TMP_SUFFIX
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            chunk_dir = os.path.dirname(path)
+            if not os.path.isdir(chunk_dir):
+                os.makedirs(chunk_dir, exist_ok=True)
+                if self.fsync:
+                    # The new directory's entry must survive a crash too.
+                    _fsync_dir(self.root)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 _write_all(fd, [pack_header(info), *parts])

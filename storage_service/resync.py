@@ -81,6 +81,7 @@ class Resync:
     async def _sync_loop(
         self, chain_id: int, chain_ver: int, local: int, remote: int
     ) -> None:
+        delay = _RETRY_DELAY
         while True:
             try:
                 await self._sync(chain_id, chain_ver, local, remote)
@@ -90,9 +91,16 @@ class Resync:
                 if routing is None or routing.chain(chain_id).version != chain_ver:
                     return  # a newer routing started its own job if still needed
                 logger.warning(
-                    "resync of target %d from %d failed: %s", remote, local, exc
+                    "resync of target %d from %d failed: %s; retrying in %.1fs",
+                    remote,
+                    local,
+                    exc,
+                    delay,
                 )
-            await asyncio.sleep(_RETRY_DELAY)
+            await asyncio.sleep(delay)
+            # A source chunk that stays corrupt (no peer to repair it from) must
+            # not turn this into a busy loop; the target stays out of reads.
+            delay = min(delay * 2, 30.0)
 
     async def _sync(
         self, chain_id: int, chain_ver: int, local: int, remote: int

@@ -89,6 +89,7 @@ def open_file(
     IsADirectory (write open of a directory), PermissionDenied, NoChainTable."""
     write = is_write(req.flags)
     created = False
+    truncated_from = 0
     if req.flags & os.O_CREAT:
         parent, name = lookup.resolve_parent(tr, req.path, req)
         if name == "..":
@@ -114,15 +115,15 @@ def open_file(
         want = (R if acc in (os.O_RDONLY, os.O_RDWR) else 0) | (W if write else 0)
         lookup.check_access(node, req, want)
         if req.flags & os.O_TRUNC and node.length:
-            # Chunks past the new length stay on storage until the file is removed;
-            # reads are bounded by the length, and a later write rewrites them.
+            # The opener drops the old bytes from storage (OpenReply.truncated_from).
+            truncated_from = node.length
             now = ctx.clock()
             node = msgspec.structs.replace(node, length=0, mtime=now, ctime=now)
             inodes.store(tr, node)
     if not write:
         return OpenReply(inode=node)
     session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock())
-    return OpenReply(inode=node, session_id=session_id)
+    return OpenReply(inode=node, session_id=session_id, truncated_from=truncated_from)
 
 
 def _update_length(tr: Transaction, ctx: OpContext, node: Inode, length: int) -> Inode:

@@ -215,6 +215,9 @@ class OpenReq(MetaReq):
 class OpenReply(Msg):
     inode: Inode
     session_id: str = ""
+    # O_TRUNC cut the file from this length: the opener drops those bytes from
+    # storage, so a later write into the chunk does not bring old data back.
+    truncated_from: int = 0
 
 
 class CloseReq(MetaReq):

@@ -93,3 +93,18 @@ async def test_small_chunks_and_stripe(fs: Client) -> None:
     async with await fs.open("/striped.bin") as f:
         f.seek(1000)
         assert await f.read(5000) == data[1000:6000]
+
+
+async def test_truncated_bytes_never_come_back(fs: Client) -> None:
+    await fs.write_file("/trunc.bin", b"A" * 100)
+    await fs.write_file("/trunc.bin", b"B" * 10)  # O_TRUNC
+    async with await fs.open("/trunc.bin", "r+b") as f:
+        await f.pwrite(b"C", 50)
+    assert await fs.read_file("/trunc.bin") == b"B" * 10 + bytes(40) + b"C"
+
+    await fs.write_file("/trunc2.bin", b"A" * (5 * MiB))
+    await fs.truncate("/trunc2.bin", 3)
+    await fs.truncate("/trunc2.bin", 5 * MiB)
+    back = await fs.read_file("/trunc2.bin")
+    assert back[:3] == b"AAA"
+    assert back[3:] == bytes(5 * MiB - 3)

@@ -6,10 +6,11 @@ import asyncio
 import os
 import time
 
+import pytest
 from harness import list_chunks
 
 from client import Client
-from py3fs import ids
+from py3fs import errors, ids
 from py3fs.cluster import LocalCluster
 
 MiB = 1024 * 1024
@@ -75,3 +76,20 @@ async def test_file_open_for_write_keeps_data_until_closed(fs: Client) -> None:
         return await _chunks_of(fs, inode) == 0
 
     await _wait_for(chunks_gone)
+
+
+async def test_reader_of_collected_file_gets_an_error_not_zeros(fs: Client) -> None:
+    await fs.write_file("/read-unlinked.bin", os.urandom(2 * MiB))
+    f = await fs.open("/read-unlinked.bin", "rb")
+    try:
+        inode = f.inode.inode
+        await fs.unlink("/read-unlinked.bin")
+
+        async def chunks_gone() -> bool:
+            return await _chunks_of(fs, inode) == 0
+
+        await _wait_for(chunks_gone)
+        with pytest.raises(errors.NotFound):
+            await f.pread(MiB, 0)
+    finally:
+        await f.close()
