@@ -91,6 +91,10 @@ class WriteReq(Body):
     request_id: int
     update_ver: int = 0
     full_replace: bool = False
+    # A full replace that rebuilds a chunk whose replicas may have diverged: a
+    # remembered reply for this chunk at or below its version may describe a
+    # write the rebuild did not keep, so retries are applied again.
+    repair: bool = False
 
 
 class WriteReply(Body):

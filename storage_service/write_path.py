@@ -68,6 +68,8 @@ class WritePath:
         self._done: OrderedDict[tuple[str, int, bytes], wire.WriteReply] = OrderedDict()
         self._last_assigned: dict[_Key, int] = {}
         self._dirty: set[_Key] = set()
+        # Version of the last repair rebuild of each chunk (see WriteReq.repair).
+        self._repaired: dict[_Key, int] = {}
 
     # -- writes
 
@@ -87,10 +89,10 @@ class WritePath:
             )
         dedup = (req.client_id, req.request_id, req.chunk_id)
         recall = is_head and bool(req.request_id)
-        if recall and (hit := self._recall(dedup)) is not None:
+        if recall and (hit := self._recall(dedup, req.target_id)) is not None:
             return hit
         async with self.ctx.locks.hold((req.target_id, req.chunk_id)):
-            if recall and (hit := self._recall(dedup)) is not None:
+            if recall and (hit := self._recall(dedup, req.target_id)) is not None:
                 return hit
             if is_head:
                 reply = await self._head_write(store, routing, req, payload, succ)
@@ -101,10 +103,17 @@ class WritePath:
                 self._remember(dedup, reply)
         return reply
 
-    def _recall(self, key: tuple[str, int, bytes]) -> wire.WriteReply | None:
+    def _recall(
+        self, key: tuple[str, int, bytes], target: int
+    ) -> wire.WriteReply | None:
         reply = self._done.get(key)
-        if reply is not None:
-            self._done.move_to_end(key)
+        if reply is None:
+            return None
+        if reply.chunk_ver < self._repaired.get((target, key[2]), 0):
+            # A repair rebuilt the chunk after this write: it may be gone.
+            del self._done[key]
+            return None
+        self._done.move_to_end(key)
         return reply
 
     def _remember(self, key: tuple[str, int, bytes], reply: wire.WriteReply) -> None:
@@ -132,7 +141,9 @@ class WritePath:
                 req.data_crc,
                 req.full_replace,
             )
+            repair = False
             if key in self._dirty and succ is not None and not full:
+                repair = True
                 whole = await self._whole_content(
                     store, req.chunk_id, req.offset, payload
                 )
@@ -142,7 +153,7 @@ class WritePath:
             self._last_assigned[key] = version
             try:
                 reply = await self._apply(
-                    store, routing, req, succ, offset, data, crc, version, full
+                    store, routing, req, succ, offset, data, crc, version, full, repair
                 )
             except _Diverged as exc:
                 logger.warning("chunk %s diverged: %s", req.chunk_id.hex(), exc)
@@ -210,6 +221,7 @@ class WritePath:
                 req.data_crc,
                 req.update_ver,
                 req.full_replace,
+                req.repair,
             )
         except _Diverged as exc:
             # Only the head can pick a fresh version; make it retry.
@@ -229,8 +241,11 @@ class WritePath:
         crc: int,
         version: int,
         full: bool,
+        repair: bool = False,
     ) -> wire.WriteReply:
         """Stage locally while the successor applies; commit when both are done."""
+        if repair:
+            self._repaired[(req.target_id, req.chunk_id)] = version
         if (
             succ is not None
             and not full
@@ -254,6 +269,7 @@ class WritePath:
             request_id=req.request_id,
             update_ver=version,
             full_replace=full,
+            repair=repair,
         )
         staged, acked = await asyncio.gather(
             stage,
@@ -349,4 +365,5 @@ class WritePath:
         for key in keys:
             self._last_assigned.pop(key, None)
             self._dirty.discard(key)
+            self._repaired.pop(key, None)
         return wire.RemoveReply(removed=removed)
