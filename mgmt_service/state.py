@@ -247,6 +247,7 @@ class MgmtState:
             free_bytes=report.free_bytes,
             total_bytes=report.total_bytes,
             chunk_count=report.chunk_count,
+            device=report.device,
         )
 
     def _in_chain(self, target_id: int) -> bool:

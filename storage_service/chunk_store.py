@@ -65,6 +65,7 @@ class StoreStats:
     chunk_count: int
     free_bytes: int
     total_bytes: int
+    device: int = 0  # st_dev of the filesystem holding the target
 
 
 def pack_header(info: ChunkInfo) -> bytes:
@@ -265,8 +266,9 @@ class FileChunkStore(ChunkStore):
             count += len(chunks)
             used += sum(info.length for info in chunks.values())
         st = await asyncio.to_thread(os.statvfs, self.root)
+        dev = (await asyncio.to_thread(os.stat, self.root)).st_dev
         return StoreStats(
-            used, count, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+            used, count, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, dev
         )
 
     # -- reads

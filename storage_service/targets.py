@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable
 from typing import Any
@@ -219,14 +220,17 @@ class StorageContext:
         ]
 
     async def reports(self) -> list[TargetReport]:
+        stats = await asyncio.gather(*(s.stats() for s in self.stores.values()))
+        host = socket.gethostname()
         return [
             TargetReport(
-                target_id=s.target_id,
-                used_bytes=s.used_bytes,
-                free_bytes=s.free_bytes,
-                total_bytes=s.total_bytes,
-                chunk_count=s.chunk_count,
-                local_state=self.local_state(s.target_id),
+                target_id=tid,
+                used_bytes=st.used_bytes,
+                free_bytes=st.free_bytes,
+                total_bytes=st.total_bytes,
+                chunk_count=st.chunk_count,
+                local_state=self.local_state(tid),
+                device=f"{host}:{st.device}",
             )
-            for s in await self.target_stats()
+            for tid, st in zip(self.stores, stats, strict=True)
         ]

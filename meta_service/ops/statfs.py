@@ -13,9 +13,14 @@ def stat_fs(tr: Transaction, ctx: OpContext, req: MetaReq) -> StatFsReply:
     view = ctx.routing()
     if view is not None:
         # Raw target bytes: every replica counts, since chains may differ in
-        # their replication factor.
+        # their replication factor. Free and total belong to the filesystem, so
+        # targets that share one count it once.
+        seen: set[str] = set()
         for t in view.targets.values():
             used += t.used_bytes
+            if t.device and t.device in seen:
+                continue
+            seen.add(t.device)
             free += t.free_bytes
             total += t.total_bytes
     return StatFsReply(

@@ -63,6 +63,9 @@ class TargetInfo(Msg):
     free_bytes: int = 0
     total_bytes: int = 0
     chunk_count: int = 0
+    # The filesystem the target lives on ("host:st_dev"): targets sharing a
+    # disk share its free and total bytes, which statfs must count once.
+    device: str = ""
 
 
 class ChainInfo(Msg):
@@ -91,6 +94,7 @@ class TargetReport(Msg):
     free_bytes: int = 0
     total_bytes: int = 0
     chunk_count: int = 0
+    device: str = ""
     local_state: str = ""  # a LocalState; "" (an old sender) counts as online
 
 

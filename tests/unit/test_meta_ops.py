@@ -481,3 +481,27 @@ async def test_idempotency_records_expire(store: MetaStore) -> None:
     )
     await worker.run_once()
     assert store.db.run(lambda tr: tr.get_range(*keys.idempotent_range())) == []
+
+
+def test_statfs_counts_a_shared_filesystem_once(tmp_path: Path) -> None:
+    targets = [
+        TargetInfo(
+            target_id=t,
+            node_id=1,
+            used_bytes=10,
+            free_bytes=60,
+            total_bytes=100,
+            device="host-a:7" if t < 104 else f"host-b:{t}",
+        )
+        for t in range(100, 108)
+    ]
+    view = RoutingView(RoutingInfo(version=1, targets=targets))
+    db = SqliteDatabase(str(tmp_path / "meta.db"))
+    try:
+        s = MetaStore(db, OpContext(routing=lambda: view), IdAllocator(db, batch=100))
+        s.ensure_root()
+        fs = s.stat_fs(MetaReq())
+    finally:
+        db.close()
+    assert fs.used_bytes == 80  # chunk bytes of every target
+    assert (fs.total_bytes, fs.free_bytes) == (500, 300)  # host-a's disk once
