@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc.aio
 
@@ -22,6 +22,7 @@ from meta_service.id_alloc import IdAllocator
 from meta_service.ops.context import OpContext
 from meta_service.store import MetaStore
 from py3fs import errors
+from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient
 from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
@@ -29,49 +30,21 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.proto import meta_pb2_grpc
 from py3fs.proto.messages import (
     META_RPCS,
-    CloseReq,
-    Empty,
     HeartbeatReq,
-    Inode,
-    InodeReq,
-    KvCountReply,
-    KvEvictReply,
-    KvEvictReq,
-    KvKeysReq,
-    KvListReply,
-    KvListReq,
-    KvLookupReply,
-    KvLookupReq,
-    KvPutReply,
-    KvPutReq,
-    KvStageReply,
     KvStageReq,
-    KvStoreInfo,
-    KvStoreReq,
-    KvStoreStats,
-    LinkReq,
-    ListDirReply,
-    ListDirReq,
     MetaReq,
-    MkdirReq,
-    OpenReply,
+    Msg,
     OpenReq,
-    PathReq,
-    ReadlinkReply,
     RegisterNodeReq,
-    RenameReq,
-    SetAttrReq,
     StatFsReply,
-    SymlinkReq,
-    SyncReq,
 )
 from py3fs.routing import RoutingView
-from py3fs.rpc import make_servicer, start_server
+from py3fs.rpc import make_servicer, snake_name, start_server
 
 logger = logging.getLogger(__name__)
 
 
-class MetaServer:
+class MetaServer(ServiceResource):
     def __init__(self, cfg: MetaConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.address = ""
@@ -90,17 +63,6 @@ class MetaServer:
     def store(self) -> MetaStore:
         assert self._store is not None, "server not started"
         return self._store
-
-    async def __aenter__(self) -> MetaServer:
-        try:
-            await self._start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def _start(self) -> None:
         cfg = self.cfg
@@ -196,96 +158,45 @@ class MetaServer:
 
     # ------------------------------------------------------------ RPCs
 
-    async def stat(self, req: PathReq) -> Inode:
-        return await asyncio.to_thread(self.store.stat, req)
+    def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
+        """Every RPC not defined below is one MetaStore call in a worker thread
+        (KV transactions block)."""
+        if name not in _PASS_THROUGH:
+            raise AttributeError(name)
 
-    async def stat_inode(self, req: InodeReq) -> Inode:
-        return await asyncio.to_thread(self.store.stat_inode, req)
+        async def call(req: Msg) -> Msg:
+            result: Msg = await asyncio.to_thread(getattr(self.store, name), req)
+            return result
 
-    async def mkdir(self, req: MkdirReq) -> Inode:
-        return await asyncio.to_thread(self.store.mkdir, req)
+        return call
 
-    async def open(self, req: OpenReq) -> OpenReply:
+    async def _with_routing_retry(self, name: str, req: Msg) -> Msg:
+        """Ops that place a new file: our routing may predate the chain table, so
+        on NoChainTable refresh once and retry. If mgmtd is unreachable the client
+        still sees NoChainTable (retryable), not an error that blames this meta."""
+        op = getattr(self.store, name)
         try:
-            return await asyncio.to_thread(self.store.open, req)
+            result: Msg = await asyncio.to_thread(op, req)
         except errors.NoChainTable:
-            # Our routing may predate the chain table: refresh once and retry. If
-            # mgmtd is unreachable the client still sees NoChainTable (retryable),
-            # not a transport error that would blame this meta.
             try:
                 await self.refresh_routing()
             except errors.Py3fsError as exc:
                 logger.warning("cannot refresh routing: %s", exc)
-            return await asyncio.to_thread(self.store.open, req)
+            result = await asyncio.to_thread(op, req)
+        return result
 
-    async def close(self, req: CloseReq) -> Inode:
-        return await asyncio.to_thread(self.store.close, req)
+    async def open(self, req: OpenReq) -> Msg:
+        return await self._with_routing_retry("open", req)
 
-    async def sync(self, req: SyncReq) -> Inode:
-        return await asyncio.to_thread(self.store.sync, req)
-
-    async def list_dir(self, req: ListDirReq) -> ListDirReply:
-        return await asyncio.to_thread(self.store.list_dir, req)
-
-    async def rename(self, req: RenameReq) -> Empty:
-        return await asyncio.to_thread(self.store.rename, req)
-
-    async def unlink(self, req: PathReq) -> Empty:
-        return await asyncio.to_thread(self.store.unlink, req)
-
-    async def rmdir(self, req: PathReq) -> Empty:
-        return await asyncio.to_thread(self.store.rmdir, req)
-
-    async def symlink(self, req: SymlinkReq) -> Inode:
-        return await asyncio.to_thread(self.store.symlink, req)
-
-    async def readlink(self, req: PathReq) -> ReadlinkReply:
-        return await asyncio.to_thread(self.store.readlink, req)
-
-    async def link(self, req: LinkReq) -> Inode:
-        return await asyncio.to_thread(self.store.link, req)
-
-    async def set_attr(self, req: SetAttrReq) -> Inode:
-        return await asyncio.to_thread(self.store.set_attr, req)
+    async def kv_page_stage(self, req: KvStageReq) -> Msg:
+        return await self._with_routing_retry("kv_page_stage", req)
 
     async def stat_fs(self, req: MetaReq) -> StatFsReply:
         with contextlib.suppress(errors.Py3fsError):
             await self.refresh_routing()  # capacity numbers come from fresh reports
         return await asyncio.to_thread(self.store.stat_fs, req)
 
-    # KVCache page index (meta_service/ops/kvcache.py)
 
-    async def kv_store_open(self, req: KvStoreReq) -> KvStoreInfo:
-        return await asyncio.to_thread(self.store.kv_store_open, req)
-
-    async def kv_store_stats(self, req: KvStoreReq) -> KvStoreStats:
-        return await asyncio.to_thread(self.store.kv_store_stats, req)
-
-    async def kv_page_stage(self, req: KvStageReq) -> KvStageReply:
-        try:
-            return await asyncio.to_thread(self.store.kv_page_stage, req)
-        except errors.NoChainTable:
-            # As in `open`: our routing may predate the chain table.
-            await self.refresh_routing()
-            return await asyncio.to_thread(self.store.kv_page_stage, req)
-
-    async def kv_page_put(self, req: KvPutReq) -> KvPutReply:
-        return await asyncio.to_thread(self.store.kv_page_put, req)
-
-    async def kv_page_lookup(self, req: KvLookupReq) -> KvLookupReply:
-        return await asyncio.to_thread(self.store.kv_page_lookup, req)
-
-    async def kv_page_touch(self, req: KvKeysReq) -> KvCountReply:
-        return await asyncio.to_thread(self.store.kv_page_touch, req)
-
-    async def kv_page_lease(self, req: KvKeysReq) -> KvCountReply:
-        return await asyncio.to_thread(self.store.kv_page_lease, req)
-
-    async def kv_page_remove(self, req: KvKeysReq) -> KvCountReply:
-        return await asyncio.to_thread(self.store.kv_page_remove, req)
-
-    async def kv_page_evict(self, req: KvEvictReq) -> KvEvictReply:
-        return await asyncio.to_thread(self.store.kv_page_evict, req)
-
-    async def kv_page_list(self, req: KvListReq) -> KvListReply:
-        return await asyncio.to_thread(self.store.kv_page_list, req)
+_PASS_THROUGH = frozenset(snake_name(n) for n in META_RPCS) - {
+    name for name, value in vars(MetaServer).items() if callable(value)
+}

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 import grpc.aio
 import msgspec
@@ -28,6 +27,7 @@ from mgmt_service.config import MgmtConfig
 from mgmt_service.leases import PrimaryLease, check_holder
 from mgmt_service.state import MgmtState
 from py3fs import errors
+from py3fs.app import ServiceResource
 from py3fs.kv import keys
 from py3fs.kv.base import Database, Transaction
 from py3fs.kv.registry import open_database
@@ -59,7 +59,7 @@ async def load_routing(db: Database) -> RoutingInfo | None:
     return None if raw is None else _decoder.decode(raw)
 
 
-class MgmtServer:
+class MgmtServer(ServiceResource):
     """One mgmtd: `async with MgmtServer(cfg) as srv:` serves on `srv.address`.
 
     Leaving the context stops the expiry task, the gRPC server and closes the KV
@@ -95,22 +95,6 @@ class MgmtServer:
         if self._state is None or not self.is_primary:
             raise errors.NotPrimary(f"mgmtd {self.cfg.node_id} is a standby")
         return self._state
-
-    async def __aenter__(self) -> MgmtServer:
-        try:
-            await self._start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _start(self) -> None:
         self._db = await asyncio.to_thread(open_database, self.cfg.kv_url)

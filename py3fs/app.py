@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import uvloop
 
@@ -27,6 +27,28 @@ logger = logging.getLogger(__name__)
 
 class Service(Protocol):
     address: str
+
+
+class ServiceResource:
+    """Base of the service servers: `async with Server(cfg) as srv`. `_start` may
+    fail halfway; `aclose` must release whatever it got to (trio's contract)."""
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -77,18 +76,8 @@ class EtcdMember(ServiceProc):
     def argv(self) -> list[str]:
         return [self.module, *self.args]
 
-    def spawn(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                start_new_session=True,
-            )
-        self.pid = self.popen.pid
+    def command(self) -> list[str]:
+        return self.argv()  # ready means healthy (`wait_ready`), not a ready file
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until this member serves requests with a leader elected."""

@@ -59,14 +59,17 @@ class ServiceProc:
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
 
+    def command(self) -> list[str]:
+        """What `spawn` runs: the argv plus the ready-file handshake."""
+        return [*self.argv(), "--ready-file", str(self.ready_file)]
+
     def spawn(self) -> None:
         """Start the process without waiting for it to be ready."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
-        argv = [*self.argv(), "--ready-file", str(self.ready_file)]
         with open(self.log_file, "ab") as log:
             self.popen = subprocess.Popen(
-                argv,
+                self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -65,12 +65,13 @@ def make_servicer(
     `impl.<snake_name>(request)`; every method of `table` must exist on `impl`."""
     methods = {}
     for name, (req_type, _reply) in table.items():
-        handler = getattr(impl, _snake(name))
+        handler = getattr(impl, snake_name(name))
         methods[name] = _method(name, req_type, handler)
     return type(f"{base.__name__}Impl", (base,), methods)()
 
 
-def _snake(name: str) -> str:
+def snake_name(name: str) -> str:
+    """The Python method name of an RPC: ListDir -> list_dir."""
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 

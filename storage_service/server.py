@@ -14,6 +14,7 @@ import os
 import time
 
 from py3fs import errors, wire
+from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient, DataServer, ServerConn
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import HeartbeatReq, RegisterNodeReq
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 M = wire.MsgType
 
 
-class StorageServer:
+class StorageServer(ServiceResource):
     def __init__(self, cfg: StorageConfig) -> None:
         self.cfg = cfg
         self.mgmt = MgmtClient(cfg.mgmt)
@@ -41,27 +42,19 @@ class StorageServer:
         self._tasks: asyncio.TaskGroup | None = None
         self._heartbeats: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> StorageServer:
-        try:
-            await self.ctx.open()
-            self._data = DataServer(self._handle, self.cfg.host, self.cfg.port)
-            await self._data.__aenter__()
-            self.address = self._data.address
-            self._tasks = asyncio.TaskGroup()
-            await self._tasks.__aenter__()
-            self.ctx.set_spawner(self._tasks.create_task)
-            await self._register()
-            # The first heartbeat starts the lease; until then we do not serve.
-            with contextlib.suppress(errors.Py3fsError):
-                await self._heartbeat()
-            self._heartbeats = self._tasks.create_task(self._heartbeat_loop())
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    async def _start(self) -> None:
+        await self.ctx.open()
+        self._data = DataServer(self._handle, self.cfg.host, self.cfg.port)
+        await self._data.__aenter__()
+        self.address = self._data.address
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self.ctx.set_spawner(self._tasks.create_task)
+        await self._register()
+        # The first heartbeat starts the lease; until then we do not serve.
+        with contextlib.suppress(errors.Py3fsError):
+            await self._heartbeat()
+        self._heartbeats = self._tasks.create_task(self._heartbeat_loop())
 
     async def aclose(self) -> None:
         """Stop heartbeats, close the listener and connections; always releases all."""

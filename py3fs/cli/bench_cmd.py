@@ -9,6 +9,7 @@ import click
 from client.usrbio.bench import parse_jobs, run_jobs
 from client.usrbio.bench_report import to_json, to_text
 from client.usrbio.local import Usrbio
+from py3fs.cli.options import cluster_option
 
 
 @click.command("bench")
@@ -19,13 +20,7 @@ from client.usrbio.local import Usrbio
     default="normal",
     show_default=True,
 )
-@click.option(
-    "--cluster",
-    "cluster_file",
-    envvar="PY3FS_CLUSTER",
-    default=None,
-    help="Cluster file (default: $PY3FS_CLUSTER or ./.py3fs/cluster.toml).",
-)
+@cluster_option
 def bench(jobfile: str, output_format: str, cluster_file: str | None) -> None:
     """Run the jobs of a fio job file (paths are py3fs paths) through USRBIO
     and print fio-like results; exits 1 if an io or a verify failed."""

@@ -21,20 +21,13 @@ import uvloop
 from tqdm import tqdm
 
 from client import Client
+from py3fs.cli.options import cluster_option
 from py3fs.proto.messages import Inode, InodeType
 from py3fs.units import format_size
 
 T = TypeVar("T")
 BLOCK = 64 * 1024 * 1024
 PROGRESS_MIN = 16 * 1024 * 1024  # smaller transfers finish before a bar helps
-
-_cluster = click.option(
-    "--cluster",
-    "cluster_file",
-    envvar="PY3FS_CLUSTER",
-    default=None,
-    help="Cluster file (default: $PY3FS_CLUSTER or ./.py3fs/cluster.toml).",
-)
 
 
 def _run(cluster_file: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
@@ -64,7 +57,7 @@ def _long_line(node: Inode, name: str) -> str:
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.option("-l", "long", is_flag=True, help="Long listing.")
 @click.argument("path", default="/")
 def ls(cluster_file: str | None, long: bool, path: str) -> None:
@@ -88,7 +81,7 @@ def ls(cluster_file: str | None, long: bool, path: str) -> None:
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.argument("path")
 def stat(cluster_file: str | None, path: str) -> None:
     """Show a file's inode."""
@@ -114,7 +107,7 @@ def stat(cluster_file: str | None, path: str) -> None:
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.option("-p", "parents", is_flag=True, help="Make parents; no error if present.")
 @click.option("-m", "mode", default="755", help="Permission bits (octal).")
 @click.argument("path")
@@ -135,7 +128,7 @@ def _bar(total: int, desc: str) -> tqdm[Any]:
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.option("--chunk-size", default=0, help="Chunk size in bytes (0: default).")
 @click.argument("local", type=click.Path(exists=True, dir_okay=False))
 @click.argument("remote")
@@ -159,7 +152,7 @@ def put(cluster_file: str | None, chunk_size: int, local: str, remote: str) -> N
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.argument("remote")
 @click.argument("local", type=click.Path(dir_okay=True))
 def get(cluster_file: str | None, remote: str, local: str) -> None:
@@ -188,7 +181,7 @@ def get(cluster_file: str | None, remote: str, local: str) -> None:
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.argument("remote")
 def cat(cluster_file: str | None, remote: str) -> None:
     """Write a file's bytes to standard output."""
@@ -204,7 +197,7 @@ def cat(cluster_file: str | None, remote: str) -> None:
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.option("-r", "recursive", is_flag=True, help="Remove directories and contents.")
 @click.argument("paths", nargs=-1, required=True)
 def rm(cluster_file: str | None, recursive: bool, paths: tuple[str, ...]) -> None:
@@ -218,7 +211,7 @@ def rm(cluster_file: str | None, recursive: bool, paths: tuple[str, ...]) -> Non
 
 
 @click.command()
-@_cluster
+@cluster_option
 @click.argument("src")
 @click.argument("dst")
 def mv(cluster_file: str | None, src: str, dst: str) -> None:
@@ -227,7 +220,7 @@ def mv(cluster_file: str | None, src: str, dst: str) -> None:
 
 
 @click.command()
-@_cluster
+@cluster_option
 def df(cluster_file: str | None) -> None:
     """Show space and inode usage."""
 

@@ -6,16 +6,12 @@ import sys
 
 import click
 
+from py3fs.cli.options import cluster_option
+
 
 @click.command()
 @click.argument("mountpoint")
-@click.option(
-    "--cluster",
-    "cluster_file",
-    envvar="PY3FS_CLUSTER",
-    default=None,
-    help="Cluster file (default: $PY3FS_CLUSTER or ./.py3fs/cluster.toml).",
-)
+@cluster_option
 @click.option(
     "--foreground/--daemon",
     default=True,
