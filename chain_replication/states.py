@@ -99,11 +99,3 @@ def recompute(chain: Sequence[Replica]) -> list[tuple[int, str]]:
 def _syncable(state: str) -> str:
     # Syncing and waiting targets sort together; which one syncs is decided after.
     return WAITING if state == SYNCING else state
-
-
-def readable(state: str) -> bool:
-    return state == SERVING
-
-
-def writable(state: str) -> bool:
-    return state in (SERVING, SYNCING)

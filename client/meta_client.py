@@ -58,6 +58,11 @@ MUTATIONS = frozenset(
         "Symlink",
         "Link",
         "SetAttr",
+        "KvStoreOpen",
+        "KvPageStage",
+        "KvPagePut",
+        "KvPageRemove",
+        "KvPageEvict",
     }
 )
 

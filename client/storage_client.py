@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from client.routing_cache import RoutingCache
 from client.striping import Piece, pieces
@@ -25,6 +25,26 @@ from py3fs.routing import RoutingView
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Batch reads: ios per READ frame (one frame per target and slice of a batch).
+MAX_IOS_PER_FRAME = 256
+
+
+class ReadItem(NamedTuple):
+    """One read of a batch: `dest` is filled from `offset` of the file (the
+    caller clamps it to EOF)."""
+
+    inode: int
+    layout: Layout
+    offset: int
+    dest: memoryview
+
+
+class _Io(NamedTuple):
+    item: int
+    inode: int
+    layout: Layout
+    piece: Piece
+    dest: memoryview
 
 
 class StorageClient:
@@ -231,6 +251,113 @@ class StorageClient:
 
         async with self._sem:
             await self._retrying(f"read chunk {p.index} of {inode}", attempt)
+
+    async def read_batch(self, items: Sequence[ReadItem]) -> list[BaseException | None]:
+        """Many small reads as one READ frame per storage target (a round trip
+        per io would dominate thousands of 4 KiB random reads). Fills every
+        item's `dest`; returns, per item, None or the error that failed it (holes
+        read as zeros). What the grouped frames cannot finish (a dirty or corrupt
+        replica, a lost connection, stale routing) goes through `_read_piece` and
+        its retries."""
+        ios = [
+            _Io(
+                i,
+                it.inode,
+                it.layout,
+                p,
+                it.dest[p.buf_offset : p.buf_offset + p.length],
+            )
+            for i, it in enumerate(items)
+            for p in pieces(it.layout, it.offset, it.dest.nbytes)
+        ]
+        view = await self._routing.get()
+        groups: dict[int, list[_Io]] = {}
+        slow: list[_Io] = []
+        for io in ios:
+            targets = view.serving_targets(io.piece.chain_id)
+            if not targets:
+                slow.append(io)
+                continue
+            groups.setdefault(targets[next(self._rr) % len(targets)], []).append(io)
+        failed: list[BaseException | None] = [None] * len(items)
+
+        async def one_frame(target: int, group: list[_Io]) -> None:
+            async with self._sem:
+                slow.extend(await self._send_batch(view, target, group))
+
+        await asyncio.gather(
+            *(
+                one_frame(target, group[i : i + MAX_IOS_PER_FRAME])
+                for target, group in groups.items()
+                for i in range(0, len(group), MAX_IOS_PER_FRAME)
+            )
+        )
+
+        async def retry(io: _Io) -> None:
+            try:
+                await self._read_piece(io.inode, io.layout, io.piece, io.dest, [])
+            except errors.Py3fsError as exc:
+                failed[io.item] = exc
+
+        await asyncio.gather(*(retry(io) for io in slow))
+        return failed
+
+    async def _send_batch(
+        self, view: RoutingView, target: int, group: list[_Io]
+    ) -> list[_Io]:
+        """One READ frame for `group` on `target`; returns the ios left undone."""
+        req = wire.ReadReq(
+            [
+                wire.ReadIO(
+                    target_id=target,
+                    chunk_id=ids.chunk_id(io.inode, io.piece.index),
+                    offset=io.piece.chunk_offset,
+                    length=io.piece.length,
+                    chain_id=io.piece.chain_id,
+                    chain_ver=view.chain(io.piece.chain_id).version,
+                )
+                for io in group
+            ]
+        )
+
+        def sink(frame: wire.Frame) -> Sequence[memoryview]:
+            body = frame.body
+            assert isinstance(body, wire.ReadReply)
+            if len(body.results) != len(group):
+                raise errors.BadFrame(
+                    f"{len(body.results)} results for {len(group)} ios"
+                )
+            out = []
+            for io, res in zip(group, body.results, strict=True):
+                if res.length > io.dest.nbytes:
+                    raise errors.BadFrame("read reply longer than asked")
+                if res.code == 0 and res.length:
+                    out.append(io.dest[: res.length])
+            if sum(v.nbytes for v in out) != frame.payload_len:
+                raise errors.BadFrame("read reply payload does not match its results")
+            return out
+
+        try:
+            body, _ = await self._data.call(
+                view.target_address(target),
+                wire.MsgType.READ,
+                req,
+                sink=sink,
+                timeout=self._call_timeout,
+            )
+        except errors.Py3fsError:
+            return group
+        assert isinstance(body, wire.ReadReply)
+        left = []
+        for io, res in zip(group, body.results, strict=True):
+            if res.code == 0:
+                if res.length < io.dest.nbytes:
+                    io.dest[res.length :] = bytes(io.dest.nbytes - res.length)
+            elif res.code == errors.ChunkNotFound.code:
+                io.dest[:] = bytes(io.dest.nbytes)
+            else:
+                left.append(io)
+        return left
 
     # ---------------------------------------------------------------- admin
 

@@ -120,12 +120,6 @@ class OpenFiles:
     ) -> FileHandle:
         """Open `path` for a FUSE request (O_CREAT creates it with `perm`). With
         `ino`, the path must still name that inode (ESTALE otherwise)."""
-        old_length = 0
-        if ino and flags & os.O_TRUNC and _writes(flags):
-            old_length = max(
-                self.length_hint(ino) or 0,
-                (await self._client.stat_inode(ino)).length,
-            )
         req = OpenReq(path=path, flags=flags & _META_FLAGS, mode=perm)
         reply = await self._client.meta.call("Open", req, OpenReply)
         file = File(self._client, path, flags & _META_FLAGS, reply)
@@ -133,6 +127,10 @@ class OpenFiles:
         if ino and node.inode != ino:
             await file.close()
             raise pyfuse3.FUSEError(errno.ESTALE)
+        old_length = 0
+        if flags & os.O_TRUNC and _writes(flags):
+            # What meta cut, or what our handles wrote and have not sent yet.
+            old_length = max(self.length_hint(node.inode) or 0, reply.truncated_from)
         state = self._inodes.setdefault(node.inode, InodeState())
         if old_length > node.length:
             async with state.lock:

@@ -19,9 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import crc32c
-
-from py3fs import errors
+from py3fs import errors, wire
 
 CRC_PREFIX = "crc32c."
 MAX_HEADER = 100 * 1024 * 1024  # bytes; the library's own limit
@@ -89,7 +87,7 @@ def st_dtype(dtype: Any) -> tuple[str, int]:
 
 
 def checksum(view: memoryview) -> int:
-    return int(crc32c.crc32c(view))
+    return wire.crc32c(view)
 
 
 def plan(

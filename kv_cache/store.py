@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
-
-import msgspec
+from typing import Any
 
 from client import Client
 from kv_cache.buffers import byte_view
@@ -54,12 +51,9 @@ from py3fs.proto.messages import (
     KvStoreInfo,
     KvStoreReq,
     KvStoreStats,
-    MetaReq,
-    Msg,
 )
 
 logger = logging.getLogger(__name__)
-R = TypeVar("R", bound=Msg)
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -140,7 +134,7 @@ class KVCacheStore:
             chunk_size=self._chunk_size,
             stripe=self._stripe,
         )
-        self.info = await self._call("KvStoreOpen", req, KvStoreInfo, mutation=True)
+        self.info = await self.client.meta.call("KvStoreOpen", req, KvStoreInfo)
         self.capacity_bytes = self.info.capacity_bytes
         self.page_bytes = self.info.page_bytes
         return self
@@ -156,22 +150,12 @@ class KVCacheStore:
         assert self.info is not None, "store not opened"
         return self.info.path
 
-    async def _call(
-        self, method: str, req: MetaReq, reply: type[R], *, mutation: bool = False
-    ) -> R:
-        if mutation:
-            # A random request id makes meta apply a retried call once (see
-            # meta_service/idempotency.py); the top bit keeps clear of the
-            # client's own counter.
-            req = _with_request_id(req)
-        return await self.client.meta.call(method, req, reply)
-
     def _ttl(self) -> float:
         return self.ttl or 0.0
 
     async def _lookup(self, keys: Sequence[bytes], **kw: Any) -> KvLookupReply:
         req = KvLookupReq(store=self.name, keys=list(keys), ttl=self._ttl(), **kw)
-        return await self._call("KvPageLookup", req, KvLookupReply)
+        return await self.client.meta.call("KvPageLookup", req, KvLookupReply)
 
     # ------------------------------------------------------------ reads
 
@@ -267,11 +251,8 @@ class KVCacheStore:
         return [True] * len(keys)
 
     async def _put_batch(self, keys: list[bytes], views: list[memoryview]) -> None:
-        staged = await self._call(
-            "KvPageStage",
-            KvStageReq(store=self.name, count=len(keys)),
-            KvStageReply,
-            mutation=True,
+        staged = await self.client.meta.call(
+            "KvPageStage", KvStageReq(store=self.name, count=len(keys)), KvStageReply
         )
         files = staged.files
 
@@ -286,11 +267,8 @@ class KVCacheStore:
             KvPageNew(key=k, inode=f.inode, length=v.nbytes)
             for k, f, v in zip(keys, files, views, strict=True)
         ]
-        reply = await self._call(
-            "KvPagePut",
-            KvPutReq(store=self.name, pages=pages),
-            KvPutReply,
-            mutation=True,
+        reply = await self.client.meta.call(
+            "KvPagePut", KvPutReq(store=self.name, pages=pages), KvPutReply
         )
         written = sum(v.nbytes for v, a in zip(views, reply.added, strict=True) if a)
         self._metrics["pages_written"] += sum(reply.added)
@@ -302,9 +280,7 @@ class KVCacheStore:
         n = 0
         for r in _batches(len(keys), self.batch):
             req = KvKeysReq(store=self.name, keys=[keys[i] for i in r])
-            n += (
-                await self._call("KvPageRemove", req, KvCountReply, mutation=True)
-            ).count
+            n += (await self.client.meta.call("KvPageRemove", req, KvCountReply)).count
         return n
 
     async def touch(self, keys: Sequence[bytes]) -> int:
@@ -312,7 +288,7 @@ class KVCacheStore:
         n = 0
         for r in _batches(len(keys), self.batch):
             req = KvKeysReq(store=self.name, keys=[keys[i] for i in r])
-            n += (await self._call("KvPageTouch", req, KvCountReply)).count
+            n += (await self.client.meta.call("KvPageTouch", req, KvCountReply)).count
         return n
 
     # ------------------------------------------------------------ leases
@@ -323,7 +299,7 @@ class KVCacheStore:
             req = KvKeysReq(
                 store=self.name, keys=[keys[i] for i in r], ttl=ttl, holder=holder
             )
-            n += (await self._call("KvPageLease", req, KvCountReply)).count
+            n += (await self.client.meta.call("KvPageLease", req, KvCountReply)).count
         return n
 
     async def _release(self, keys: list[bytes], holder: str) -> None:
@@ -351,7 +327,7 @@ class KVCacheStore:
 
     async def stats(self) -> KvStoreStats:
         req = KvStoreReq(store=self.name)
-        return await self._call("KvStoreStats", req, KvStoreStats)
+        return await self.client.meta.call("KvStoreStats", req, KvStoreStats)
 
     async def _evict(self, target: int, ttl: float, staging_ttl: float) -> KvEvictReply:
         evicted = nbytes = staged = 0
@@ -363,7 +339,7 @@ class KVCacheStore:
                 staging_ttl=staging_ttl,
                 limit=self.batch,
             )
-            r = await self._call("KvPageEvict", req, KvEvictReply, mutation=True)
+            r = await self.client.meta.call("KvPageEvict", req, KvEvictReply)
             evicted += r.evicted
             nbytes += r.evicted_bytes
             staged += r.staging_removed
@@ -410,7 +386,7 @@ class KVCacheStore:
         after = b""
         while True:
             req = KvListReq(store=self.name, start_after=after, limit=1000)
-            reply = await self._call("KvPageList", req, KvListReply)
+            reply = await self.client.meta.call("KvPageList", req, KvListReply)
             for e in reply.entries:
                 yield e
             if not reply.more or not reply.entries:
@@ -422,7 +398,3 @@ class KVCacheStore:
         """Counters of this handle: hits, misses, bytes read/written, pages
         written/deduplicated, evictions, evicted bytes, staging files removed."""
         return dict(self._metrics)
-
-
-def _with_request_id(req: MetaReq) -> MetaReq:
-    return msgspec.structs.replace(req, request_id=(1 << 62) | random.getrandbits(61))

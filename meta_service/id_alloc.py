@@ -32,15 +32,6 @@ class IdAllocator:
         tr.set(keys.id_alloc_key(), encode_counter(start + n))
         return start
 
-    def take_cached(self, n: int) -> list[int] | None:
-        """`n` ids if the cache holds them (no I/O), else None."""
-        with self._lock:
-            if self._end - self._next < n:
-                return None
-            out = list(range(self._next, self._next + n))
-            self._next += n
-            return out
-
     def take(self, n: int) -> list[int]:
         """`n` fresh ids; may reserve a new range (blocking KV transaction)."""
         with self._lock:

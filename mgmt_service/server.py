@@ -181,9 +181,9 @@ class MgmtServer(ServiceResource):
     # ------------------------------------------------------------------ RPCs
 
     async def register_node(self, req: RegisterNodeReq) -> RoutingInfo:
-        self.state.register(req)
+        info = self.state.register(req)
         await self._persist()
-        return self.state.routing()
+        return info
 
     async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
         version = self.state.heartbeat(req)
@@ -196,18 +196,19 @@ class MgmtServer(ServiceResource):
         return self.state.routing()
 
     async def create_chain_table(self, req: CreateChainTableReq) -> RoutingInfo:
-        self.state.create_chain_table(req.replicas, req.table_id)
+        info = self.state.create_chain_table(req.replicas, req.table_id)
         await self._persist()
-        return self.state.routing()
+        return info
 
     # ------------------------------------------------------------------ internals
 
     async def _persist(self) -> None:
         """Write the current routing state if its version is not stored yet."""
         async with self._persist_lock:
-            info = self.state.routing()
-            if info.version <= self._persisted_version:
+            # Most heartbeats change nothing: skip building the snapshot then.
+            if self.state.version <= self._persisted_version:
                 return
+            info = self.state.routing()
             raw = msgspec.msgpack.encode(info)
 
             node_id = self.cfg.node_id

@@ -58,8 +58,8 @@ class MgmtClient:
     async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
         return await self._call("Heartbeat", req, HeartbeatReply)
 
-    async def routing(self, known_version: int = 0) -> RoutingView:
-        info = await self._call("GetRouting", GetRoutingReq(known_version), RoutingInfo)
+    async def routing(self) -> RoutingView:
+        info = await self._call("GetRouting", GetRoutingReq(), RoutingInfo)
         return RoutingView(info)
 
     async def create_chain_table(self, replicas: int, table_id: int = 1) -> RoutingView:

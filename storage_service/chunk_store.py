@@ -198,6 +198,7 @@ class FileChunkStore(ChunkStore):
         self.root = root
         self.fsync = fsync
         self._chunks: dict[int, dict[bytes, ChunkInfo]] = {}
+        self._device = 0  # st_dev of root, read once by load()
         self._pending: dict[bytes, int] = {}
 
     # -- layout
@@ -217,6 +218,7 @@ class FileChunkStore(ChunkStore):
     def _load(self) -> None:
         """Scan the directory: cache every chunk's header, drop stale pending files."""
         os.makedirs(self.root, exist_ok=True)
+        self._device = os.stat(self.root).st_dev
         self._chunks.clear()
         for sub in os.scandir(self.root):
             if not sub.is_dir():
@@ -266,9 +268,12 @@ class FileChunkStore(ChunkStore):
             count += len(chunks)
             used += sum(info.length for info in chunks.values())
         st = await asyncio.to_thread(os.statvfs, self.root)
-        dev = (await asyncio.to_thread(os.stat, self.root)).st_dev
         return StoreStats(
-            used, count, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, dev
+            used,
+            count,
+            st.f_bavail * st.f_frsize,
+            st.f_blocks * st.f_frsize,
+            self._device,
         )
 
     # -- reads

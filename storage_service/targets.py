@@ -21,7 +21,7 @@ from py3fs.dataplane import DataClient
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import ChainInfo, LocalState, TargetReport, TargetState
 from py3fs.routing import RoutingView
-from storage_service.chunk_store import FileChunkStore
+from storage_service.chunk_store import FileChunkStore, StoreStats
 from storage_service.config import StorageConfig
 
 logger = logging.getLogger(__name__)
@@ -166,8 +166,7 @@ class StorageContext:
         async with self._refresh_lock:
             if want_chain and self._chain_version(want_chain[0]) >= want_chain[1]:
                 return
-            known = self.routing.version if self.routing else 0
-            self.set_routing(await self.mgmt.routing(known))
+            self.set_routing(await self.mgmt.routing())
 
     def _chain_version(self, chain_id: int) -> int:
         chain = self.routing.chains.get(chain_id) if self.routing else None
@@ -206,8 +205,11 @@ class StorageContext:
 
     # -- stats
 
-    async def target_stats(self) -> list[wire.TargetStat]:
+    async def _stats(self) -> list[tuple[int, StoreStats]]:
         stats = await asyncio.gather(*(s.stats() for s in self.stores.values()))
+        return list(zip(self.stores, stats, strict=True))
+
+    async def target_stats(self) -> list[wire.TargetStat]:
         return [
             wire.TargetStat(
                 target_id=tid,
@@ -216,11 +218,10 @@ class StorageContext:
                 free_bytes=st.free_bytes,
                 total_bytes=st.total_bytes,
             )
-            for tid, st in zip(self.stores, stats, strict=True)
+            for tid, st in await self._stats()
         ]
 
     async def reports(self) -> list[TargetReport]:
-        stats = await asyncio.gather(*(s.stats() for s in self.stores.values()))
         host = socket.gethostname()
         return [
             TargetReport(
@@ -232,5 +233,5 @@ class StorageContext:
                 local_state=self.local_state(tid),
                 device=f"{host}:{st.device}",
             )
-            for tid, st in zip(self.stores, stats, strict=True)
+            for tid, st in await self._stats()
         ]

@@ -141,14 +141,8 @@ class WritePath:
                 req.data_crc,
                 req.full_replace,
             )
-            repair = False
-            if key in self._dirty and succ is not None and not full:
-                repair = True
-                whole = await self._whole_content(
-                    store, req.chunk_id, req.offset, payload
-                )
-                offset, data, full = 0, memoryview(whole), True
-                crc = await asyncio.to_thread(wire.crc32c, whole)
+            # A dirty chunk goes down the chain whole (see the module docstring).
+            repair = key in self._dirty and succ is not None and not full
             # Once forwarded, a successor may commit this version whatever happens here.
             self._last_assigned[key] = version
             try:
@@ -249,7 +243,7 @@ class WritePath:
         if (
             succ is not None
             and not full
-            and routing.targets[succ].state == TargetState.SYNCING
+            and (repair or routing.targets[succ].state == TargetState.SYNCING)
         ):
             whole = await self._whole_content(store, req.chunk_id, offset, data)
             offset, data, full = 0, memoryview(whole), True

@@ -16,17 +16,14 @@ from __future__ import annotations
 import configparser
 import os
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass
 
 from client.usrbio.bench_report import DirStats, JobResult
 from client.usrbio.local import Usrbio
-from py3fs import errors, wire
+from py3fs import errors, units, wire
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0, "h": 3600.0}
 _RW = {
     "read": (1.0, False),
     "write": (0.0, False),
@@ -39,18 +36,18 @@ _RW = {
 
 
 def parse_size(text: str) -> int:
-    """fio sizes: binary units, `4k` = 4096, `1m`, `1g`; `kib`/`kb` alike."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
-    if not m:
-        raise errors.InvalidArgument(f"bad size {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    """fio sizes, in binary units (`4k` = 4096, `kb` = `kib`)."""
+    try:
+        return units.parse_size(text)
+    except ValueError:
+        raise errors.InvalidArgument(f"bad size {text!r}") from None
 
 
 def parse_time(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|us|s|m|h|)\s*", text.lower())
-    if not m:
-        raise errors.InvalidArgument(f"bad time {text!r}")
-    return float(m.group(1)) * _TIME[m.group(2)]
+    try:
+        return units.parse_duration(text)
+    except ValueError:
+        raise errors.InvalidArgument(f"bad time {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from client.batch_read import ReadItem, read_batch
+from client.storage_client import ReadItem
 from client.usrbio.iov import close_map, map_shm
 from client.usrbio.ring import RingConsumer, parse_name
 from py3fs import errors
@@ -39,8 +39,6 @@ SCAN_INTERVAL = 0.05  # s: look at a ring even without a doorbell (prepare w/o s
 @dataclass
 class _Iov:
     name: str
-    target: str
-    uid: int
     mm: mmap.mmap
     view: memoryview
 
@@ -48,8 +46,6 @@ class _Iov:
 @dataclass
 class _Ring:
     name: str
-    target: str
-    uid: int
     ring: RingConsumer
     task: asyncio.Task[None] | None = None
     batches: set[asyncio.Task[None]] = field(default_factory=set)
@@ -69,20 +65,21 @@ class UsrbioServer:
         self._names: dict[str, str] = {}  # name -> target
         self._client: Client | None = None
         self._inodes: dict[int, tuple[Inode, float]] = {}
-        self._closing = False
 
     # ------------------------------------------------------------ registry
 
     def register_iov(self, name: str, target: str, uid: int = 0) -> None:
+        """`uid` is part of the agent protocol (fuse_mount.hooks); ownership of
+        the shared memory is checked by the FUSE agent before it calls this."""
         if name in self._names:
             raise OSError(errno.EEXIST, f"{name} is registered already")
         ident, _block, spec = parse_name(name)
         path = os.path.realpath(target)
         if spec is None:
             mm = map_shm(path)
-            self._iovs[ident.bytes] = _Iov(name, target, uid, mm, memoryview(mm))
+            self._iovs[ident.bytes] = _Iov(name, mm, memoryview(mm))
         else:
-            ring = _Ring(name, target, uid, RingConsumer(path))
+            ring = _Ring(name, RingConsumer(path))
             self._rings[name] = ring
             if self._client is not None:
                 self._start_ring(ring)
@@ -109,9 +106,6 @@ class UsrbioServer:
     def iov_names(self) -> list[str]:
         return list(self._names)
 
-    def iov_target(self, name: str) -> str | None:
-        return self._names.get(name)
-
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, client: Client) -> None:
@@ -121,7 +115,6 @@ class UsrbioServer:
                 self._start_ring(ring)
 
     async def aclose(self) -> None:
-        self._closing = True
         for name in list(self._names):
             with contextlib.suppress(OSError):
                 self.deregister_iov(name)
@@ -176,7 +169,7 @@ class UsrbioServer:
             await self._write_batch(ring, batch)
 
     async def _read_batch(self, ring: RingConsumer, batch: list[Sqe]) -> None:
-        """Reads go out grouped (`client.batch_read`): a slice of the batch at a
+        """Reads go out grouped (`StorageClient.read_batch`): a slice of the batch at a
         time, several slices in flight, completions posted per slice."""
         since = time.monotonic()
         need: dict[int, int] = {}
@@ -219,8 +212,8 @@ class UsrbioServer:
         async def run(part: list[tuple[int, ReadItem]]) -> None:
             async with sem:
                 try:
-                    failed = await read_batch(
-                        self._client_or_fail().storage, [it for _, it in part]
+                    failed = await self._client_or_fail().storage.read_batch(
+                        [it for _, it in part]
                     )
                 except Exception:
                     logger.exception("usrbio batch read failed")
@@ -258,11 +251,7 @@ class UsrbioServer:
         async def run(group: list[Sqe]) -> None:
             async with sem:
                 for sqes in _adjacent_runs(group, self._iovs):
-                    if len(sqes) == 1:
-                        result = await self._write_one(sqes[0], since, ends)
-                        held.append((sqes[0][5], result))
-                        continue
-                    result = await self._write_joined(sqes, since, ends)
+                    result = await self._write_run(sqes, since, ends)
                     held.extend((q[5], result if result < 0 else q[4]) for q in sqes)
 
         await asyncio.gather(*(run(g) for g in groups.values()))
@@ -274,45 +263,27 @@ class UsrbioServer:
                 ring.post(tag, result)
             ring.done_bell.ring()
 
-    async def _write_one(self, sqe: Sqe, since: float, ends: dict[int, int]) -> int:
-        iov_id, buf_off, inode, file_off, length, _tag = sqe
-        iov = self._iovs.get(iov_id)
-        if iov is None or buf_off + length > iov.view.nbytes:
-            return -errno.EFAULT
-        try:
-            node = await self._inode(inode, 0, since)
-            assert node.layout is not None
-            await self._client_or_fail().storage.write(
-                inode, node.layout, file_off, iov.view[buf_off : buf_off + length]
-            )
-        except errors.Py3fsError as exc:
-            return -exc.errno
-        except Exception:
-            logger.exception("usrbio write on inode %d failed", inode)
-            return -errno.EIO
-        ends[inode] = max(ends.get(inode, 0), file_off + length)
-        return length
-
-    async def _write_joined(
+    async def _write_run(
         self, sqes: list[Sqe], since: float, ends: dict[int, int]
     ) -> int:
-        """One storage write for adjacent writes (see `_adjacent_runs`); returns the
-        total length or a negative errno shared by all of them."""
+        """One storage write for a run of adjacent writes (see `_adjacent_runs`);
+        returns its total length or a negative errno shared by all of them."""
+        if not _buffer_ok(sqes[0], self._iovs):
+            return -errno.EFAULT  # such a write always stands alone
         inode, start = sqes[0][2], sqes[0][3]
-        data = b"".join(self._iovs[q[0]].view[q[1] : q[1] + q[4]] for q in sqes)
+        views = [self._iovs[q[0]].view[q[1] : q[1] + q[4]] for q in sqes]
+        data = views[0] if len(views) == 1 else memoryview(b"".join(views))
         try:
             node = await self._inode(inode, 0, since)
             assert node.layout is not None
-            await self._client_or_fail().storage.write(
-                inode, node.layout, start, memoryview(data)
-            )
+            await self._client_or_fail().storage.write(inode, node.layout, start, data)
         except errors.Py3fsError as exc:
             return -exc.errno
         except Exception:
             logger.exception("usrbio write on inode %d failed", inode)
             return -errno.EIO
-        ends[inode] = max(ends.get(inode, 0), start + len(data))
-        return len(data)
+        ends[inode] = max(ends.get(inode, 0), start + data.nbytes)
+        return data.nbytes
 
     async def _inode(self, inode: int, need_end: int, since: float) -> Inode:
         """The inode, re-read from meta when the cached length is short of

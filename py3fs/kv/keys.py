@@ -27,10 +27,6 @@ def inode_key(inode: int) -> bytes:
     return INODE + _U64LE.pack(inode)
 
 
-def inode_range() -> tuple[bytes, bytes]:
-    return INODE, strinc(INODE)
-
-
 def dentry_prefix(parent: int) -> bytes:
     return DENTRY + _U64LE.pack(parent)
 

@@ -122,7 +122,7 @@ class HeartbeatReply(Msg):
 
 
 class GetRoutingReq(Msg):
-    known_version: int = 0
+    pass
 
 
 class CreateChainTableReq(Msg):
