@@ -41,8 +41,9 @@ a client may retry it. Codes are grouped by subsystem::
     │   ├── NotPrimary (5001, retryable)
     │   ├── UnknownNode (5002)
     │   └── NoChainTable (5003, retryable)   cluster has no chains yet
-    └── ClientError (7000)
-        └── RoutingUnavailable (7001, retryable)
+    ├── ClientError (7000)
+    │   └── RoutingUnavailable (7001, retryable)
+    └── InjectedFault (9001)                 raised by an enabled fault point (tests)
 
 `error_from_code` turns a code received from the wire back into its class.
 """
@@ -269,6 +270,12 @@ class ClientError(Py3fsError):
 class RoutingUnavailable(ClientError):
     code = 7001
     retryable = True
+
+
+class InjectedFault(Py3fsError):
+    """Raised by a fault point switched on with the `error` action (py3fs.faults)."""
+
+    code = 9001
 
 
 for _cls in list(globals().values()):
