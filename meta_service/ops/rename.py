@@ -10,6 +10,7 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
 from meta_service.ops.unlink import drop_link, remove_directory
 from py3fs import errors, ids
+from py3fs.faults import fault_point
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import Empty, Inode, InodeType, RenameReq
 
@@ -61,7 +62,9 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
             raise errors.NotEmpty(f"{req.dst!r} is not empty")
     now = ctx.clock()
     dentries.remove(tr, src_dir.inode, src_name)
+    fault_point("meta.rename.src_unlinked")
     dentries.put(tr, dst_dir.inode, dst_name, src.inode, src.type)
+    fault_point("meta.rename.dst_linked")
     node = inodes.get(tr, src.inode)
     parent = dst_dir.inode if is_dir else node.parent
     inodes.store(tr, msgspec.structs.replace(node, parent=parent, ctime=now))
