@@ -9,12 +9,13 @@ unknown end (`math.inf`); a read that raised is dropped."""
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import time
 from pathlib import Path
 
 from fault_tools import (
+    CLIENTS,
+    FILES,
+    RegisterWorkload,
     all_serving,
     fault_cluster,
     fresh_routing,
@@ -23,70 +24,7 @@ from fault_tools import (
     wait_routing,
 )
 from harness import client_for
-from lincheck import READ, WRITE, Op, check
-
-from client import Client
-from py3fs import errors
-
-FILES = 4
-CLIENTS = 3
-SIZE = 64  # bytes per value
-
-
-def value(text: str) -> bytes:
-    return text.encode().ljust(SIZE, b".")
-
-
-class Workload:
-    """CLIENTS clients, each writing and reading random files, one op at a
-    time, recording every op with its invoke/complete time."""
-
-    def __init__(self, clients: list[Client]) -> None:
-        self.clients = clients
-        self.ops: list[Op] = []
-        self.failed = 0
-        self.stop = asyncio.Event()
-
-    async def setup(self) -> dict[int, bytes]:
-        initial = {f: value(f"init-{f}") for f in range(FILES)}
-        for f, v in initial.items():
-            await self.clients[0].write_file(f"/f{f}", v)
-        return initial
-
-    async def worker(self, n: int) -> None:
-        fs = self.clients[n]
-        rng = random.Random(n)
-        wf = [await fs.open(f"/f{f}", "r+b") for f in range(FILES)]
-        rf = [await fs.open(f"/f{f}", "rb") for f in range(FILES)]
-        seq = 0
-        try:
-            while not self.stop.is_set():
-                f = rng.randrange(FILES)
-                start = time.monotonic()
-                if rng.random() < 0.5:
-                    seq += 1
-                    v = value(f"c{n}-{seq}")
-                    try:
-                        await wf[f].pwrite(v, 0)
-                        end = time.monotonic()
-                    except errors.Py3fsError:
-                        self.failed += 1
-                        end = math.inf  # may or may not have taken effect
-                    self.ops.append(Op(WRITE, f, v, start, end, client=n))
-                else:
-                    try:
-                        got = await rf[f].pread(SIZE, 0)
-                    except errors.Py3fsError:
-                        self.failed += 1
-                        continue
-                    self.ops.append(Op(READ, f, got, start, time.monotonic(), n))
-        finally:
-            for h in wf + rf:
-                await h.close()
-
-    def done_after(self, t0: float) -> int:
-        """Operations that completed after `t0` (the workload made progress)."""
-        return sum(1 for op in self.ops if t0 < op.end < math.inf)
+from lincheck import READ, check
 
 
 async def test_linearizable_through_kill_of_head_middle_and_tail(
@@ -95,7 +33,7 @@ async def test_linearizable_through_kill_of_head_middle_and_tail(
     with fault_cluster(tmp_path, targets=1) as cluster:
         clients = [client_for(cluster) for _ in range(CLIENTS)]
         try:
-            load = Workload(clients)
+            load = RegisterWorkload(clients)
             initial = await load.setup()
             view = await fresh_routing(clients[0])
             (chain,) = view.chains.values()
@@ -117,6 +55,7 @@ async def test_linearizable_through_kill_of_head_middle_and_tail(
             finally:
                 load.stop.set()
                 await asyncio.gather(*tasks)
+            await load.final_reads()
             assert load.done_after(healed) > 0, "no progress after the last restart"
             checked = check(load.ops, initial)
             reads = sum(op.kind == READ for op in load.ops)
