@@ -196,9 +196,14 @@ class RegisterWorkload:
     """CLIENTS clients, each writing and reading random files, one op at a
     time, recording every op with its invoke/complete time."""
 
-    def __init__(self, clients: list[Client], prefix: str = "/f") -> None:
+    def __init__(
+        self, clients: list[Client], prefix: str = "/f", first_id: int = 0
+    ) -> None:
         self.clients = clients
         self.prefix = prefix
+        # Client numbers in values and ops start here, so workloads of other
+        # processes on the same files write values of their own.
+        self.first_id = first_id
         self.ops: list[Op] = []
         self.failed = 0
         self.stop = asyncio.Event()
@@ -221,21 +226,25 @@ class RegisterWorkload:
                 start = time.monotonic()
                 if rng.random() < 0.5:
                     seq += 1
-                    v = value(f"c{n}-{seq}")
+                    v = value(f"c{self.first_id + n}-{seq}")
                     try:
                         await wf[f].pwrite(v, 0)
                         end = time.monotonic()
                     except errors.Py3fsError:
                         self.failed += 1
                         end = math.inf  # may or may not have taken effect
-                    self.ops.append(Op(WRITE, f, v, start, end, client=n))
+                    self.ops.append(
+                        Op(WRITE, f, v, start, end, client=self.first_id + n)
+                    )
                 else:
                     try:
                         got = await rf[f].pread(SIZE, 0)
                     except errors.Py3fsError:
                         self.failed += 1
                         continue
-                    self.ops.append(Op(READ, f, got, start, time.monotonic(), n))
+                    self.ops.append(
+                        Op(READ, f, got, start, time.monotonic(), self.first_id + n)
+                    )
         finally:
             for h in wf + rf:
                 await h.close()

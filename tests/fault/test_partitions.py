@@ -18,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +39,7 @@ from fault_tools import (
     wait_routing,
 )
 from harness import FAST, client_for
-from lincheck import READ, check
+from lincheck import READ, Op, check
 from netns import TEST, NetLab, unavailable_reason
 from nscheck import check_namespace
 
@@ -56,6 +59,8 @@ ETCD = ["etcd-1", "etcd-2", "etcd-3"]
 MGMTD = ["mgmtd-1", "mgmtd-2"]
 META = ["meta-11", "meta-12"]
 STORAGE = ["storage-21", "storage-22", "storage-23"]
+PEER_NS = "client-9"  # a client process of its own (partition_client.py)
+PEER = Path(__file__).with_name("partition_client.py")
 
 
 @contextmanager
@@ -63,7 +68,7 @@ def partitioned_cluster(data_dir: Path) -> Iterator[tuple[NetLab, LocalCluster]]
     """The lab and a cluster on the etcd KV backend, every process in its own
     namespace; 2 s failure detection as in the other fault tests."""
     with NetLab() as lab:
-        for name in [*ETCD, *MGMTD, *META, *STORAGE]:
+        for name in [*ETCD, *MGMTD, *META, *STORAGE, PEER_NS]:
             lab.add(name)
         spec = ClusterSpec(
             data_dir=data_dir,
@@ -79,7 +84,7 @@ def partitioned_cluster(data_dir: Path) -> Iterator[tuple[NetLab, LocalCluster]]
                 "meta": FAST["meta"],
                 "storage": ["--heartbeat-interval", "0.25s"],
             },
-            net={name: list(lab.nodes[name]) for name in lab.nodes},
+            net={name: list(lab.nodes[name]) for name in lab.nodes if name != PEER_NS},
         )
         cluster = LocalCluster(spec)
         try:
@@ -318,30 +323,65 @@ async def test_etcd_minority(tmp_path: Path) -> None:
 
 
 async def test_client_cut_off_mid_write(tmp_path: Path) -> None:
-    """The clients lose every storage node in the middle of their writes and
-    get them back 3 s later: writes in flight across the cut end late (after
-    retries) or with an error, and whatever they did, the history stays
-    linearizable and no acknowledged write is lost."""
+    """A client in a process and namespace of its own loses every storage node
+    in the middle of its writes and gets them back 3 s later; its writes
+    caught by the cut fail (outcome unknown) while the test's clients go on.
+    The merged history of all clients stays linearizable and the final reads
+    show no acknowledged write lost."""
     with partitioned_cluster(tmp_path) as (lab, cluster):
         clients = clients_for(cluster)
-        window: list[float] = []
         try:
-
-            async def partition() -> None:
+            load = RegisterWorkload(clients)
+            initial = await load.setup()
+            stop, out = tmp_path / "stop", tmp_path / "peer.jsonl"
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+            peer = await asyncio.create_subprocess_exec(
+                *("ip", "netns", "exec", lab.netns(PEER_NS), sys.executable),
+                *(str(PEER), str(cluster.cluster_file), load.prefix, "9"),
+                *(str(stop), str(out)),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            tasks = [asyncio.create_task(load.worker(n)) for n in range(CLIENTS)]
+            try:
+                await asyncio.sleep(2.0)
                 for s in STORAGE:
-                    lab.cut(TEST, s)
-                window.append(time.monotonic())
+                    lab.cut(PEER_NS, s)
+                cut = time.monotonic()
                 await asyncio.sleep(3.0)
                 lab.heal()
-                window.append(time.monotonic())
-
-            load = await run_workload(clients, partition())
-            cut, healed = window
-            spanning = [
-                op for op in load.ops if op.start < cut + 0.5 and op.end > healed
+                healed = time.monotonic()
+                await asyncio.sleep(2.0)
+            finally:
+                stop.touch()
+                got, err = await asyncio.wait_for(peer.communicate(), 60)
+                load.stop.set()
+                await asyncio.gather(*tasks)
+            assert peer.returncode == 0, err.decode()[-3000:]
+            await load.final_reads()
+            theirs = [
+                Op(
+                    kind,
+                    key,
+                    bytes.fromhex(v),
+                    start,
+                    math.inf if end is None else end,
+                    9,
+                )
+                for kind, key, v, start, end in map(
+                    json.loads, out.read_text().splitlines()
+                )
             ]
-            assert spanning or load.failed, "the cut did not catch an op mid-flight"
-            print(f"  {len(spanning)} ops spanned the cut, {load.failed} failed")
+            caught = [op for op in theirs if op.start < healed and op.end > cut]
+            assert caught, "the cut caught none of the cut client's operations"
+            assert any(op.start > healed for op in theirs), "cut client never resumed"
+            assert any(cut < op.end < healed for op in load.ops), "others stalled"
+            checked = check(load.ops + theirs, initial)
+            print(
+                f"\n{checked} ops linearizable; cut client: {len(theirs)} ops, "
+                f"{len(caught)} caught by the cut ({got.decode().strip()})"
+            )
         finally:
             for c in clients:
                 await c.aclose()
