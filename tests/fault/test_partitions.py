@@ -44,9 +44,11 @@ from netns import TEST, NetLab, unavailable_reason
 from nscheck import check_namespace
 
 from client import Client
-from py3fs import errors
+from py3fs import errors, ids, wire
 from py3fs.cluster import ClusterSpec, LocalCluster
 from py3fs.etcd_local import find_etcd
+from py3fs.proto.messages import Inode
+from py3fs.routing import RoutingView
 
 pytestmark = [
     pytest.mark.skipif(
@@ -146,16 +148,52 @@ async def run_workload(
     return load
 
 
+async def probe_old_head(
+    fs: Client, view: RoutingView, node: Inode, data: bytes
+) -> BaseException | None:
+    """Write `data` over chunk 0 of `node` straight to the head of `view` (a
+    routing view from before a partition), at that view's chain version, as a
+    client with stale routing would. Returns the error, None if acknowledged."""
+    assert node.layout is not None
+    chain = view.chain(node.layout.chains[0])
+    head = chain.targets[0]
+    req = wire.WriteReq(
+        chain_id=chain.chain_id,
+        chain_ver=chain.version,
+        target_id=head,
+        chunk_id=ids.chunk_id(node.inode, 0),
+        offset=0,
+        chunk_size=node.layout.chunk_size,
+        data_crc=wire.crc32c(data),
+        client_id="stale-probe",
+        request_id=1,
+    )
+    try:
+        reply, _ = await fs.storage._data.call(
+            view.target_address(head), wire.MsgType.WRITE, req, [data], timeout=5.0
+        )
+    except errors.Py3fsError as exc:
+        return exc
+    assert not isinstance(reply, wire.WriteReply), f"old head acknowledged: {reply}"
+    return None
+
+
 async def test_isolated_head_storage_node(tmp_path: Path) -> None:
     """The chain's head loses mgmtd and its peers but the clients still reach
     it: it must stop serving (lease) while mgmtd moves the chain on, so no
-    write lands on two heads and no read comes from the cut-off copy."""
+    write lands on two heads and no read comes from the cut-off copy. A write
+    sent straight to the old head with the old chain version is refused and
+    never shows up, not even after the partition heals and the node resyncs."""
     with partitioned_cluster(tmp_path) as (lab, cluster):
         clients = clients_for(cluster)
         try:
-            view = await fresh_routing(clients[0])
-            (chain,) = view.chains.values()
-            head = view.targets[chain.targets[0]].node_id
+            probe = b"P" * 64
+            await clients[0].write_file("/probe", probe)
+            node = await clients[0].stat("/probe")
+            before = await fresh_routing(clients[0])
+            (chain,) = before.chains.values()
+            head = before.targets[chain.targets[0]].node_id
+            refused: list[BaseException | None] = []
 
             async def partition() -> None:
                 lab.isolate(name_of_node(head), keep=(TEST,))
@@ -163,8 +201,13 @@ async def test_isolated_head_storage_node(tmp_path: Path) -> None:
                 view = await fresh_routing(clients[0])
                 new_head = view.targets[view.chains[chain.chain_id].targets[0]]
                 assert new_head.node_id != head
-                # Writes go on through the new head while the old one is cut off.
-                await asyncio.sleep(2 * HEARTBEAT_TIMEOUT)
+                # Writes go on through the new head while the old one is cut
+                # off; the old one, reachable by a stale client, takes none.
+                await asyncio.sleep(HEARTBEAT_TIMEOUT)
+                refused.append(
+                    await probe_old_head(clients[0], before, node, b"X" * 64)
+                )
+                await asyncio.sleep(HEARTBEAT_TIMEOUT)
                 lab.heal()
                 await wait_routing(clients[0], all_serving, timeout=60)
 
@@ -172,7 +215,11 @@ async def test_isolated_head_storage_node(tmp_path: Path) -> None:
                 clients, partition(), dump=tmp_path / "history.jsonl"
             )
             assert load.failed < len(load.ops)
+            print(f"  stale write to the old head refused: {refused[0]!r}")
+            assert refused[0] is not None
             assert await check_replicas(clients[0]) > 0
+            for c in clients:  # every replica, read by whichever clients pick
+                assert await c.read_file("/probe") == probe
         finally:
             for c in clients:
                 await c.aclose()
