@@ -48,6 +48,21 @@ def unavailable_reason() -> str | None:
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (scripts/bootstrap.sh installs it)"
+    # Root is not enough in a container without CAP_NET_ADMIN: try one.
+    probe = f"p3fprobe{os.getpid() % 100000}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    try:
+        nft = subprocess.run(
+            ["ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe"],
+            capture_output=True,
+            text=True,
+        )
+        if nft.returncode != 0:
+            return f"nftables unusable in a namespace: {nft.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
