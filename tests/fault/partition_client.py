@@ -5,9 +5,9 @@ own so that its links can be cut while the test's clients keep theirs:
 
 Runs one register worker (tests/fault_tools.RegisterWorkload, client number
 FIRST_ID) on the files PREFIX0.. until STOP_FILE exists, then writes its history
-as JSON lines to OUT_FILE. Short retry and call timeouts, so that writes caught
-by a cut fail (outcome unknown) instead of waiting it out. Times are
-time.monotonic(), which all processes on the host share (CLOCK_MONOTONIC).
+as JSON lines to OUT_FILE. Short retry and call timeouts (2 s, 1 s), so that
+writes caught by a long cut may fail (outcome unknown) rather than wait it out.
+Times are time.monotonic(), which all processes on the host share.
 """
 
 from __future__ import annotations
