@@ -42,3 +42,7 @@ def remove(tr: Transaction, inode: int, session_id: str) -> bool:
 
 def any_open(tr: Transaction, inode: int) -> bool:
     return bool(tr.get_prefix(keys.session_prefix(inode), limit=1))
+
+
+def exists(tr: Transaction, inode: int, session_id: str) -> bool:
+    return tr.get(keys.session_key(inode, session_id)) is not None

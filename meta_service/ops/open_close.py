@@ -8,7 +8,7 @@ from collections.abc import Callable
 import msgspec
 
 from meta_service import dentries, gc, inodes, sessions
-from meta_service.ops import lookup
+from meta_service.ops import lookup, mkdir
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import R, W, X
 from py3fs import errors
@@ -56,22 +56,21 @@ def _create(
     lookup.validate_name(name)
     lookup.check_access(parent, req, W | X)
     layout = make_layout(ctx, req.chunk_size, req.stripe)
-    now = ctx.clock()
+    now = ctx.now_ns()
+    gid, mode = mkdir.new_owner(parent, req, req.mode, InodeType.FILE)
     node = Inode(
         inode=new_id,
         type=InodeType.FILE,
-        mode=req.mode & 0o7777,
+        mode=mode,
         uid=req.uid,
-        gid=req.gid,
+        gid=gid,
         nlink=1,
         atime=now,
         mtime=now,
         ctime=now,
         layout=layout,
     )
-    inodes.store(tr, node)
-    dentries.put(tr, parent.inode, name, new_id, InodeType.FILE)
-    inodes.count(tr, InodeType.FILE, +1)
+    mkdir.add_entry(tr, ctx, parent, name, node)
     return node
 
 
@@ -91,7 +90,7 @@ def open_file(
     created = False
     truncated_from = 0
     if req.flags & os.O_CREAT:
-        parent, name = lookup.resolve_parent(tr, req.path, req)
+        parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
         if name == "..":
             raise errors.IsADirectory(f"{req.path!r} is a directory")
         lookup.check_access(parent, req, X)
@@ -104,7 +103,7 @@ def open_file(
         else:
             node = lookup.walk(tr, parent, [name], req, follow_last=True)
     else:
-        node = lookup.resolve(tr, req.path, req)
+        node = lookup.resolve(tr, req.path, req, at=req.at)
     if node.type == InodeType.DIRECTORY:
         if write:
             raise errors.IsADirectory(f"{req.path!r} is a directory")
@@ -117,7 +116,7 @@ def open_file(
         if req.flags & os.O_TRUNC and node.length:
             # The opener drops the old bytes from storage (OpenReply.truncated_from).
             truncated_from = node.length
-            now = ctx.clock()
+            now = ctx.now_ns()
             node = msgspec.structs.replace(node, length=0, mtime=now, ctime=now)
             inodes.store(tr, node)
     if not write:
@@ -129,7 +128,7 @@ def open_file(
 def _update_length(tr: Transaction, ctx: OpContext, node: Inode, length: int) -> Inode:
     if length < 0:
         return node
-    now = ctx.clock()
+    now = ctx.now_ns()
     node = msgspec.structs.replace(
         node, length=max(node.length, length), mtime=now, ctime=now
     )
