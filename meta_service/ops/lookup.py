@@ -107,9 +107,12 @@ def walk(
 
 
 def start(tr: Transaction, at: int, path: str) -> Inode:
-    """Where resolving `path` relative to inode `at` begins."""
-    if at == 0 or path.startswith("/"):
+    """Where resolving `path` relative to inode `at` begins (InvalidArgument for
+    a relative path without an `at`)."""
+    if path.startswith("/"):
         return root(tr)
+    if at == 0:
+        raise errors.InvalidArgument(f"path must be absolute: {path!r}")
     return inodes.get(tr, at)
 
 

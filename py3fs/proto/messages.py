@@ -201,9 +201,9 @@ class MetaReq(Msg):
 
 # Requests name their objects 3FS's `PathAt` way: `at` is an inode and `path`
 # is relative to it: one name for the kernel's (parent inode, name), "" for
-# the inode `at` itself, or several components for the library client. `at`
-# 0 means the root (and an absolute `path` always starts there). No request
-# walks from the root unless its caller gave it an absolute path.
+# the inode `at` itself, or several components for the library client. An
+# absolute `path` (the library client's) starts at the root, whatever `at`
+# is; a relative one needs an `at`. The mount never sends absolute paths.
 
 
 class PathReq(MetaReq):
