@@ -62,7 +62,7 @@ class MsgServer:
             for rpc in table.rpcs()
         }
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.address = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -74,8 +74,10 @@ class MsgServer:
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._conns):
-                task.cancel()
+            # Closing a connection ends its reader loop, which then waits for
+            # the requests it started (their replies go nowhere).
+            for writer in list(self._writers):
+                writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
@@ -83,9 +85,7 @@ class MsgServer:
     async def _serve_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        me = asyncio.current_task()
-        assert me is not None
-        self._conns.add(me)
+        self._writers.add(writer)
         try:
             async with asyncio.TaskGroup() as tg:
                 while True:
@@ -99,10 +99,8 @@ class MsgServer:
                     except (asyncio.IncompleteReadError, ConnectionError):
                         break
                     tg.create_task(self._handle(writer, rid, number, body))
-        except asyncio.CancelledError:
-            raise
         finally:
-            self._conns.discard(me)
+            self._writers.discard(writer)
             writer.close()
 
     async def _handle(
