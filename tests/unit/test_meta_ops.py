@@ -232,7 +232,7 @@ def test_unlink_rmdir(store: MetaStore) -> None:
     # the unlinked file waits in the GC queue with its layout
     claimed = store.db.run(lambda tr: gc.claim(tr, 2**62, 10, 2**62 + 5))
     assert [n.inode for n in claimed] == [f.inode]
-    store.db.run(lambda tr: gc.finish(tr, f.inode, 2**62 + 5))
+    store.db.run(lambda tr: gc.finish(tr, [f.inode], 2**62 + 5))
     assert store.db.run(lambda tr: inodes.load(tr, f.inode)) is None
     assert store.db.run(lambda tr: tr.get_range(*keys.gc_range(2**63))) == []
 
