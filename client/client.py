@@ -23,6 +23,7 @@ from client.storage_client import StorageClient
 from py3fs import errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import (
+    AppendReq,
     CloseReq,
     DirEntry,
     Inode,
@@ -78,6 +79,7 @@ class Client:
             gid=config.gid,
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
+            session_lease=config.session_lease,
         )
         self.storage = StorageClient(
             self.routing,
@@ -355,9 +357,24 @@ class File:
 
     async def write(self, data: Any) -> int:
         if self.flags & os.O_APPEND:
-            self.pos = self.length
+            return await self.append(data)
         n = await self.pwrite(data, self.pos)
         self.pos += n
+        return n
+
+    async def append(self, data: Any) -> int:
+        """Write at the end of the file, atomically with respect to every other
+        appender: meta reserves the range (the length grows at once), then the
+        data goes there."""
+        self._check(write=True)
+        view = memoryview(data).cast("B")
+        req = AppendReq(
+            inode=self.inode.inode, session_id=self.session_id, size=view.nbytes
+        )
+        reply = await self._client.meta.append(req)
+        self.inode = reply.inode
+        n = await self.pwrite(view, reply.offset)
+        self.pos = reply.offset + n
         return n
 
     async def fsync(self) -> None:

@@ -8,6 +8,7 @@ same id, and meta answers it from its stored reply instead of applying it twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -21,7 +22,7 @@ import msgspec
 from client.routing_cache import RoutingCache
 from py3fs import errors
 from py3fs.msgrpc import MsgClient, Stub
-from py3fs.proto.messages import MetaReq, Msg
+from py3fs.proto.messages import MetaReq, Msg, OpenReq, RenewReq
 from py3fs.proto.services import MetaService, Rpc
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class MetaClient(MetaService):
         gid: int = 0,
         retry_timeout: float = 60.0,
         call_timeout: float = 10.0,
+        session_lease: float = 0.0,
     ) -> None:
         self._routing = routing
         self.client_id = client_id
@@ -72,6 +74,10 @@ class MetaClient(MetaService):
         self._rr = itertools.count()
         self._retry_timeout = retry_timeout
         self._call_timeout = call_timeout
+        # Write sessions last `session_lease` seconds past the last renewal;
+        # a task renews every third of it once the first one is open.
+        self.session_lease = session_lease
+        self._renewer: asyncio.Task[None] | None = None
 
     def _rpc(self, address: str) -> MsgClient:
         client = self._clients.get(address)
@@ -99,6 +105,9 @@ class MetaClient(MetaService):
             fields["groups"] = list(groups)
         if rpc.mutating:
             fields["request_id"] = next(self._ids)
+        if isinstance(req, OpenReq) and self.session_lease > 0:
+            fields["lease"] = self.session_lease
+            self._start_renewer()
         req = msgspec.structs.replace(req, **fields)
         deadline = time.monotonic() + self._retry_timeout
         delay, refresh = 0.02, False
@@ -120,7 +129,24 @@ class MetaClient(MetaService):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.session_lease / 3)
+            try:
+                await self.renew(RenewReq(ttl=self.session_lease))
+            except errors.Py3fsError as exc:
+                logger.warning("cannot renew write sessions: %s", exc)
+
     async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()

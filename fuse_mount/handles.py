@@ -5,10 +5,9 @@ Lengths: a write is acknowledged once every replica has it, but meta learns the
 new length only on flush/fsync/release (as in 3FS). Until then `length_hint`
 merges what this daemon's handles wrote, so `stat` and reads here see it.
 
-O_APPEND: each append takes the inode's lock, asks meta for the length, writes
-there and reports the new length before the lock is released. Appends through
-this daemon therefore never overlap; appends to one file from two different
-mounts (two daemons) can still race, as they do on NFS.
+O_APPEND: each append has meta reserve its range at the end of the file (the
+length grows in the same transaction that reads it), then writes there, so
+appends never overlap, from this daemon or from any other client.
 
 Sequential writes: the kernel sends at most 1 MiB per write, and storage
 rewrites a whole chunk for a write that does not replace it from its start.
@@ -228,11 +227,8 @@ class OpenFiles:
             return await self._gather(handle, offset, data)
         async with self._inodes[handle.ino].lock:
             await self._flush_inode(handle.ino)
-            node = await self._client.stat_inode(handle.ino)
-            self._adopt(handle.ino, node)
-            end = max(node.length, self.length_hint(handle.ino) or 0)
-            n = await handle.file.pwrite(data, end)
-            await handle.file.fsync()
+            n = await handle.file.append(data)
+            self._adopt(handle.ino, handle.file.inode)
         return n
 
     async def _gather(self, handle: FileHandle, offset: int, data: bytes) -> int:

@@ -22,4 +22,6 @@ class MetaConfig:
     # so a meta killed mid-removal leaves the work to another
     gc_retry_interval: float = 30.0
     idempotency_ttl: float = 600.0
+    # how often to look for write sessions whose client stopped renewing
+    session_scan_interval: float = 1.0
     id_batch: int = 1000

@@ -19,6 +19,7 @@ from meta_service.config import MetaConfig
 from meta_service.gc import GcWorker
 from meta_service.id_alloc import IdAllocator
 from meta_service.ops.context import OpContext
+from meta_service.recovery import SessionReaper
 from meta_service.store import MetaStore
 from py3fs import errors
 from py3fs.app import ServiceResource
@@ -89,11 +90,19 @@ class MetaServer(ServiceResource):
             idempotency_ttl=cfg.idempotency_ttl,
             clock=self._clock,
         )
+        reaper = SessionReaper(
+            db,
+            lambda: self.routing,
+            self._data,
+            interval=cfg.session_scan_interval,
+            clock=self._clock,
+        )
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._running = [
             self._tasks.create_task(self._heartbeat_loop()),
             self._tasks.create_task(gc.run()),
+            self._tasks.create_task(reaper.run()),
         ]
 
     async def aclose(self) -> None:

@@ -28,6 +28,8 @@ from meta_service.ops.context import OpContext
 from py3fs import ids
 from py3fs.kv.base import Database, Transaction
 from py3fs.proto.messages import (
+    AppendReply,
+    AppendReq,
     CloseReq,
     Empty,
     Inode,
@@ -60,6 +62,7 @@ from py3fs.proto.messages import (
     PathReq,
     ReadlinkReply,
     RenameReq,
+    RenewReq,
     SetAttrReq,
     StatFsReply,
     SymlinkReq,
@@ -172,6 +175,14 @@ class MetaStore:
         return self._mutate(
             META.sync, req, lambda tr, _: open_close.sync(tr, self.ctx, req)
         )
+
+    def append(self, req: AppendReq) -> AppendReply:
+        return self._mutate(
+            META.append, req, lambda tr, _: open_close.append(tr, self.ctx, req)
+        )
+
+    def renew(self, req: RenewReq) -> Empty:
+        return self.db.run(lambda tr: open_close.renew(tr, self.ctx, req))
 
     def rename(self, req: RenameReq) -> Empty:
         return self._mutate(

@@ -14,12 +14,16 @@ from meta_service.ops.lookup import R, W, X
 from py3fs import errors
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
+    AppendReply,
+    AppendReq,
     CloseReq,
+    Empty,
     Inode,
     InodeType,
     Layout,
     OpenReply,
     OpenReq,
+    RenewReq,
     SyncReq,
 )
 
@@ -121,7 +125,7 @@ def open_file(
             inodes.store(tr, node)
     if not write:
         return OpenReply(inode=node)
-    session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock())
+    session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock(), req.lease)
     return OpenReply(inode=node, session_id=session_id, truncated_from=truncated_from)
 
 
@@ -155,3 +159,29 @@ def close(tr: Transaction, ctx: OpContext, req: CloseReq) -> Inode:
 def sync(tr: Transaction, ctx: OpContext, req: SyncReq) -> Inode:
     """Adopt the reported length (if larger) without ending the session."""
     return _update_length(tr, ctx, inodes.get(tr, req.inode), req.length)
+
+
+def append(tr: Transaction, ctx: OpContext, req: AppendReq) -> AppendReply:
+    """Reserve `req.size` bytes at the end of the file for an O_APPEND write:
+    the length grows now, in the same transaction that reads it, so two
+    clients' appends never land on the same bytes. Needs a live write session
+    of the file (BadFileHandle otherwise)."""
+    node = inodes.get(tr, req.inode)
+    if node.type != InodeType.FILE or req.size < 0:
+        raise errors.InvalidArgument("append to a non-file or of a negative size")
+    if not sessions.exists(tr, node.inode, req.session_id):
+        raise errors.BadFileHandle(f"no write session {req.session_id!r}")
+    offset = node.length
+    if req.size:
+        now = ctx.now_ns()
+        node = msgspec.structs.replace(
+            node, length=offset + req.size, mtime=now, ctime=now
+        )
+        inodes.store(tr, node)
+    return AppendReply(offset=offset, inode=node)
+
+
+def renew(tr: Transaction, ctx: OpContext, req: RenewReq) -> Empty:
+    if req.ttl > 0:
+        sessions.renew(tr, req.client_id, ctx.clock() + req.ttl)
+    return Empty()

@@ -233,6 +233,32 @@ class OpenReq(MetaReq):
     mode: int = 0o644
     chunk_size: int = 0  # 0: the cluster default
     stripe: int = 0  # 0: every chain of the table
+    # > 0: the write session expires `lease` seconds after the client last
+    # renewed (RenewReq), and meta then recovers the file's length from
+    # storage. 0: the session lasts until closed.
+    lease: float = 0.0
+
+
+class RenewReq(MetaReq):
+    """The client (client_id) is alive: its leased write sessions last
+    another `ttl` seconds."""
+
+    ttl: float = 0.0
+
+
+class AppendReq(MetaReq):
+    """Reserve `size` bytes at the end of file `inode` for an O_APPEND write
+    through write session `session_id`: the file's length grows by `size` at
+    once, so appends from any number of clients never overlap."""
+
+    inode: int = 0
+    session_id: str = ""
+    size: int = 0
+
+
+class AppendReply(Msg):
+    offset: int  # where the reserved range starts
+    inode: Inode
 
 
 class OpenReply(Msg):

@@ -111,3 +111,5 @@ class MetaService(Service):
     kv_page_evict = Rpc(24, m.KvEvictReq, m.KvEvictReply, mutating=True)
     kv_page_list = Rpc(25, m.KvListReq, m.KvListReply)
     mknod = Rpc(26, m.MknodReq, m.Inode, mutating=True)
+    renew = Rpc(27, m.RenewReq, m.Empty)
+    append = Rpc(28, m.AppendReq, m.AppendReply, mutating=True)
