@@ -87,12 +87,12 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         self.negative_timeout = cfg.negative_timeout
 
     def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
-        return attributes(
-            node,
-            self.files.length_hint(node.inode),
-            self.attr_timeout,
-            self.entry_timeout,
-        )
+        # Meta's length, or longer where this daemon's handles wrote past it
+        # and have not reported yet; never an older length a handle holds
+        # while others (USRBIO, other clients) made the file grow.
+        hint = self.files.length_hint(node.inode)
+        length = None if hint is None else max(hint, node.length)
+        return attributes(node, length, self.attr_timeout, self.entry_timeout)
 
     @staticmethod
     def _check_real(parent: int, name: str) -> None:

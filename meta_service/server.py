@@ -26,6 +26,7 @@ from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient
 from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
+from py3fs.kv.sqlite import SqliteDatabase
 from py3fs.mgmt_client import MgmtClient
 from py3fs.msgrpc import MsgServer
 from py3fs.proto.messages import (
@@ -165,12 +166,20 @@ class MetaServer(ServiceResource):
 
     def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
         """Every RPC not defined below is one MetaStore call in a worker thread
-        (KV transactions block)."""
+        (KV transactions block), except small reads on an embedded store."""
         if name not in _PASS_THROUGH:
             raise AttributeError(name)
+        op = getattr(self.store, name)
+        inline = name in _INLINE_READS and isinstance(self._db, SqliteDatabase)
 
         async def call(req: Msg) -> Msg:
-            result: Msg = await asyncio.to_thread(getattr(self.store, name), req)
+            if inline:
+                # A SQLite read in WAL mode never waits for a lock and takes
+                # tens of µs: two thread hand-offs would cost more than that,
+                # and on a loaded host each hand-off may wait for a CPU.
+                result: Msg = op(req)
+            else:
+                result = await asyncio.to_thread(op, req)
             return result
 
         return call
@@ -202,6 +211,7 @@ class MetaServer(ServiceResource):
         return await asyncio.to_thread(self.store.stat_fs, req)
 
 
+_INLINE_READS = frozenset({"stat", "stat_inode", "readlink"})
 _PASS_THROUGH = frozenset(r.name for r in MetaService.rpcs()) - {
     name for name, value in vars(MetaServer).items() if callable(value)
 }

@@ -51,7 +51,7 @@ def in_group(who: MetaReq, gid: int) -> bool:
 
 def check_access(node: Inode, who: MetaReq, want: int) -> None:
     """PermissionDenied unless `who` has all `want` bits (R/W/X) on `node`;
-    uid 0 bypasses the check (but needs some x bit to execute a file)."""
+    uid 0 bypasses the check."""
     if who.uid == 0:
         return
     if who.uid == node.uid:

@@ -336,3 +336,36 @@ def test_size_current_while_open(mnt: Path, mount: Mount) -> None:
         with open(path, "rb") as r:
             assert os.fstat(r.fileno()).st_size == 5000
             assert len(r.read()) == 5000
+
+
+def test_size_current_after_usrbio_write_while_open(mnt: Path) -> None:
+    """3FS's own USRBIO test: the new size shows while the fd is still open."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    from hf3fs_fuse import io as h3io
+
+    mib = 1 << 20
+    mp = h3io.extract_mount_point(str(mnt))
+    assert mp is not None
+    mem = SharedMemory(size=mib, create=True)
+    try:
+        iov = h3io.make_iovec(mem, mp)
+        ring = h3io.make_ioring(mp, 8, for_read=False)
+        fd = os.open(mnt / "ring.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        h3io.register_fd(fd)
+        try:
+            assert os.fstat(fd).st_size == 0  # the kernel caches this
+            mem.buf[:mib] = b"r" * mib
+            ring.prepare(iov[:mib], False, fd, 0)
+            done = ring.submit().wait(min_results=1)
+            assert done[0].result == mib
+            assert h3io.force_fsync(fd) == 0
+            assert os.fstat(fd).st_size == mib
+            assert os.path.getsize(mnt / "ring.bin") == mib
+        finally:
+            h3io.deregister_fd(fd)
+            os.close(fd)
+            del iov, ring
+    finally:
+        mem.close()
+        mem.unlink()
