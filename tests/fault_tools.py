@@ -206,6 +206,7 @@ class RegisterWorkload:
         self.first_id = first_id
         self.ops: list[Op] = []
         self.failed = 0
+        self.failures: list[tuple[float, float]] = []  # (start, end) of errors
         self.stop = asyncio.Event()
 
     async def setup(self) -> dict[int, bytes]:
@@ -232,6 +233,7 @@ class RegisterWorkload:
                         end = time.monotonic()
                     except errors.Py3fsError:
                         self.failed += 1
+                        self.failures.append((start, time.monotonic()))
                         end = math.inf  # may or may not have taken effect
                     self.ops.append(
                         Op(WRITE, f, v, start, end, client=self.first_id + n)
@@ -241,6 +243,7 @@ class RegisterWorkload:
                         got = await rf[f].pread(SIZE, 0)
                     except errors.Py3fsError:
                         self.failed += 1
+                        self.failures.append((start, time.monotonic()))
                         continue
                     self.ops.append(
                         Op(READ, f, got, start, time.monotonic(), self.first_id + n)
