@@ -932,6 +932,10 @@ def settings_text(r: Results) -> str:
         f"kvcache: {s['kv_pages']} MLA pages, batch {s['kv_batch']}; the local file"
         f" fsyncs each batch iff py3fs storage fsyncs (fsync={s['py3fs_fsync']})",
     ]
+    keep = ("ratios", "usrbio rows", *r.settings["only"])
+    out = [line for line in out if line.startswith(keep) or line.startswith("fio/")]
+    if not {"fio", "usrbio"} & set(r.settings["only"]):
+        out = [line for line in out if not line.startswith("fio/")]
     for name, info in r.systems.items():
         out.append(f"{name}: {info['version']}; durability: {info['durability']}")
     out.append(
@@ -983,7 +987,7 @@ def main() -> None:
     s = Settings.make(args.quick, args.iodepth)
     if args.meta_files:
         s.meta_files = args.meta_files
-    r = Results(settings=asdict(s))
+    r = Results(settings={**asdict(s), "only": sorted(only)})
     started = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C, so every finally below runs.
     signal.signal(signal.SIGTERM, _interrupt)
