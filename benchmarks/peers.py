@@ -119,6 +119,8 @@ class Reaper:
         self._undo.append((what, fn))
 
     def proc(self, what: str, p: subprocess.Popen[Any], grace: float = 10.0) -> None:
+        # Daemons run in their own session (start_new_session), so a Ctrl-C
+        # reaches only this script, which then stops them in order.
         self.push(what, lambda: stop_pid(p.pid, grace, p))
 
     def undo_all(self) -> None:
@@ -314,6 +316,7 @@ class MooseFS(System):
             self.ns("mfsmaster", "-c", str(d / "mfsmaster.cfg"), "-f", "start"),
             stdout=logf,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.reaper.proc("mfsmaster", mfsm, grace=30)
         wait_for(
@@ -324,6 +327,7 @@ class MooseFS(System):
                 self.ns("mfschunkserver", "-c", str(d / f"cs{i}.cfg"), "-f", "start"),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             self.reaper.proc(f"mfschunkserver {i}", p, grace=30)
         wait_for("3 chunkservers", lambda: self._chunkservers() >= 3, 60)
@@ -331,6 +335,7 @@ class MooseFS(System):
             self.ns("mfsmount", "-f", "-H", MFS_ADDR, "-P", "9421", str(self.mnt)),
             stdout=logf,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.reaper.proc("mfsmount", mount)
         self.reaper.push("mfs umount", lambda: unmount(self.mnt))
@@ -410,7 +415,9 @@ class JuiceFS(System):
         # In the foreground under Popen (rather than `mount -d`) so its pid is ours.
         cmd = [jfs, "mount", "--no-usage-report", "--backup-meta", "0"]
         cmd += ["--cache-dir", str(self.dir / "cache"), meta, str(self.mnt)]
-        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.reaper.proc("juicefs mount", p, grace=20)
         self.reaper.push("juicefs umount", lambda: unmount(self.mnt))
         wait_for(
@@ -523,6 +530,17 @@ def _meta_worker(root: str, names: list[str], barrier: Any, out: Any) -> None:
         out.put(("error", repr(e)))
 
 
+def _stop_worker(p: Any, wait: float) -> None:
+    """Join a worker; one still running after `wait` s gets SIGTERM, then SIGKILL."""
+    p.join(wait)
+    if p.is_alive():
+        p.terminate()
+        p.join(5)
+    if p.is_alive():
+        p.kill()
+        p.join(5)
+
+
 def bench_meta(root: Path, s: Settings) -> dict[str, float]:
     res: dict[str, float] = {}
     # Untimed warm-up, the same on every system: the first files of a fresh
@@ -550,11 +568,13 @@ def bench_meta(root: Path, s: Settings) -> dict[str, float]:
             p.start()
         try:
             got = [q.get(timeout=1800) for _ in procs]
-        finally:
+        except BaseException:
+            # Interrupted or timed out: the workers may sit in a barrier forever.
             for p in procs:
-                p.join(30)
-                if p.is_alive() and p.pid:
-                    stop_pid(p.pid, 5)
+                _stop_worker(p, 0)
+            raise
+        for p in procs:
+            _stop_worker(p, 30)
         errs = [v for k, v in got if k != "ok"]
         if errs:
             raise RuntimeError(f"meta from {nproc} process(es): {errs[0]}")
@@ -1026,4 +1046,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        log("interrupted: everything this run started is stopped")
+        sys.exit(130)
