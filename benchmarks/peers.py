@@ -252,7 +252,10 @@ class MooseFS(System):
     def install() -> None:
         log(f"MooseFS is not installed: apt-get install -y {' '.join(MFS_PACKAGES)}")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        run(["apt-get", "install", "-y", "-qq", *MFS_PACKAGES], env=env)
+        cmd = ["apt-get", "install", "-y", "-qq", *MFS_PACKAGES]
+        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+            run(["apt-get", "update", "-qq"], env=env)  # stale package lists
+            run(cmd, env=env)
 
     def version(self) -> str:
         out = subprocess.run(["mfsmaster", "-v"], capture_output=True, text=True)
@@ -368,7 +371,11 @@ def _exited(p: subprocess.Popen[Any], what: str) -> bool:
 
 class JuiceFS(System):
     name, label = "juicefs", "JuiceFS"
-    durability = "1 copy in a local-directory bucket; metadata in SQLite"
+    durability = (
+        "1 copy: objects in a local-directory bucket (whether JuiceFS's file "
+        "storage fsyncs was not checked), metadata in SQLite; its client block "
+        "cache (--cache-dir, in the run's folder) survives drop_caches"
+    )
 
     @staticmethod
     def binary() -> str | None:
@@ -430,8 +437,10 @@ class Py3fs(System):
 
     @property
     def durability(self) -> str:  # type: ignore[override]
-        sync = "fsync on every write" if self.settings.py3fs_fsync else "no fsync"
-        return f"3 replicas (CRAQ), storage {sync} (shipped default)"
+        # What --fsync means is the checkout's own (a chunk write fsynced before
+        # its ack, or a flush on the client's fsync/close): this states the flag.
+        flag = "--fsync" if self.settings.py3fs_fsync else "--no-fsync"
+        return f"3 replicas (CRAQ), `py3fs cluster up` defaults (storage {flag})"
 
     def version(self) -> str:
         rev = subprocess.run(
@@ -810,14 +819,15 @@ def ensure_installed(systems: list[str], install: bool, notes: list[str]) -> lis
                 if not install:
                     raise RuntimeError("no juicefs binary (--no-install)")
                 JuiceFS.install()
-            if name in ("local", "moosefs", "juicefs", "py3fs") and not shutil.which(
-                "fio"
-            ):
-                notes.append("fio is not installed: fio rows skipped")
             ok.append(name)
         except Exception as e:
-            notes.append(f"{name} skipped: cannot install it: {e}")
+            notes.append(f"{name} skipped: cannot install it: {_err(e)}")
             log(notes[-1])
+    for tool in ("fio", "rsync", "git"):
+        if not shutil.which(tool):
+            notes.append(
+                f"{tool} is not installed (apt-get install {tool}): its rows fail"
+            )
     return ok
 
 
@@ -998,6 +1008,9 @@ def main() -> None:
         "--no-install", action="store_true", help="skip a peer that is missing"
     )
     ap.add_argument(
+        "--setup", action="store_true", help="only install the missing peers"
+    )
+    ap.add_argument(
         "--tmp", help="parent of the run's temporary folder (default: $TMPDIR)"
     )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -1020,6 +1033,11 @@ def main() -> None:
         not args.no_install,
         r.notes,
     )
+    if args.setup:
+        for note in r.notes:
+            print(f"note: {note}")
+        print(f"ready: {', '.join(systems)}")
+        sys.exit(1 if r.notes else 0)
     classes: dict[str, type[System]] = {
         "local": Local,
         "moosefs": MooseFS,
