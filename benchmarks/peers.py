@@ -277,12 +277,11 @@ class MooseFS(System):
         run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
         run(["ip", "-n", self.netns, "addr", "add", f"{MFS_ADDR}/32", "dev", "lo"])
         # mfs (the daemons' user) must traverse every directory on the way.
-        p = self.dir
-        while p != p.parent:
-            if p == Path(tempfile.gettempdir()):
-                break
-            p.chmod(p.stat().st_mode | 0o755)
-            p = p.parent
+        # Only the run's own folders are changed; a closed ancestor is an error.
+        self.dir.chmod(0o755)
+        for p in self.dir.parents:
+            if not p.stat().st_mode & 0o001:
+                raise RuntimeError(f"{p} is not traversable by user mfs: use --tmp")
         d = self.dir
         master = d / "master"
         master.mkdir()
