@@ -21,8 +21,9 @@ from py3fs.dataplane import DataClient
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import ChainInfo, LocalState, TargetReport, TargetState
 from py3fs.routing import RoutingView
-from storage_service.chunk_store import FileChunkStore, StoreStats
+from storage_service.chunk_store import StoreStats
 from storage_service.config import StorageConfig
+from storage_service.file_chunk_store import FileChunkStore
 
 logger = logging.getLogger(__name__)
 

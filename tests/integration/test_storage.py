@@ -17,6 +17,7 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.procs import ServiceProc
 from py3fs.proto.messages import ChainInfo
 from py3fs.routing import RoutingView
+from storage_service.chunk_format import content_digest
 
 M = wire.MsgType
 CS = 4 << 20  # chunk size: 4 MiB
@@ -172,7 +173,11 @@ async def test_write_replicates_to_every_target(
         cid = ids.chunk_id(1000 + n, 0)
         data = bytes([n]) * CS
         reply = await write(dc, view, chain, cid, 0, data)
-        assert (reply.chunk_ver, reply.length, reply.crc) == (1, CS, wire.crc32c(data))
+        assert (reply.chunk_ver, reply.length, reply.crc) == (
+            1,
+            CS,
+            content_digest(data),
+        )
         for target in chain.targets:
             result, got = await read(dc, view, target, cid)
             assert (result.code, result.length, result.chunk_ver) == (0, CS, 1)
@@ -197,7 +202,9 @@ async def test_partial_overwrite_and_gap(dc: DataClient, view: RoutingView) -> N
         assert result.chunk_ver == 3
         result, got = await read(dc, view, target, cid, offset=195)
         assert got == b"\0" * 5 + b"z"
-    assert (await replicas_agree(dc, view, chain, 2000))[0].crc == wire.crc32c(expected)
+    assert (await replicas_agree(dc, view, chain, 2000))[0].crc == content_digest(
+        expected
+    )
 
 
 async def test_concurrent_writes_serialize(dc: DataClient, view: RoutingView) -> None:
@@ -271,7 +278,7 @@ async def test_head_repairs_diverged_replicas(
     assert body.chunk_ver == 2
     reply = await write(dc, view, chain, cid, 8, b"good")
     expected = b"a" * 8 + b"good" + b"a" * 52
-    assert (reply.chunk_ver, reply.crc) == (3, wire.crc32c(expected))
+    assert (reply.chunk_ver, reply.crc) == (3, content_digest(expected))
     for target in chain.targets:
         result, got = await read(dc, view, target, cid)
         assert (result.chunk_ver, got) == (3, expected)
