@@ -248,6 +248,7 @@ class File:
         self.inode = reply.inode
         self.session_id = reply.session_id
         self._written_end = -1
+        self._unflushed = False  # written since the last flush to disk
         self.closed = False
         self.pos = self.inode.length if flags & os.O_APPEND else 0
 
@@ -357,6 +358,7 @@ class File:
                 self.inode.inode, self.inode.layout, offset, view
             )
             self._written_end = max(self._written_end, offset + view.nbytes)
+            self._unflushed = True
         return view.nbytes
 
     async def write(self, data: Any) -> int:
@@ -366,10 +368,19 @@ class File:
         self.pos += n
         return n
 
+    async def flush_data(self) -> None:
+        """Put what this handle wrote on disk on every replica (a write returns
+        once every replica holds it in memory; see StorageConfig.fsync)."""
+        if self._unflushed:
+            assert self.inode.layout is not None
+            await self._client.storage.flush(self.inode.layout)
+            self._unflushed = False
+
     async def fsync(self) -> None:
-        """Make the length of what was written durable in meta (data already is:
-        a write returns once every replica has it)."""
+        """Make what was written durable: the data on every replica's disk, the
+        length in meta."""
         self._check(write=True)
+        await self.flush_data()
         req = SyncReq(inode=self.inode.inode, length=self._written_end)
         self.inode = await self._client.meta.call("Sync", req, Inode)
 
@@ -377,6 +388,7 @@ class File:
         if self.closed:
             return
         self.closed = True
+        await self.flush_data()
         if self.session_id:
             req = CloseReq(
                 inode=self.inode.inode,

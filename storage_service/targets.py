@@ -96,6 +96,12 @@ class StorageContext:
         total = sum(len(s.list_chunks()) for s in self.stores.values())
         logger.info("opened %d targets holding %d chunks", len(self.stores), total)
 
+    async def flush(self, target_ids: list[int]) -> int:
+        """Flush the named targets of this node (others are ignored); returns how
+        many chunks were flushed."""
+        stores = [self.stores[t] for t in set(target_ids) if t in self.stores]
+        return sum(await asyncio.gather(*(s.sync() for s in stores)))
+
     def store(self, target_id: int) -> FileChunkStore:
         try:
             return self.stores[target_id]

@@ -10,6 +10,7 @@ from harness import list_chunks
 from client import Client
 from py3fs import ids, wire
 from py3fs.cluster import LocalCluster
+from storage_service.chunk_format import content_digest
 
 MiB = 1024 * 1024
 
@@ -27,7 +28,7 @@ async def test_256mib_file_roundtrip_replicated(
     assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
     del back
 
-    # Every chunk is on all three targets of its chain with the same CRC32C.
+    # Every chunk is on all three targets of its chain with the same digest.
     layout = node.layout
     assert layout is not None
     view = await fs.routing.refresh()
@@ -45,10 +46,10 @@ async def test_256mib_file_roundtrip_replicated(
     for i in range(nchunks):
         cid = ids.chunk_id(node.inode, i)
         chain = view.chain(layout.chains[i % len(layout.chains)])
-        want = wire.crc32c(memoryview(data)[i * size : (i + 1) * size])
+        want = content_digest(memoryview(data)[i * size : (i + 1) * size])
         replicas = [by_target[t].get(cid) for t in chain.targets]
         assert all(r is not None for r in replicas), f"chunk {i} missing a replica"
-        assert {r.crc for r in replicas if r} == {want}, f"chunk {i} CRC differs"
+        assert {r.crc for r in replicas if r} == {want}, f"chunk {i} digest differs"
         assert len({r.committed_ver for r in replicas if r}) == 1
 
     # Reads at and past EOF come back short.

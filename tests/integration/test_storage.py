@@ -349,6 +349,42 @@ async def test_target_stats(dc: DataClient, view: RoutingView) -> None:
     assert stat.total_bytes >= stat.free_bytes > 0
 
 
+async def test_flush_puts_acked_writes_on_disk(
+    dc: DataClient, view: RoutingView
+) -> None:
+    """Writes are acknowledged from memory (no --fsync); FLUSH flushes the chunks
+    written since the last one, on the targets named, and only those."""
+    chain = chain_n(view, 2)
+    for i in range(3):
+        await write(dc, view, chain, ids.chunk_id(8500, i), 0, b"x" * 100)
+    counts = []
+    for _ in range(2):
+        for target in chain.targets:
+            body, _ = await dc.call(
+                view.target_address(target), M.FLUSH, wire.FlushReq([target])
+            )
+            assert isinstance(body, wire.FlushReply)
+            counts.append(body.chunks)
+    # Earlier tests' writes to this chain count too.
+    assert all(n >= 3 for n in counts[:3])
+    assert counts[3:] == [0, 0, 0]
+
+
+async def test_read_asking_too_much_is_refused_before_allocating(
+    dc: DataClient, view: RoutingView
+) -> None:
+    chain = chain_n(view, 0)
+    tail = chain.targets[-1]
+    cid = ids.chunk_id(8600, 0)
+    await write(dc, view, chain, cid, 0, b"small")
+    # 20 ios of one chunk, each announcing 64 MiB: a tiny frame asking 1.3 GB.
+    io = wire.ReadIO(tail, cid, 0, 64 << 20, chain.chain_id, chain.version)
+    with pytest.raises(errors.FrameTooLarge):
+        await dc.call(view.target_address(tail), M.READ, wire.ReadReq([io] * 20))
+    _, got = await read(dc, view, tail, cid)
+    assert got == b"small"
+
+
 # ---------------------------------------------------------------- bad input
 
 
