@@ -498,6 +498,8 @@ class FileChunkStore(ChunkStore):
                         # Bytes of an aborted append: a gap must read as zeros.
                         os.ftruncate(fd, old_len)
                     _pwrite_all(fd, [payload], offset)
+                    if not payload.nbytes and offset > old_len:
+                        os.ftruncate(fd, offset)  # an empty write that extends
                     if self.fsync:
                         os.fdatasync(fd)
                 length, crcs = plan_update(
