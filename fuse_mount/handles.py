@@ -270,7 +270,21 @@ class OpenFiles:
         buf = bytearray(n)
         layout = handle.file.inode.layout
         assert layout is not None
-        await self._client.storage.read(handle.ino, layout, offset, memoryview(buf))
+        state = self._inodes.get(handle.ino)
+        await self._client.files.read(
+            handle.ino,
+            layout,
+            offset,
+            buf,
+            length=length,
+            # Any write session on the inode (ours or a pin) keeps its chunks.
+            session=bool(
+                state
+                and (
+                    state.pin or any(h.file.session_id for h in state.handles.values())
+                )
+            ),
+        )
         return buf
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -337,7 +351,7 @@ class OpenFiles:
 
     async def _drop_tail(self, node: Inode, length: int, old_length: int) -> None:
         assert node.layout is not None
-        await self._client.storage.truncate(node.inode, node.layout, length, old_length)
+        await self._client.files.truncate(node.inode, node.layout, length, old_length)
         state = self._inodes.get(node.inode)
         if state is not None:
             for handle in state.handles.values():
