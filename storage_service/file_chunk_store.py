@@ -410,6 +410,8 @@ class FileChunkStore(ChunkStore):
             finally:
                 os.close(fd)
         except FileNotFoundError:
+            if self._meta(chunk_id) is None:  # removed while we were reading
+                raise errors.ChunkNotFound(f"chunk {chunk_id.hex()} removed") from None
             raise errors.ChecksumMismatch(
                 f"chunk {chunk_id.hex()}: data file missing"
             ) from None
