@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from client.config import ClientConfig, load_client_config
-from client.file_io import FileIO
+from client.file_io import FileIO, ReadAhead
 from client.meta_client import MetaClient
 from client.routing_cache import RoutingCache
 from client.storage_client import StorageClient
@@ -252,6 +252,7 @@ class File:
         self.session_id = reply.session_id
         self._written_end = -1
         self._unflushed = False  # written since the last flush to disk
+        self._ahead = ReadAhead(client.files)
         self.closed = False
         self.pos = self.inode.length if flags & os.O_APPEND else 0
 
@@ -312,7 +313,7 @@ class File:
         if offset + view.nbytes > self.length and not self.writable:
             await self.refresh()
         assert self.inode.layout is not None
-        return await self._client.files.read(
+        return await self._ahead.read(
             self.inode.inode,
             self.inode.layout,
             offset,
@@ -346,6 +347,7 @@ class File:
         view = memoryview(data).cast("B")
         if view.nbytes:
             assert self.inode.layout is not None
+            await self._ahead.invalidate()
             await self._client.files.write(
                 self.inode.inode, self.inode.layout, offset, view
             )
@@ -380,6 +382,7 @@ class File:
         if self.closed:
             return
         self.closed = True
+        await self._ahead.aclose()
         await self.flush_data()
         if self.session_id:
             req = CloseReq(

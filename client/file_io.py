@@ -9,11 +9,14 @@ what is not there lives here once:
   file was removed and its chunks collected (meta keeps data only for write
   sessions): then the read fails with NotFound instead of returning zeros.
 Chunk I/O runs in parallel over the file's chains (`StorageClient`); a write
-returns once every replica holds it, and `flush` puts it on disk.
+returns once every replica holds it, and `flush` puts it on disk. `ReadAhead`
+serves a sequential reader from a window fetched in the background (the next
+chunks, on other chains, arrive while the caller works on the current ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,7 @@ from py3fs.proto.messages import Layout
 if TYPE_CHECKING:
     from client.client import Client
 
-__all__ = ["FileIO", "ReadItem"]
+__all__ = ["FileIO", "ReadAhead", "ReadItem"]
 
 
 class FileIO:
@@ -81,3 +84,87 @@ class FileIO:
     ) -> None:
         """Drop the bytes in [length, old_length), so extending reads zeros there."""
         await self._client.storage.truncate(inode, layout, length, old_length)
+
+
+class ReadAhead:
+    """Sequential read-ahead for one open file: once a read continues the one
+    before it, the `window` bytes after it are kept fetched in the background,
+    in pieces of `window / 2`, and reads are served from them. Any other read,
+    a write through the same handle (`invalidate`) or `aclose` drops them."""
+
+    def __init__(self, files: FileIO, window: int = 8 << 20) -> None:
+        self._files = files
+        self.window = window
+        self._next = -1  # where a sequential reader's next read starts
+        # (start, buffer, task filling it and returning how many bytes it holds)
+        self._segs: list[tuple[int, bytearray, asyncio.Task[int]]] = []
+
+    async def read(
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        dest: Any,
+        *,
+        length: int,
+        session: bool,
+    ) -> int:
+        """As `FileIO.read`, from the fetched window when it holds the range."""
+        view = memoryview(dest).cast("B")
+        sequential = offset == self._next
+        if not sequential:
+            await self.invalidate()
+        n = 0
+        while self._segs and n < view.nbytes:
+            start, buf, task = self._segs[0]
+            pos = offset + n
+            try:
+                got = await asyncio.shield(task)
+            except Exception:
+                got = 0  # the direct read below reports the error, if any
+            if not start <= pos < start + got:
+                break
+            take = min(start + got - pos, view.nbytes - n)
+            view[n : n + take] = buf[pos - start : pos - start + take]
+            n += take
+            if pos + take >= start + got:
+                self._segs.pop(0)
+        if n < view.nbytes:
+            n += await self._files.read(
+                inode, layout, offset + n, view[n:], length=length, session=session
+            )
+        self._next = offset + n
+        while self._segs and self._segs[0][0] + len(self._segs[0][1]) <= self._next:
+            await self._drop(self._segs.pop(0))
+        if sequential and n:
+            end = (
+                self._segs[-1][0] + len(self._segs[-1][1]) if self._segs else self._next
+            )
+            piece = max(self.window // 2, 1)
+            while end < min(self._next + self.window, length):
+                buf = bytearray(min(piece, length - end))
+                task = asyncio.ensure_future(
+                    self._files.read(
+                        inode, layout, end, buf, length=length, session=session
+                    )
+                )
+                self._segs.append((end, buf, task))
+                end += len(buf)
+        return n
+
+    @staticmethod
+    async def _drop(seg: tuple[int, bytearray, asyncio.Task[int]]) -> None:
+        task = seg[2]
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed prefetch is not an error
+
+    async def invalidate(self) -> None:
+        segs, self._segs = self._segs, []
+        self._next = -1
+        for seg in segs:
+            await self._drop(seg)
+
+    async def aclose(self) -> None:
+        await self.invalidate()

@@ -109,3 +109,24 @@ async def test_truncated_bytes_never_come_back(fs: Client) -> None:
     back = await fs.read_file("/trunc2.bin")
     assert back[:3] == b"AAA"
     assert back[3:] == bytes(5 * MiB - 3)
+
+
+async def test_sequential_read_ahead_stays_coherent(fs: Client) -> None:
+    """Sequential reads are served from a background window; a write through
+    the handle, a seek and a short tail still read exactly the file."""
+    data = bytearray(os.urandom(21 * MiB + 123))
+    await fs.write_file("/ahead.bin", data, chunk_size=1 * MiB, stripe=3)
+    async with await fs.open("/ahead.bin", "r+b") as f:
+        head = await f.read(3 * MiB)  # two reads in a row start the window
+        head += await f.read(3 * MiB)
+        assert head == data[: 6 * MiB]
+        patch = os.urandom(5000)
+        await f.pwrite(patch, 6 * MiB + 10)  # inside the window fetched
+        data[6 * MiB + 10 : 6 * MiB + 5010] = patch
+        rest = bytearray()
+        while chunk := await f.read(700 * 1024):
+            rest += chunk
+        assert rest == data[6 * MiB :]
+        f.seek(MiB)
+        assert await f.read(MiB) == data[MiB : 2 * MiB]
+        assert await f.read(MiB) == data[2 * MiB : 3 * MiB]
