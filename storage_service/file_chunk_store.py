@@ -29,13 +29,21 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from py3fs import errors, ids
 from py3fs.faults import fault_point
 from py3fs.wire import crc32c
+from storage_service.chunk_files import (
+    convert_v1,
+    fsync_path,
+    pwrite_all,
+    replay,
+    unlink,
+    write_meta,
+)
 from storage_service.chunk_format import (
     BLOCK_SIZE,
     DATA_SUFFIX,
@@ -47,15 +55,10 @@ from storage_service.chunk_format import (
     TMP_SUFFIX,
     ChunkInfo,
     ChunkMeta,
-    block_crcs,
-    covering,
     make_meta,
-    pack_meta,
     pack_stage,
     plan_update,
     unpack_meta,
-    unpack_stage,
-    unpack_v1,
     verify_blocks,
 )
 from storage_service.chunk_store import (
@@ -80,33 +83,6 @@ class _Plan:
     payload: memoryview  # empty when it was appended in place
     flags: int
     base: str
-
-
-def _pwrite_all(fd: int, parts: Sequence[Any], offset: int) -> None:
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        n = os.pwritev(fd, views, offset)
-        offset += n
-        while n and views:
-            if n >= views[0].nbytes:
-                n -= views[0].nbytes
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
-
-
-def _fsync_path(path: str, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 class _Gate:
@@ -178,7 +154,7 @@ class FileChunkStore(ChunkStore):
     def _recover(self, cid: bytes, base: str, suffixes: set[str]) -> None:
         for junk in (TMP_SUFFIX, META_SUFFIX + TMP_SUFFIX, PENDING_SUFFIX):
             if junk in suffixes:
-                _unlink(base + junk)
+                unlink(base + junk)
         meta: ChunkMeta | None = None
         if META_SUFFIX in suffixes:
             try:
@@ -189,15 +165,17 @@ class FileChunkStore(ChunkStore):
                     self._mark_damaged(cid, base, str(exc))
                     return
         elif "" in suffixes:
-            meta = self._convert_v1(cid, base)
-            if meta is None:
+            try:
+                meta = convert_v1(base)
+            except errors.ChecksumMismatch as exc:
+                self._mark_damaged(cid, base, str(exc))
                 return
         if REDO_SUFFIX in suffixes:
-            meta = self._replay(base, meta)
+            meta = replay(base, meta)
         if "" in suffixes and META_SUFFIX in suffixes:
-            _unlink(base)  # a format-1 file already converted
+            unlink(base)  # a format-1 file already converted
         if meta is None:
-            _unlink(base + DATA_SUFFIX)  # an append that never committed
+            unlink(base + DATA_SUFFIX)  # an append that never committed
             return
         if meta.info.length and not os.path.exists(base + DATA_SUFFIX):
             self._mark_damaged(cid, base, "data file missing")
@@ -213,79 +191,6 @@ class FileChunkStore(ChunkStore):
         self._damaged[cid] = ChunkInfo(0, size, 0, 0)
         inode, _ = ids.split_chunk_id(cid)
         self._chunks.setdefault(inode, {})
-
-    def _replay(self, base: str, meta: ChunkMeta | None) -> ChunkMeta | None:
-        """Finish a commit that a crash interrupted; returns the table in force."""
-        with open(base + REDO_SUFFIX, "rb") as fh:
-            raw = fh.read()
-        try:
-            rec = unpack_stage(raw)
-        except errors.ChecksumMismatch as exc:
-            # Only a machine crash without fsync can leave this; the write was
-            # not flushed, so losing it is within the contract.
-            logger.warning("dropping unreadable committed update %s: %s", base, exc)
-            _unlink(base + REDO_SUFFIX)
-            return meta
-        if meta is not None and rec.version <= meta.info.version:
-            _unlink(base + REDO_SUFFIX)
-            return meta
-        new = rec.meta
-        fd = os.open(base + DATA_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if rec.flags & STAGE_INPLACE:
-                end = min(rec.offset + rec.payload_len, new.info.length)
-                blocks = covering(rec.offset, end)
-                if blocks:
-                    start = blocks[0] * BLOCK_SIZE
-                    stop = min((blocks[-1] + 1) * BLOCK_SIZE, new.info.length)
-                    got = os.pread(fd, stop - start, start)
-                    try:
-                        verify_blocks(new.crcs, blocks[0], memoryview(got), stop, base)
-                    except errors.ChecksumMismatch as exc:
-                        logger.warning("dropping unflushed append %s: %s", base, exc)
-                        _unlink(base + REDO_SUFFIX)
-                        return meta
-            else:
-                payload = memoryview(raw)[
-                    rec.payload_at : rec.payload_at + rec.payload_len
-                ]
-                _pwrite_all(fd, [payload], rec.offset)
-                if rec.flags & STAGE_FULL:
-                    os.ftruncate(fd, new.info.length)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._write_meta(base, new, sync=True)
-        _unlink(base + REDO_SUFFIX)
-        logger.info("replayed committed update %s (version %d)", base, rec.version)
-        return new
-
-    def _convert_v1(self, cid: bytes, base: str) -> ChunkMeta | None:
-        """Rewrite a format-1 chunk as format 2; None (marked damaged) if its data
-        fails the old whole-chunk checksum."""
-        with open(base, "rb") as fh:
-            raw = fh.read()
-        try:
-            info, length = unpack_v1(raw)
-        except errors.ChecksumMismatch as exc:
-            self._mark_damaged(cid, base, str(exc))
-            return None
-        data = memoryview(raw)[32:]
-        if data.nbytes != length or crc32c(data) != info.crc:
-            self._mark_damaged(cid, base, "format-1 data fails its checksum")
-            return None
-        meta = make_meta(info.version, length, info.chain_ver, block_crcs(data))
-        fd = os.open(base + DATA_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _pwrite_all(fd, [data], 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # The table appears last, atomically: until then format 1 is in force.
-        self._write_meta(base, meta, sync=True, atomic=True)
-        _unlink(base)
-        logger.info("converted format-1 chunk %s to format 2", base)
-        return meta
 
     def _set(self, chunk_id: bytes, meta: ChunkMeta) -> None:
         inode, _ = ids.split_chunk_id(chunk_id)
@@ -492,14 +397,14 @@ class FileChunkStore(ChunkStore):
             if not os.path.isdir(chunk_dir):
                 os.makedirs(chunk_dir, mode=0o700, exist_ok=True)
                 if self.fsync:
-                    _fsync_path(self.root, directory=True)
+                    fsync_path(self.root, directory=True)
             fd = os.open(base + DATA_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 if inplace:
                     if os.fstat(fd).st_size > old_len:
                         # Bytes of an aborted append: a gap must read as zeros.
                         os.ftruncate(fd, old_len)
-                    _pwrite_all(fd, [payload], offset)
+                    pwrite_all(fd, [payload], offset)
                     if not payload.nbytes and offset > old_len:
                         os.ftruncate(fd, offset)  # an empty write that extends
                     if self.fsync:
@@ -522,13 +427,13 @@ class FileChunkStore(ChunkStore):
                 base + PENDING_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
             )
             try:
-                _pwrite_all(fd, [head, stored], 0)
+                pwrite_all(fd, [head, stored], 0)
                 if self.fsync:
                     os.fdatasync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
-            _unlink(base + PENDING_SUFFIX)
+            unlink(base + PENDING_SUFFIX)
             raise errors.from_oserror(exc) from None
         fault_point(STAGE_WRITTEN)
         return Staged(chunk_id, meta.info, _Plan(meta, offset, stored, flags, base))
@@ -556,9 +461,9 @@ class FileChunkStore(ChunkStore):
         try:
             os.rename(base + PENDING_SUFFIX, base + REDO_SUFFIX)
             if self.fsync:
-                _fsync_path(os.path.dirname(base), directory=True)
+                fsync_path(os.path.dirname(base), directory=True)
         except OSError as exc:
-            _unlink(base + PENDING_SUFFIX)
+            unlink(base + PENDING_SUFFIX)
             raise errors.from_oserror(exc) from None
         fault_point(AFTER_STAGE)
         # From here the update is committed: an error leaves the redo for load().
@@ -566,7 +471,7 @@ class FileChunkStore(ChunkStore):
             if not plan.flags & STAGE_INPLACE:
                 fd = os.open(base + DATA_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
-                    _pwrite_all(fd, [plan.payload], plan.offset)
+                    pwrite_all(fd, [plan.payload], plan.offset)
                     if plan.flags & STAGE_FULL:
                         os.ftruncate(fd, plan.meta.info.length)
                     if self.fsync:
@@ -574,37 +479,18 @@ class FileChunkStore(ChunkStore):
                 finally:
                     os.close(fd)
             fault_point(MID_APPLY)
-            self._write_meta(base, plan.meta, sync=self.fsync)
+            write_meta(base, plan.meta, sync=self.fsync)
         except OSError as exc:
             raise errors.from_oserror(exc) from None
         fault_point(AFTER_APPLY)
-        _unlink(base + REDO_SUFFIX)
+        unlink(base + REDO_SUFFIX)
         if plan.flags & STAGE_FULL:
-            _unlink(base)  # a format-1 file this replaces
-
-    def _write_meta(
-        self, base: str, meta: ChunkMeta, *, sync: bool, atomic: bool = False
-    ) -> None:
-        packed = pack_meta(meta)
-        path = base + META_SUFFIX
-        target = path + TMP_SUFFIX if atomic else path
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            _pwrite_all(fd, [packed], 0)
-            os.ftruncate(fd, len(packed))
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if atomic:
-            os.replace(target, path)
-            if sync:
-                _fsync_path(os.path.dirname(base), directory=True)
+            unlink(base)  # a format-1 file this replaces
 
     async def abort(self, staged: Staged) -> None:
         if self._pending.get(staged.chunk_id) == staged.info.version:
             del self._pending[staged.chunk_id]
-        await asyncio.to_thread(_unlink, staged.plan.base + PENDING_SUFFIX)
+        await asyncio.to_thread(unlink, staged.plan.base + PENDING_SUFFIX)
 
     async def sync(self) -> int:
         chunks, self._unsynced = self._unsynced, set()
@@ -621,13 +507,13 @@ class FileChunkStore(ChunkStore):
             base = self.base(cid)
             for suffix in (DATA_SUFFIX, META_SUFFIX):
                 with contextlib.suppress(FileNotFoundError):
-                    _fsync_path(base + suffix)
+                    fsync_path(base + suffix)
             dirs.add(os.path.dirname(base))
         for path in dirs:
             with contextlib.suppress(FileNotFoundError):
-                _fsync_path(path, directory=True)
+                fsync_path(path, directory=True)
         if dirs:
-            _fsync_path(self.root, directory=True)
+            fsync_path(self.root, directory=True)
 
     async def remove_inode(self, inode: int) -> int:
         gone = self._chunks.pop(inode, {})
@@ -646,7 +532,7 @@ class FileChunkStore(ChunkStore):
         base = self.base(chunk_id)
         try:
             for suffix in (META_SUFFIX, REDO_SUFFIX, PENDING_SUFFIX, DATA_SUFFIX, ""):
-                await asyncio.to_thread(_unlink, base + suffix)
+                await asyncio.to_thread(unlink, base + suffix)
         except OSError as exc:
             raise errors.from_oserror(exc) from None
         return existed
@@ -654,12 +540,12 @@ class FileChunkStore(ChunkStore):
     def _remove_dir(self, path: str) -> None:
         try:
             for entry in os.scandir(path):
-                _unlink(entry.path)
+                unlink(entry.path)
             # A write racing the removal may recreate a file; it then stays.
             with contextlib.suppress(OSError):
                 os.rmdir(path)
             if self.fsync:
-                _fsync_path(self.root, directory=True)
+                fsync_path(self.root, directory=True)
         except FileNotFoundError:
             return
         except OSError as exc:
