@@ -91,12 +91,15 @@ class FileHandle:
                     await asyncio.shield(task)
         task = asyncio.ensure_future(self._send(data, start))
         self.inflight.append((start, end, task))
-        task.add_done_callback(lambda t: self._done(t))
-        while self.inflight and self.inflight_bytes > WRITE_BEHIND:
+        while self._reap() and self.inflight_bytes > WRITE_BEHIND:
             await asyncio.shield(self.inflight[0][2])
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.inflight = [x for x in self.inflight if x[2] is not task]
+    def _reap(self) -> bool:
+        """Forget finished sends; whether any is still running. (Awaiting a
+        finished task does not yield to the loop, so a wait loop must drop them
+        itself or it spins.)"""
+        self.inflight = [x for x in self.inflight if not x[2].done()]
+        return bool(self.inflight)
 
     async def flush_pending(self) -> None:
         """Send what is gathered and wait for every send of this handle."""
@@ -107,7 +110,7 @@ class FileHandle:
             except Exception as exc:
                 self.error = exc
                 raise
-        while self.inflight:
+        while self._reap():
             await asyncio.shield(self.inflight[0][2])
 
     def raise_error(self) -> None:
