@@ -90,7 +90,10 @@ class ReadAhead:
     """Sequential read-ahead for one open file: once a read continues the one
     before it, the `window` bytes after it are kept fetched in the background,
     in pieces of `window / 2`, and reads are served from them. Any other read,
-    a write through the same handle (`invalidate`) or `aclose` drops them."""
+    a write through the same handle (`invalidate`) or `aclose` drops them.
+    Reads that overlap in time (several tasks reading one file at once) are not
+    a sequential stream: while one read is under way, others go straight to
+    storage and leave the window alone."""
 
     def __init__(self, files: FileIO, window: int = 8 << 20) -> None:
         self._files = files
@@ -98,6 +101,7 @@ class ReadAhead:
         self._next = -1  # where a sequential reader's next read starts
         # (start, buffer, task filling it and returning how many bytes it holds)
         self._segs: list[tuple[int, bytearray, asyncio.Task[int]]] = []
+        self._busy = False
 
     async def read(
         self,
@@ -110,6 +114,25 @@ class ReadAhead:
         session: bool,
     ) -> int:
         """As `FileIO.read`, from the fetched window when it holds the range."""
+        if self._busy:
+            return await self._files.read(
+                inode, layout, offset, dest, length=length, session=session
+            )
+        self._busy = True
+        try:
+            return await self._read(inode, layout, offset, dest, length, session)
+        finally:
+            self._busy = False
+
+    async def _read(
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        dest: Any,
+        length: int,
+        session: bool,
+    ) -> int:
         view = memoryview(dest).cast("B")
         sequential = offset == self._next
         if not sequential:
@@ -120,6 +143,10 @@ class ReadAhead:
             pos = offset + n
             try:
                 got = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we are being cancelled, not the prefetch
+                got = 0  # dropped by a write meanwhile: read directly
             except Exception:
                 got = 0  # the direct read below reports the error, if any
             if not start <= pos < start + got:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
@@ -129,4 +130,22 @@ async def test_sequential_read_ahead_stays_coherent(fs: Client) -> None:
         assert rest == data[6 * MiB :]
         f.seek(MiB)
         assert await f.read(MiB) == data[MiB : 2 * MiB]
+        assert await f.read(MiB) == data[2 * MiB : 3 * MiB]
+
+
+async def test_concurrent_reads_of_one_handle(fs: Client) -> None:
+    """Many tasks reading one open file at once (as the checkpoint loader does)
+    neither trip over the read-ahead window nor get another task's bytes."""
+    data = os.urandom(9 * MiB + 77)
+    await fs.write_file("/shared-read.bin", data, chunk_size=1 * MiB)
+    async with await fs.open("/shared-read.bin") as f:
+        await f.read(MiB)
+        await f.read(MiB)  # a sequential stream: the window is being fetched
+
+        async def one(i: int) -> bytes:
+            return await f.pread(300_000, i * 290_000)
+
+        got = await asyncio.gather(*(one(i) for i in range(30)))
+        for i, part in enumerate(got):
+            assert part == data[i * 290_000 : i * 290_000 + 300_000]
         assert await f.read(MiB) == data[2 * MiB : 3 * MiB]
