@@ -27,7 +27,8 @@ from py3fs.routing import RoutingView
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_SWEEP = 500
-PARALLEL = 32  # files whose chunks one GC pass removes at the same time
+PARALLEL = 32  # REMOVE requests one GC pass has in flight at once
+REMOVE_BATCH = 128  # inodes per REMOVE request (its body stays far below MAX_BODY)
 
 
 def enqueue(tr: Transaction, inode: int, due_ms: int) -> None:
@@ -113,18 +114,10 @@ class GcWorker:
         claimed = await self._db.arun(
             lambda tr: claim(tr, now_ms, self._batch, lease_ms)
         )
-        # A batch's files are removed concurrently (storage serves many
-        # removals at once) and finished in one transaction.
-        sem = asyncio.Semaphore(PARALLEL)
-
-        async def remove(node: Inode) -> bool:
-            async with sem:
-                return await self._remove_chunks(node)
-
-        ok = await asyncio.gather(*(remove(node) for node in claimed))
-        done = [
-            node.inode for node, removed in zip(claimed, ok, strict=True) if removed
-        ]
+        # A batch's files are removed with one REMOVE per chain (each walks
+        # the chain once), chains concurrently, and finished in one transaction.
+        failed = await self._remove_chunks(claimed)
+        done = [node.inode for node in claimed if node.inode not in failed]
         if done:
             await self._db.arun(functools.partial(finish, done=done, lease_ms=lease_ms))
         cutoff = self._clock() - self._ttl
@@ -135,33 +128,57 @@ class GcWorker:
         self._last_claimed = len(claimed)
         return len(done)
 
-    async def _remove_chunks(self, node: Inode) -> bool:
-        """Ask the head of every chain of the layout to remove the inode's chunks.
-        False (retry later) when routing is missing or any chain fails."""
-        if node.layout is None:
-            return True
+    async def _remove_chunks(self, nodes: list[Inode]) -> set[int]:
+        """Ask the head of every chain used by `nodes` to remove their chunks,
+        in pieces of at most REMOVE_BATCH inodes per request. Returns the
+        inodes to retry later: all when routing is missing, else those on a
+        chain whose request failed."""
+        by_chain: dict[int, list[int]] = {}
+        for node in nodes:
+            if node.layout is not None:
+                for chain_id in set(node.layout.chains):
+                    by_chain.setdefault(chain_id, []).append(node.inode)
+        if not by_chain:
+            return set()
         view = self._routing()
         if view is None:
-            return False
+            return {i for inodes in by_chain.values() for i in inodes}
+        failed: set[int] = set()
+        sem = asyncio.Semaphore(PARALLEL)
 
-        async def remove_on(chain_id: int) -> None:
-            head = view.head(chain_id)
-            req = wire.RemoveReq(
-                chain_id=chain_id,
-                chain_ver=view.chain(chain_id).version,
-                target_id=head,
-                inode=node.inode,
-                client_id=self._client_id,
-                request_id=next(self._request_ids),
-            )
-            await self._data.call(
-                view.target_address(head), wire.MsgType.REMOVE, req, timeout=30.0
-            )
+        async def remove_on(chain_id: int, inodes: list[int]) -> None:
+            async with sem:
+                try:
+                    head = view.head(chain_id)
+                    req = wire.RemoveReq(
+                        chain_id=chain_id,
+                        chain_ver=view.chain(chain_id).version,
+                        target_id=head,
+                        inodes=inodes,
+                        client_id=self._client_id,
+                        request_id=next(self._request_ids),
+                    )
+                    await self._data.call(
+                        view.target_address(head),
+                        wire.MsgType.REMOVE,
+                        req,
+                        timeout=30.0,
+                    )
+                except errors.Py3fsError as exc:
+                    logger.info(
+                        "gc of %d inodes on chain %d postponed: %s",
+                        len(inodes),
+                        chain_id,
+                        exc,
+                    )
+                    failed.update(inodes)
 
-        try:
-            await asyncio.gather(*(remove_on(c) for c in node.layout.chains))
-        except errors.Py3fsError as exc:
-            logger.info("gc of inode %d postponed: %s", node.inode, exc)
-            return False
-        logger.debug("gc removed chunks of inode %d", node.inode)
-        return True
+        await asyncio.gather(
+            *(
+                remove_on(chain_id, inodes[i : i + REMOVE_BATCH])
+                for chain_id, inodes in by_chain.items()
+                for i in range(0, len(inodes), REMOVE_BATCH)
+            )
+        )
+        logger.debug("gc removed chunks of %d inodes", len(nodes) - len(failed))
+        return failed

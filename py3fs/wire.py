@@ -137,12 +137,13 @@ class ReadReply(Body):
 
 
 class RemoveReq(Body):
-    """Remove every chunk of `inode` on the chain (forwarded head to tail)."""
+    """Remove every chunk of each of `inodes` on the chain (forwarded head to
+    tail). GC sends one per chain for a whole batch of unlinked files."""
 
     chain_id: int
     chain_ver: int
     target_id: int
-    inode: int
+    inodes: list[int]
     client_id: str
     request_id: int
 

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -516,13 +516,21 @@ class FileChunkStore(ChunkStore):
             fsync_path(self.root, directory=True)
 
     async def remove_inode(self, inode: int) -> int:
-        gone = self._chunks.pop(inode, {})
-        damaged = [c for c in self._damaged if ids.split_chunk_id(c)[0] == inode]
+        return await self.remove_inodes([inode])
+
+    async def remove_inodes(self, inodes: Sequence[int]) -> int:
+        wanted = set(inodes)
+        gone: set[bytes] = set()
+        for inode in wanted:
+            gone.update(self._chunks.pop(inode, {}))
+        damaged = [c for c in self._damaged if ids.split_chunk_id(c)[0] in wanted]
         for cid in damaged:
             del self._damaged[cid]
-        self._unsynced -= set(gone) | set(damaged)
-        await asyncio.to_thread(self._remove_dir, self._dir(inode))
-        return len(gone) + len(damaged)
+        gone.update(damaged)
+        self._unsynced -= gone
+        # One thread hop and one fsync of the root for the whole batch.
+        await asyncio.to_thread(self._remove_dirs, [self._dir(i) for i in wanted])
+        return len(gone)
 
     async def remove_chunk(self, chunk_id: bytes) -> bool:
         inode, _ = ids.split_chunk_id(chunk_id)
@@ -537,16 +545,22 @@ class FileChunkStore(ChunkStore):
             raise errors.from_oserror(exc) from None
         return existed
 
-    def _remove_dir(self, path: str) -> None:
-        try:
-            for entry in os.scandir(path):
-                unlink(entry.path)
+    def _remove_dirs(self, paths: list[str]) -> None:
+        removed = False
+        for path in paths:
+            try:
+                for entry in os.scandir(path):
+                    unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise errors.from_oserror(exc) from None
             # A write racing the removal may recreate a file; it then stays.
             with contextlib.suppress(OSError):
                 os.rmdir(path)
-            if self.fsync:
+            removed = True
+        if removed and self.fsync:
+            try:
                 fsync_path(self.root, directory=True)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise errors.from_oserror(exc) from None
+            except OSError as exc:
+                raise errors.from_oserror(exc) from None

@@ -301,20 +301,25 @@ class WritePath:
     # -- removes
 
     async def remove(self, req: wire.RemoveReq) -> wire.RemoveReply:
-        """Remove every chunk of `req.inode` here and down the chain. Idempotent."""
+        """Remove every chunk of each of `req.inodes` here and down the chain.
+        Idempotent."""
         routing = await self.ctx.check_chain(req.chain_id, req.chain_ver)
         store = self.ctx.store(req.target_id)
         succ = routing.successor(req.chain_id, req.target_id)
-        keys = [(req.target_id, cid) for cid, _ in store.list_chunks(req.inode)]
+        keys = [
+            (req.target_id, cid)
+            for inode in req.inodes
+            for cid, _ in store.list_chunks(inode)
+        ]
         async with self.ctx.locks.hold_all(keys):
-            local = store.remove_inode(req.inode)
+            local = store.remove_inodes(req.inodes)
             if succ is None:
                 return wire.RemoveReply(removed=await local)
             fwd = wire.RemoveReq(
                 chain_id=req.chain_id,
                 chain_ver=req.chain_ver,
                 target_id=succ,
-                inode=req.inode,
+                inodes=req.inodes,
                 client_id=req.client_id,
                 request_id=req.request_id,
             )

@@ -312,24 +312,31 @@ async def test_batch_read_results(dc: DataClient, view: RoutingView) -> None:
     assert bytes(data or b"") == b"234" + b"89" + b"0123"
 
 
-async def test_remove_inode_everywhere(dc: DataClient, view: RoutingView) -> None:
-    inode = 6000
-    for n in range(4):
-        chain = chain_n(view, n)
-        for index in range(n, 12, 4):
-            await write(dc, view, chain, ids.chunk_id(inode, index), 0, b"r" * 1000)
+async def test_remove_inodes_everywhere(dc: DataClient, view: RoutingView) -> None:
+    # One REMOVE per chain takes a batch of inodes (GC's batches).
+    inodes = [6000, 6001]
+    for inode in inodes:
+        for n in range(4):
+            chain = chain_n(view, n)
+            for index in range(n, 12, 4):
+                await write(dc, view, chain, ids.chunk_id(inode, index), 0, b"r" * 9)
+    keep = 6002
+    await write(dc, view, chain_n(view, 0), ids.chunk_id(keep, 0), 0, b"k")
     for n in range(4):
         chain = chain_n(view, n)
         head = view.head(chain.chain_id)
-        req = wire.RemoveReq(chain.chain_id, chain.version, head, inode, "t", 1)
+        req = wire.RemoveReq(chain.chain_id, chain.version, head, inodes, "t", 1)
         body, _ = await dc.call(view.target_address(head), M.REMOVE, req)
-        assert body == wire.RemoveReply(removed=3)
+        assert body == wire.RemoveReply(removed=6)
         body, _ = await dc.call(view.target_address(head), M.REMOVE, req)
         assert body == wire.RemoveReply(removed=0)
         for target in chain.targets:
-            assert await list_chunks(dc, view, target, inode) == []
-            result, _ = await read(dc, view, target, ids.chunk_id(inode, n))
-            assert result.code == errors.ChunkNotFound.code
+            for inode in inodes:
+                assert await list_chunks(dc, view, target, inode) == []
+                result, _ = await read(dc, view, target, ids.chunk_id(inode, n))
+                assert result.code == errors.ChunkNotFound.code
+    for target in chain_n(view, 0).targets:
+        assert len(await list_chunks(dc, view, target, keep)) == 1
 
 
 async def test_target_stats(dc: DataClient, view: RoutingView) -> None:

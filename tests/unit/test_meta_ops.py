@@ -465,9 +465,34 @@ async def test_gc_removes_chunks_then_inode(store: MetaStore) -> None:
     assert await worker.run_once() == 1
     assert f.layout is not None
     assert sorted(b.chain_id for _, b in data.sent) == sorted(f.layout.chains)
-    assert all(b.inode == f.inode for _, b in data.sent)
+    assert all(b.inodes == [f.inode] for _, b in data.sent)
     assert store.db.run(lambda tr: inodes.load(tr, f.inode)) is None
     assert store.db.run(lambda tr: tr.get_range(*keys.gc_range(2**62))) == []
+
+
+async def test_gc_batches_files_per_chain(store: MetaStore) -> None:
+    files = [create(store, f"/f{i}", stripe=2) for i in range(6)]
+    for i in range(6):
+        store.unlink(PathReq(path=f"/f{i}"))
+    data = FakeData()
+    data.down = False
+    worker = gc.GcWorker(
+        store.db,
+        store.ctx.routing,
+        data,  # type: ignore[arg-type]
+        client_id="meta-test",
+        clock=lambda: time.time() + 10,
+    )
+    assert await worker.run_once() == 6
+    # One REMOVE per chain, naming every file that uses the chain.
+    expected: dict[int, set[int]] = {}
+    for f in files:
+        assert f.layout is not None
+        for chain_id in f.layout.chains:
+            expected.setdefault(chain_id, set()).add(f.inode)
+    sent = {b.chain_id: set(b.inodes) for _, b in data.sent}
+    assert len(data.sent) == len(expected)
+    assert sent == expected
 
 
 async def test_idempotency_records_expire(store: MetaStore) -> None:
