@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import pyfuse3
 import pyfuse3.asyncio
+import uvloop
 
 from client import Client, ClientConfig, load_client_config
 from fuse_mount.hooks import load_agent
@@ -217,13 +218,15 @@ def _serve(
 
     async def main() -> None:
         # Built inside the loop: gRPC channels bind to the loop they start on.
-        # Plain asyncio, not uvloop: pyfuse3.asyncio's reader callback can fire
-        # twice on uvloop and the FUSE loop then stops.
         async with Client(config) as client:
             await serve(client, path, debug=debug, ready=ready)
 
     try:
-        asyncio.run(main())
+        # uvloop, as the services: every FUSE request is a few socket sends
+        # and receives to meta and storage. (Our wait_readable above tolerates
+        # a reader callback firing twice, which upstream's does not.)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
     except Exception as exc:
         logger.exception("mount of %s failed", path)
         print(f"py3fs mount: {exc}", file=sys.stderr)
