@@ -22,6 +22,9 @@ PY=${PYTHON:-python3}
 JOBS=${MAX_JOBS:-$(nproc)}
 mkdir -p "$OUT"
 export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+# CUDA 13 keeps libcu++ (cuda/std/...) under include/cccl; nvcc looks there, the
+# host compiler building FlashMLA's api.cpp needs telling.
+export CPATH="$CUDA_HOME/include/cccl${CPATH:+:$CPATH}"
 
 build_flashmla() {
     cd "$FLASHMLA"
