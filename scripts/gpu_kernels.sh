@@ -89,13 +89,19 @@ EOF
 # Both always run; the script's status is the first failure's.
 rc=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-    "$PY" -m pytest -v -rs -s -p no:cacheprovider tests/kernel_plugins \
-        > "$OUT/pytest_kernel_plugins.log" 2>&1 || rc=$?
-    tail -30 "$OUT/pytest_kernel_plugins.log"
+    # DeepGEMM's kernel tests in a process of their own: a crash there must not
+    # hide FlashMLA's results.
+    "$PY" -X faulthandler -m pytest -v -rs -s -p no:cacheprovider tests/kernel_plugins \
+        -k "not deep_gemm_kernel" > "$OUT/pytest_kernel_plugins.log" 2>&1 || rc=$?
+    tail -15 "$OUT/pytest_kernel_plugins.log"
+    "$PY" -X faulthandler -m pytest -v -rs -s -p no:cacheprovider tests/kernel_plugins \
+        -k "deep_gemm_kernel" > "$OUT/pytest_deep_gemm_kernel.log" 2>&1 ||
+        { r=$?; [ $rc != 0 ] || rc=$r; }
+    tail -15 "$OUT/pytest_deep_gemm_kernel.log"
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
-    "$PY" benchmarks/gpu_kernels.py --json "$OUT/gpu_kernels.json" ${BENCH_ARGS:-} \
+    "$PY" -X faulthandler benchmarks/gpu_kernels.py --json "$OUT/gpu_kernels.json" ${BENCH_ARGS:-} \
         > "$OUT/gpu_kernels_bench.log" 2>&1 || { r=$?; [ $rc != 0 ] || rc=$r; }
     tail -50 "$OUT/gpu_kernels_bench.log"
 fi
