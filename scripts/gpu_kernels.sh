@@ -58,12 +58,13 @@ EOF
 
 build_deepgemm() {
     cd "$DEEPGEMM"
-    ln -sfn "$DEEPGEMM/third-party/cutlass/include/cutlass" deep_gemm/include/cutlass
-    ln -sfn "$DEEPGEMM/third-party/cutlass/include/cute" deep_gemm/include/cute
     MAX_JOBS=$JOBS DG_USE_LOCAL_VERSION=0 "$PY" setup.py build_ext --inplace
 }
 
 start=$(date +%s)
+# DeepGEMM's JIT reads CUTLASS from its package's include dir.
+ln -sfn "$DEEPGEMM/third-party/cutlass/include/cutlass" "$DEEPGEMM/deep_gemm/include/cutlass"
+ln -sfn "$DEEPGEMM/third-party/cutlass/include/cute" "$DEEPGEMM/deep_gemm/include/cute"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     if ! ls "$FLASHMLA"/flash_mla/cuda*.so >/dev/null 2>&1; then
         (build_flashmla) > "$OUT/build_flashmla.log" 2>&1 ||
