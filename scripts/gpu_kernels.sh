@@ -79,6 +79,12 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 export PYTHONPATH="$FLASHMLA:$DEEPGEMM:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# The extensions need the libstdc++ of the compiler that built them (a newer gcc
+# than the system's, on some GPU images); without it DeepGEMM's JIT crashes.
+libstdcxx=$(${CXX:-g++} -print-file-name=libstdc++.so.6)
+if [ "${GPU_SYSTEM_LIBSTDCXX:-0}" != 1 ] && [ -f "$libstdcxx" ]; then
+    export LD_LIBRARY_PATH="$(dirname "$(realpath "$libstdcxx")")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 export DG_JIT_CACHE_DIR=${DG_JIT_CACHE_DIR:-$OUT/.deep_gemm_jit}
 cd "$REPO"
 "$PY" - <<'EOF' | tee "$OUT/versions.txt"
