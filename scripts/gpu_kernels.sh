@@ -80,10 +80,11 @@ fi
 
 export PYTHONPATH="$FLASHMLA:$DEEPGEMM:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # The extensions need the libstdc++ of the compiler that built them (a newer gcc
-# than the system's, on some GPU images); without it DeepGEMM's JIT crashes.
+# than the system's on some GPU images, e.g. CXX=/opt/gcc/bin/g++): with the
+# system's, DeepGEMM's JIT segfaults. Preloaded, since torch loads libstdc++ first.
 libstdcxx=$(${CXX:-g++} -print-file-name=libstdc++.so.6)
 if [ "${GPU_SYSTEM_LIBSTDCXX:-0}" != 1 ] && [ -f "$libstdcxx" ]; then
-    export LD_LIBRARY_PATH="$(dirname "$(realpath "$libstdcxx")")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_PRELOAD="$(realpath "$libstdcxx")${LD_PRELOAD:+:$LD_PRELOAD}"
 fi
 export DG_JIT_CACHE_DIR=${DG_JIT_CACHE_DIR:-$OUT/.deep_gemm_jit}
 cd "$REPO"
