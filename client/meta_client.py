@@ -7,7 +7,6 @@ same id, and meta answers it from its stored reply instead of applying it twice.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import itertools
 import logging
@@ -22,6 +21,7 @@ from client.routing_cache import RoutingCache
 from py3fs import errors
 from py3fs.proto import meta_pb2_grpc
 from py3fs.proto.messages import META_RPCS, MetaReq, Msg
+from py3fs.retry import RetryPolicy
 from py3fs.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class MetaClient:
         self._clients: dict[str, RpcClient] = {}
         self._bad: dict[str, float] = {}
         self._rr = itertools.count()
-        self._retry_timeout = retry_timeout
+        self._retry = RetryPolicy(initial=0.02, maximum=1.0, timeout=retry_timeout)
         self._call_timeout = call_timeout
 
     def _rpc(self, address: str) -> RpcClient:
@@ -114,23 +114,18 @@ class MetaClient:
         if method in MUTATIONS:
             fields["request_id"] = next(self._ids)
         req = msgspec.structs.replace(req, **fields)
-        deadline = time.monotonic() + self._retry_timeout
-        delay, refresh = 0.02, False
-        while True:
-            address = await self._pick(refresh)
+
+        async def attempt(n: int) -> R:
+            address = await self._pick(refresh=n > 0)
             try:
                 return await self._rpc(address).call(
                     method, req, reply_type, timeout=self._call_timeout
                 )
-            except errors.Py3fsError as exc:
-                if not exc.retryable or time.monotonic() > deadline:
-                    raise
-                if isinstance(exc, errors.RPCUnavailable | errors.RPCTimeout):
-                    self._bad[address] = time.monotonic() + 5.0
-                logger.info("meta %s to %s failed (%s); retrying", method, address, exc)
-            refresh = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            except (errors.RPCUnavailable, errors.RPCTimeout):
+                self._bad[address] = time.monotonic() + 5.0
+                raise
+
+        return await self._retry.acall(attempt, what=f"meta {method}")
 
     async def aclose(self) -> None:
         for client in self._clients.values():

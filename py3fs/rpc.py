@@ -29,6 +29,9 @@ _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+# gRPC sets SO_REUSEPORT by default: a second server on a taken port would then
+# share it (two mgmtds answering on one address) instead of failing to start.
+_SERVER_OPTIONS = [*_GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def _method(
@@ -81,9 +84,18 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    """Start a gRPC server on host:port (0: any free port); returns it and the
+    bound address. Raises AddressInUse when the port is taken or invalid."""
+    if not 0 <= port <= 65535:
+        raise errors.InvalidArgument(f"port {port} is out of range 0-65535")
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
     add_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise errors.AddressInUse(f"cannot bind {host}:{port}: {exc}") from None
+    if bound == 0:
+        raise errors.AddressInUse(f"cannot bind {host}:{port}")
     await server.start()
     return server, f"{host}:{bound}"
 

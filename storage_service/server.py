@@ -18,6 +18,7 @@ from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient, DataServer, ServerConn
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import HeartbeatReq, RegisterNodeReq
+from py3fs.retry import RetryPolicy
 from storage_service.config import StorageConfig
 from storage_service.read_path import ReadPath
 from storage_service.resync import Resync
@@ -81,18 +82,19 @@ class StorageServer(ServiceResource):
             targets=list(self.ctx.stores),
             pid=os.getpid(),
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.register_timeout
-        while True:
-            try:
-                self.ctx.set_routing(await self.mgmt.register(req))
-                logger.info("registered node %d at %s", self.cfg.node_id, self.address)
-                return
-            except errors.Py3fsError as exc:
-                if not exc.retryable or loop.time() > deadline:
-                    raise
-                logger.info("mgmtd not reachable yet: %s", exc)
-                await asyncio.sleep(0.2)
+
+        async def register(n: int) -> None:
+            self.ctx.set_routing(await self.mgmt.register(req))
+
+        def waiting(exc: BaseException, n: int) -> None:
+            logger.info("mgmtd not reachable yet: %s", exc)
+
+        # mgmtd may start after us (a whole cluster booting at once).
+        policy = RetryPolicy(
+            initial=0.2, maximum=0.2, timeout=self.cfg.register_timeout
+        )
+        await policy.acall(register, what="register", on_retry=waiting)
+        logger.info("registered node %d at %s", self.cfg.node_id, self.address)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -21,9 +21,9 @@ import uvloop
 from tqdm import tqdm
 
 from client import Client
-from py3fs.cli.options import cluster_option
 from py3fs.proto.messages import Inode, InodeType
 from py3fs.units import format_size
+from py3fs_cli.options import cluster_option
 
 T = TypeVar("T")
 BLOCK = 64 * 1024 * 1024

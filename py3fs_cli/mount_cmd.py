@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from py3fs.cli.options import cluster_option
+from py3fs_cli.options import cluster_option
 
 
 @click.command()

@@ -10,7 +10,7 @@ import sys
 import click
 
 from py3fs import errors
-from py3fs.cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd
+from py3fs_cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd
 
 
 class _Group(click.Group):
