@@ -21,7 +21,10 @@ class _Group(click.Group):
             click.echo(f"py3fs: {exc} [{type(exc).__name__}]", err=True)
             sys.exit(1)
         except OSError as exc:
-            click.echo(f"py3fs: {exc}", err=True)
+            message = exc.strerror or str(exc)
+            if exc.filename:
+                message = f"{exc.filename}: {message}"
+            click.echo(f"py3fs: {message}", err=True)
             sys.exit(1)
 
 
