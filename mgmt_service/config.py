@@ -10,6 +10,8 @@ class MgmtConfig:
     kv_url: str = ""  # where the routing state is persisted, e.g. sqlite:///x/kv.db
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port, announced through the ready file
+    # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
+    http_port: int = 0
     # A node silent for this long is marked down and its targets offline.
     heartbeat_timeout: float = 10.0
     # How often silent nodes are looked for; 0: a quarter of heartbeat_timeout.

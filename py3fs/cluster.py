@@ -103,6 +103,12 @@ class LocalCluster:
         return self.spec.kv_url()
 
     @property
+    def status_url(self) -> str:
+        """The status page of the first mgmtd ("" if it has no HTTP endpoint)."""
+        mgmtd = self.mgmtds[0] if self.mgmtds else self.mgmtd
+        return f"http://{mgmtd.http}/" if mgmtd is not None and mgmtd.http else ""
+
+    @property
     def mgmt_addresses(self) -> list[str]:
         mgmtds = self.mgmtds or [self.mgmtd]
         return [p.address for p in mgmtds if p is not None and p.address]
@@ -128,6 +134,7 @@ class LocalCluster:
                     "pid": p.pid,
                     "start_time": p.start_time,
                     "address": p.address,
+                    "http": p.http,
                     "log": str(p.log_file),
                 }
                 for p in self.procs
@@ -163,6 +170,7 @@ class LocalCluster:
                 "pid": rec["pid"],
                 "start_time": rec.get("start_time", 0),
                 "address": rec["address"],
+                "http": rec.get("http", ""),
             }
             if rec["role"] == "etcd":
                 client, peer = ports_from_args(rec["args"])
@@ -231,10 +239,12 @@ class LocalCluster:
             for i in range(spec.storage)
         ]
         procs = [*self.mgmtds, *self.metas, *self.storages]
-        for proc, port in zip(procs, free_ports(len(procs)), strict=True):
+        ports = free_ports(2 * len(procs))
+        for proc, port, http in zip(procs, ports[::2], ports[1::2], strict=True):
             proc.address = f"{HOST}:{port}"
+            proc.http = f"{HOST}:{http}"
         for p in self.mgmtds:
-            p.args += ["--port", _port(p)]
+            p.args += ["--port", _port(p), "--http-port", _port(p, http=True)]
 
     def _bind_mgmt(self) -> None:
         """Fill in the arguments that need mgmtd's address, known once it is up."""
@@ -252,6 +262,8 @@ class LocalCluster:
                 spec.chunk_size,
                 "--port",
                 _port(p),
+                "--http-port",
+                _port(p, http=True),
                 *spec.extra.get("meta", []),
             ]
         for p in self.storages:
@@ -266,6 +278,8 @@ class LocalCluster:
                 str(spec.targets),
                 "--port",
                 _port(p),
+                "--http-port",
+                _port(p, http=True),
                 "--fsync" if spec.fsync else "--no-fsync",
                 *spec.extra.get("storage", []),
             ]
@@ -380,6 +394,7 @@ class LocalCluster:
                 "node_id": p.node_id,
                 "pid": p.pid,
                 "address": p.address,
+                "http": p.http,
                 "state": "running" if p.running() else "stopped",
                 "log": str(p.log_file),
             }
@@ -396,8 +411,8 @@ class LocalCluster:
         self._write_files()
 
 
-def _port(proc: ServiceProc) -> str:
-    return proc.address.rpartition(":")[2]
+def _port(proc: ServiceProc, *, http: bool = False) -> str:
+    return (proc.http if http else proc.address).rpartition(":")[2]
 
 
 def _run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -13,10 +13,11 @@ import contextlib
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from py3fs import errors, wire
+from py3fs import errors, metrics, wire
 
 logger = logging.getLogger(__name__)
 
@@ -283,15 +284,23 @@ class DataServer:
                 if frame is None:
                     return
                 conn.begin(frame)
+                start = time.perf_counter()
+                outcome = "ok"
                 try:
                     await self._handler(frame, conn)
                 except errors.Py3fsError as exc:
+                    outcome = type(exc).__name__
                     await conn.reply_error(exc)
                 except (ConnectionError, wire.ConnectionClosed):
+                    outcome = "disconnected"
                     return
                 except Exception as exc:
+                    outcome = "internal"
                     logger.exception("handler failed on %s", frame.type.name)
                     await conn.reply_error(errors.Py3fsError(f"internal error: {exc}"))
+                finally:
+                    seconds = time.perf_counter() - start
+                    metrics.record(frame.type.name, outcome, seconds)
         except (OSError, errors.RPCUnavailable):
             return
         finally:

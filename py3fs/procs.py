@@ -42,6 +42,7 @@ class ServiceProc:
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     address: str = ""
+    http: str = ""  # host:port of its /metrics, /healthz (and mgmtd's status page)
     pid: int = 0
     # The kernel's start time of `pid` (clock ticks since boot): a pid recorded in
     # a cluster file is ours only while it names the same process, not a reuse.
@@ -88,6 +89,7 @@ class ServiceProc:
             if self.ready_file.exists():
                 info: dict[str, Any] = json.loads(self.ready_file.read_text())
                 self.address = info["address"]
+                self.http = info.get("http", "")
                 return info
             if self.popen is not None and self.popen.poll() is not None:
                 raise ServiceStartError(

@@ -10,6 +10,7 @@ are translated here and nowhere else.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import grpc
 import grpc.aio
 import msgspec
 
-from py3fs import errors
+from py3fs import errors, metrics
 from py3fs.proto import envelope_pb2
 from py3fs.proto.messages import Msg
 
@@ -40,6 +41,8 @@ def _method(
     decoder = msgspec.msgpack.Decoder(req_type)
 
     async def method(self: object, request: Any, context: Any) -> Any:
+        start = time.perf_counter()
+        outcome = "ok"
         try:
             try:
                 req = decoder.decode(request.body)
@@ -48,14 +51,18 @@ def _method(
             reply = await handler(req)
             return envelope_pb2.Reply(body=_encoder.encode(reply))
         except errors.Py3fsError as exc:
+            outcome = type(exc).__name__
             if not isinstance(exc, errors.MetaError):
                 logger.info("%s failed: %s", name, exc)
             return envelope_pb2.Reply(error_code=exc.code, error_message=exc.message)
         except Exception as exc:
+            outcome = "internal"
             logger.exception("%s: unexpected error", name)
             return envelope_pb2.Reply(
                 error_code=errors.Py3fsError.code, error_message=f"internal: {exc}"
             )
+        finally:
+            metrics.record(name, outcome, time.perf_counter() - start)
 
     method.__name__ = name
     return method

@@ -79,6 +79,8 @@ def up(
     click.echo(f"data:         {local.data_dir}")
     click.echo(f"logs:         {local.run_dir}/*.log")
     click.echo(f"KV store:     {local.kv_url}")
+    if local.status_url:
+        click.echo(f"status page:  {local.status_url}")
 
 
 @cluster.command()

@@ -15,6 +15,8 @@ class StorageConfig:
     targets: int = 4
     host: str = "127.0.0.1"
     port: int = 0
+    # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
+    http_port: int = 0
     fsync: bool = True
     heartbeat_interval: float = 1.0
     # How long startup keeps retrying registration while mgmtd is not up yet.

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-from py3fs import errors, wire
+from py3fs import errors, metrics, wire
 from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient, DataServer, ServerConn
 from py3fs.mgmt_client import MgmtClient
@@ -39,6 +39,7 @@ class StorageServer(ServiceResource):
         self.writes = WritePath(self.ctx, self.resync)
         self.reads = ReadPath(self.ctx, self.resync)
         self.address = ""
+        self.http_address = ""  # set by py3fs.app before start
         self._data: DataServer | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._heartbeats: asyncio.Task[None] | None = None
@@ -81,6 +82,7 @@ class StorageServer(ServiceResource):
             address=self.address,
             targets=list(self.ctx.stores),
             pid=os.getpid(),
+            http=self.http_address,
         )
 
         async def register(n: int) -> None:
@@ -125,6 +127,9 @@ class StorageServer(ServiceResource):
             targets=await self.ctx.reports(),
             pid=os.getpid(),
         )
+        for report in req.targets:
+            metrics.STORAGE_CHUNKS.labels(report.target_id).set(report.chunk_count)
+            metrics.STORAGE_USED.labels(report.target_id).set(report.used_bytes)
         reply = await self.mgmt.heartbeat(req)
         known = self.ctx.routing.version if self.ctx.routing else 0
         if reply.routing_version > known:
@@ -141,9 +146,11 @@ class StorageServer(ServiceResource):
         if isinstance(body, wire.WriteReq):
             payload = await conn.read_payload()
             await conn.reply(M.WRITE_REPLY, await self.writes.write(body, payload))
+            metrics.STORAGE_BYTES.labels("write").inc(len(payload))
         elif isinstance(body, wire.ReadReq):
             reply, views = await self.reads.read(body)
             await conn.reply(M.READ_REPLY, reply, views)
+            metrics.STORAGE_BYTES.labels("read").inc(sum(len(v) for v in views))
         elif isinstance(body, wire.RemoveReq):
             await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
         elif isinstance(body, wire.QueryChunkReq):
@@ -154,6 +161,7 @@ class StorageServer(ServiceResource):
             payload = await conn.read_payload()
             reply = await self.resync.sync_chunk(body, payload)
             await conn.reply(M.SYNC_CHUNK_REPLY, reply)
+            metrics.STORAGE_BYTES.labels("resync").inc(len(payload))
         elif isinstance(body, wire.SyncDoneReq):
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
         elif isinstance(body, wire.TargetStatsReq):
