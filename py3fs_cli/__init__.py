@@ -10,7 +10,7 @@ import sys
 import click
 
 from py3fs import errors
-from py3fs_cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd
+from py3fs_cli import admin_cmds, bench_cmd, cluster_cmds, file_cmds, mount_cmd
 
 
 class _Group(click.Group):
@@ -39,3 +39,5 @@ for command in file_cmds.COMMANDS:
     main.add_command(command)
 main.add_command(mount_cmd.mount)
 main.add_command(bench_cmd.bench)
+for command in admin_cmds.COMMANDS:
+    main.add_command(command)

@@ -50,7 +50,10 @@ def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
     if ent.type == InodeType.DIRECTORY:
         raise errors.IsADirectory(f"{req.path!r} is a directory")
     dentries.remove(tr, parent.inode, name)
-    drop_link(tr, ctx, inodes.get(tr, ent.inode))
+    node = inodes.load(tr, ent.inode)
+    # A name whose inode is gone (a dangling entry, found by fsck) just goes.
+    if node is not None:
+        drop_link(tr, ctx, node)
     return Empty()
 
 
@@ -71,5 +74,7 @@ def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
     if not dentries.is_empty(tr, ent.inode):
         raise errors.NotEmpty(f"{req.path!r} is not empty")
     dentries.remove(tr, parent.inode, name)
-    remove_directory(tr, inodes.get(tr, ent.inode))
+    node = inodes.load(tr, ent.inode)
+    if node is not None:  # else a dangling entry (see unlink)
+        remove_directory(tr, node)
     return Empty()
