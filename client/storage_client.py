@@ -63,7 +63,7 @@ class StorageClient:
         self._sem = asyncio.Semaphore(max_inflight)
         self._ids = itertools.count(1)
         self._rr = itertools.count()
-        self._retry = RetryPolicy(initial=0.01, maximum=0.5, timeout=retry_timeout)
+        self._retry = RetryPolicy(initial=0.01, maximum=0.2, timeout=retry_timeout)
         self._call_timeout = call_timeout
 
     async def _retrying(

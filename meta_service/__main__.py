@@ -18,7 +18,7 @@ from py3fs import app, config, errors
 @click.option("--http-port", type=int, default=None, help="metrics [0: any]")
 @click.option("--chunk-size", default=None, help="chunk size of new files [4MiB]")
 @click.option("--gc-interval", default=None, help="GC pass interval [1s]")
-@click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [1s]")
+@click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [0.5s]")
 @click.option("--ready-file", default=None, help="write pid and address here")
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--log-level", default="INFO", show_default=True)

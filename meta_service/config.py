@@ -17,7 +17,7 @@ class MetaConfig:
     http_port: int = 0
     # tunables
     chunk_size: int = 4 * 1024 * 1024
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     gc_interval: float = 1.0
     gc_batch: int = 64
     # a claimed GC entry comes due again after this long unless its removal finishes,

@@ -12,9 +12,11 @@ class MgmtConfig:
     port: int = 0  # 0: any free port, announced through the ready file
     # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
     http_port: int = 0
-    # A node silent for this long is marked down and its targets offline.
-    heartbeat_timeout: float = 10.0
-    # How often silent nodes are looked for; 0: a quarter of heartbeat_timeout.
+    # A node silent for this long is marked down and its targets offline. With
+    # heartbeats every 0.5 s this is four missed beats; writes resume about
+    # this long after a storage node dies (benchmarks/failover.py).
+    heartbeat_timeout: float = 2.0
+    # How often silent nodes are looked for; 0: an eighth of heartbeat_timeout.
     expire_interval: float = 0.0
     # This mgmtd's id in the primary lease; each mgmtd of a cluster needs its own.
     node_id: int = 1

@@ -229,7 +229,7 @@ class MgmtServer(ServiceResource):
             self._persisted_version = info.version
 
     async def _expire_loop(self) -> None:
-        interval = self.cfg.expire_interval or self.cfg.heartbeat_timeout / 4
+        interval = self.cfg.expire_interval or self.cfg.heartbeat_timeout / 8
         while True:
             await asyncio.sleep(interval)
             if not self.is_primary:

@@ -56,7 +56,7 @@ class ClusterSpec:
     replicas: int = 3
     kv: str = ""  # a KV URL, "etcd" (local etcd members), or "": sqlite in data_dir
     fsync: bool = True
-    heartbeat_timeout: str = "10s"
+    heartbeat_timeout: str = "2s"
     chunk_size: str = "4MiB"
     # mgmtd processes (node ids 1..N): the first to take the lease is primary.
     mgmtd: int = 1

@@ -39,6 +39,19 @@ class _ClientConn:
             self.sock.close()
 
 
+def _usable(sock: socket.socket) -> bool:
+    """Whether an idle pooled connection may carry a request: not closed by the
+    peer meanwhile (a restarted server on the same port would otherwise get
+    every request on a dead connection first)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True  # open, nothing to read: as an idle connection should be
+    except OSError:
+        return False
+    return False  # end of stream, or bytes nobody asked for
+
+
 class DataClient:
     """Pooled client for storage servers. `call` is safe to use concurrently."""
 
@@ -95,7 +108,14 @@ class DataClient:
         if self._closed:
             raise errors.RPCUnavailable("data client closed")
         idle = self._idle.setdefault(address, [])
-        conn = idle.pop() if idle else await self._connect(address)
+        conn = None
+        while idle and conn is None:
+            conn = idle.pop()
+            if not _usable(conn.sock):
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = await self._connect(address)
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
         try:

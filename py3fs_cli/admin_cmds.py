@@ -19,6 +19,7 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
+from py3fs import errors
 from py3fs.routing import RoutingView
 from py3fs.units import format_size
 from py3fs_cli import dump as dump_mod
@@ -40,7 +41,7 @@ def _run(cluster_file: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
 
 
 def _routing(cluster_file: str | None) -> RoutingView:
-    return _run(cluster_file, lambda fs: fs.routing.refresh())
+    return _run(cluster_file, lambda fs: fs.mgmt.routing())
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -136,6 +137,45 @@ def list_chains(cluster_file: str | None, as_json: bool) -> None:
     for r in rows:
         r["targets"] = " ".join(f"{t['target_id']}:{t['state']}" for t in r["targets"])
     _table(rows, ["chain_id", "version", "targets"])
+
+
+@admin.command("create-chain-table")
+@cluster_option
+@click.option("--replicas", default=3, show_default=True, help="Targets per chain.")
+@click.option(
+    "--wait-storage",
+    default=0,
+    help="First wait until this many storage nodes are up (deployments start "
+    "all services at once).",
+)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
+def create_chain_table(
+    cluster_file: str | None, replicas: int, wait_storage: int, timeout: float
+) -> None:
+    """Create the chain table from the storage targets that are up (does nothing
+    when the table exists)."""
+
+    async def go(fs: Client) -> RoutingView:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                view = await fs.mgmt.routing()
+            except errors.Py3fsError as exc:
+                if not exc.retryable or time.monotonic() > deadline:
+                    raise
+            else:
+                up = len(view.nodes_of_role("storage"))
+                if up >= wait_storage:
+                    break
+                if time.monotonic() > deadline:
+                    raise errors.RoutingUnavailable(
+                        f"{up} of {wait_storage} storage nodes up after {timeout:g}s"
+                    )
+            await asyncio.sleep(0.5)
+        return await fs.mgmt.create_chain_table(replicas)
+
+    view = _run(cluster_file, go)
+    click.echo(f"chain table: {len(view.chains)} chains of {replicas} targets")
 
 
 @click.command()
@@ -234,7 +274,7 @@ def gc(cluster_file: str | None, wait: float) -> None:
 
 async def gc_queues(fs: Client) -> dict[int, float]:
     """py3fs_gc_queue_length from every meta's /metrics, by node id."""
-    view = await fs.routing.refresh()
+    view = await fs.mgmt.routing()
     out: dict[int, float] = {}
     for node in view.nodes_of_role("meta"):
         if not node.http:

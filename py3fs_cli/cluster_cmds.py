@@ -38,7 +38,7 @@ def cluster() -> None:
 )
 @click.option("--fsync/--no-fsync", default=True, show_default=True)
 @click.option("--chunk-size", default="4MiB", show_default=True)
-@click.option("--heartbeat-timeout", default="10s", show_default=True)
+@click.option("--heartbeat-timeout", default="2s", show_default=True)
 def up(
     data_dir: Path,
     meta: int,

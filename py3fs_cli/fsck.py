@@ -255,7 +255,7 @@ async def scrub(
 
 async def fsck(fs: Client, *, repair: bool = False, do_scrub: bool = False) -> Report:
     report = Report()
-    view = await fs.routing.refresh()
+    view = await fs.mgmt.routing()
     found = await walk(fs, report, repair)
     chunks = await list_chunks(fs, view)
     report.chunks = len({cid for _, cid in chunks})

@@ -18,7 +18,7 @@ class StorageConfig:
     # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
     http_port: int = 0
     fsync: bool = True
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     # How long startup keeps retrying registration while mgmtd is not up yet.
     register_timeout: float = 60.0
     # A forward must cover the whole rest of the chain writing a 64 MiB chunk.

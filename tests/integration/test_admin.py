@@ -88,7 +88,7 @@ def test_fsck_finds_and_repairs_planted_damage(cluster: LocalCluster) -> None:
             dangling = (await fs.stat("/fsck/dangling.bin")).inode
             node = await fs.stat("/fsck/corrupt.bin")
             assert node.layout is not None
-            view = await fs.routing.refresh()
+            view = await fs.mgmt.routing()
             replica = view.chain(node.layout.chains[0]).targets[1]
             return (
                 dangling,
@@ -134,7 +134,7 @@ def test_fsck_finds_and_repairs_planted_damage(cluster: LocalCluster) -> None:
             assert "dangling.bin" not in names
             assert (await fs.stat("/fsck/short.bin")).length == 100 * KiB
             assert await fs.read_file("/fsck/corrupt.bin") == good
-            view = await fs.routing.refresh()
+            view = await fs.mgmt.routing()
             for target in view.targets:
                 body, _ = await fs.storage.call(
                     view.target_address(target),
