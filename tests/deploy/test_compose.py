@@ -163,9 +163,8 @@ def verify(acked: list[str], tmp_path: Path) -> dict[str, object]:
     listing = tmp_path / "acked.jsonl"
     listing.write_text("\n".join(acked) + "\n")
     client = container("client")
-    subprocess.run(
-        ["docker", "cp", str(listing), f"{client}:/tmp/acked.jsonl"], check=True
-    )
+    for src, dst in ((listing, "/tmp/acked.jsonl"), (WORKLOAD, "/tmp/workload.py")):
+        subprocess.run(["docker", "cp", str(src), f"{client}:{dst}"], check=True)
     out = in_client("python", "/tmp/workload.py", "verify", "/tmp/acked.jsonl")
     result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return result
