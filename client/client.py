@@ -23,9 +23,9 @@ from client.storage_client import StorageClient
 from py3fs import errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import (
+    AppendReq,
     CloseReq,
     DirEntry,
-    Empty,
     Inode,
     InodeReq,
     InodeType,
@@ -37,7 +37,6 @@ from py3fs.proto.messages import (
     OpenReply,
     OpenReq,
     PathReq,
-    ReadlinkReply,
     RenameReq,
     SetAttrReq,
     StatFsReply,
@@ -80,6 +79,7 @@ class Client:
             gid=config.gid,
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
+            session_lease=config.session_lease,
         )
         self.storage = StorageClient(
             self.routing,
@@ -109,10 +109,10 @@ class Client:
     # ------------------------------------------------------------ namespace
 
     async def stat(self, path: str, *, follow: bool = True) -> Inode:
-        return await self.meta.call("Stat", PathReq(path=path, follow=follow), Inode)
+        return await self.meta.stat(PathReq(path=path, follow=follow))
 
     async def stat_inode(self, inode: int) -> Inode:
-        return await self.meta.call("StatInode", InodeReq(inode=inode), Inode)
+        return await self.meta.stat_inode(InodeReq(inode=inode))
 
     async def exists(self, path: str) -> bool:
         try:
@@ -125,7 +125,7 @@ class Client:
         self, path: str, mode: int = 0o755, *, parents: bool = False
     ) -> Inode:
         req = MkdirReq(path=path, mode=mode, parents=parents)
-        return await self.meta.call("Mkdir", req, Inode)
+        return await self.meta.mkdir(req)
 
     async def iterdir(self, path: str, page: int = 1000) -> AsyncIterator[DirEntry]:
         """Entries of a directory in name order, fetched a page at a time."""
@@ -140,19 +140,19 @@ class Client:
 
     async def _list_page(self, path: str, after: str, limit: int) -> ListDirReply:
         req = ListDirReq(path=path, start_after=after, limit=limit)
-        return await self.meta.call("ListDir", req, ListDirReply)
+        return await self.meta.list_dir(req)
 
     async def listdir(self, path: str, page: int = 1000) -> list[DirEntry]:
         return [e async for e in self.iterdir(path, page)]
 
     async def rename(self, src: str, dst: str) -> None:
-        await self.meta.call("Rename", RenameReq(src=src, dst=dst), Empty)
+        await self.meta.rename(RenameReq(src=src, dst=dst))
 
     async def unlink(self, path: str) -> None:
-        await self.meta.call("Unlink", PathReq(path=path, follow=False), Empty)
+        await self.meta.unlink(PathReq(path=path, follow=False))
 
     async def rmdir(self, path: str) -> None:
-        await self.meta.call("Rmdir", PathReq(path=path, follow=False), Empty)
+        await self.meta.rmdir(PathReq(path=path, follow=False))
 
     async def remove(self, path: str, *, recursive: bool = False) -> int:
         """Remove a file, symlink or (with `recursive`) a whole tree; returns the
@@ -175,22 +175,18 @@ class Client:
         return removed
 
     async def symlink(self, target: str, path: str) -> Inode:
-        return await self.meta.call(
-            "Symlink", SymlinkReq(path=path, target=target), Inode
-        )
+        return await self.meta.symlink(SymlinkReq(path=path, target=target))
 
     async def readlink(self, path: str) -> str:
-        reply = await self.meta.call(
-            "Readlink", PathReq(path=path, follow=False), ReadlinkReply
-        )
+        reply = await self.meta.readlink(PathReq(path=path, follow=False))
         return reply.target
 
     async def link(self, src: str, dst: str) -> Inode:
-        return await self.meta.call("Link", LinkReq(src=src, dst=dst), Inode)
+        return await self.meta.link(LinkReq(src=src, dst=dst))
 
     async def setattr(self, path: str, **changes: Any) -> Inode:
         """Change mode, uid_new, gid_new, atime, mtime or length."""
-        return await self.meta.call("SetAttr", SetAttrReq(path=path, **changes), Inode)
+        return await self.meta.set_attr(SetAttrReq(path=path, **changes))
 
     async def chmod(self, path: str, mode: int) -> Inode:
         return await self.setattr(path, mode=mode)
@@ -205,7 +201,7 @@ class Client:
         return node
 
     async def statfs(self) -> StatFsReply:
-        return await self.meta.call("StatFs", MetaReq(), StatFsReply)
+        return await self.meta.stat_fs(MetaReq())
 
     # ------------------------------------------------------------ file data
 
@@ -222,7 +218,7 @@ class Client:
         req = OpenReq(
             path=path, flags=flags, mode=perm, chunk_size=chunk_size, stripe=stripe
         )
-        reply = await self.meta.call("Open", req, OpenReply)
+        reply = await self.meta.open(req)
         if reply.truncated_from and reply.inode.layout is not None:
             await self.storage.truncate(
                 reply.inode.inode, reply.inode.layout, 0, reply.truncated_from
@@ -361,9 +357,24 @@ class File:
 
     async def write(self, data: Any) -> int:
         if self.flags & os.O_APPEND:
-            self.pos = self.length
+            return await self.append(data)
         n = await self.pwrite(data, self.pos)
         self.pos += n
+        return n
+
+    async def append(self, data: Any) -> int:
+        """Write at the end of the file, atomically with respect to every other
+        appender: meta reserves the range (the length grows at once), then the
+        data goes there."""
+        self._check(write=True)
+        view = memoryview(data).cast("B")
+        req = AppendReq(
+            inode=self.inode.inode, session_id=self.session_id, size=view.nbytes
+        )
+        reply = await self._client.meta.append(req)
+        self.inode = reply.inode
+        n = await self.pwrite(view, reply.offset)
+        self.pos = reply.offset + n
         return n
 
     async def fsync(self) -> None:
@@ -371,7 +382,7 @@ class File:
         a write returns once every replica has it)."""
         self._check(write=True)
         req = SyncReq(inode=self.inode.inode, length=self._written_end)
-        self.inode = await self._client.meta.call("Sync", req, Inode)
+        self.inode = await self._client.meta.sync(req)
 
     async def close(self) -> None:
         if self.closed:
@@ -383,4 +394,4 @@ class File:
                 session_id=self.session_id,
                 length=self._written_end,
             )
-            self.inode = await self._client.meta.call("Close", req, Inode)
+            self.inode = await self._client.meta.close(req)

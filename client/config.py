@@ -22,6 +22,17 @@ class ClientConfig:
     retry_timeout: float = 60.0
     call_timeout: float = 30.0
     routing_max_age: float = 5.0
+    # Write sessions expire this long after the client was last heard from
+    # (a crashed writer's file then gets its length from storage).
+    session_lease: float = 30.0
+    # FUSE mount caching, in seconds (0 turns one off): how long the kernel
+    # trusts a name (entry), an inode's attributes, and "no such name"
+    # (negative). Changes made through this mount are seen at once; changes
+    # by other clients after at most these times (open revalidates data:
+    # close-to-open, as NFS).
+    entry_timeout: float = 1.0
+    attr_timeout: float = 1.0
+    negative_timeout: float = 1.0
 
 
 def cluster_file(path: str | None = None) -> str:

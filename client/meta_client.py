@@ -7,67 +7,53 @@ same id, and meta answers it from its stored reply instead of applying it twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from client.routing_cache import RoutingCache
 from py3fs import errors
-from py3fs.proto import meta_pb2_grpc
-from py3fs.proto.messages import META_RPCS, MetaReq, Msg
+from py3fs.msgrpc import MsgClient, Stub
+from py3fs.proto.messages import MetaReq, Msg, OpenReq, RenewReq
+from py3fs.proto.services import MetaService, Rpc
 from py3fs.retry import RetryPolicy
-from py3fs.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
 
-# The (uid, gid) meta checks permissions against. One client serves many users
-# in the FUSE daemon, so the identity is per request (per task), not per client.
-_identity: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+# The (uid, gid, supplementary groups) meta checks permissions against. One
+# client serves many users in the FUSE daemon, so the identity is per request
+# (per task), not per client.
+Identity = tuple[int, int, tuple[int, ...]]
+_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "py3fs_meta_identity", default=None
 )
 
 
 @contextmanager
-def acting_as(uid: int, gid: int) -> Iterator[None]:
+def acting_as(uid: int, gid: int, groups: tuple[int, ...] = ()) -> Iterator[None]:
     """Meta calls made inside the block (in this task and tasks it starts) act
-    as `uid`/`gid` instead of the client's configured identity."""
-    token = _identity.set((uid, gid))
+    as `uid`/`gid` with supplementary `groups` instead of the client's
+    configured identity."""
+    token = _identity.set((uid, gid, groups))
     try:
         yield
     finally:
         _identity.reset(token)
 
 
-# Calls that change the namespace and therefore need a request id.
-MUTATIONS = frozenset(
-    {
-        "Mkdir",
-        "Open",
-        "Close",
-        "Sync",
-        "Rename",
-        "Unlink",
-        "Rmdir",
-        "Symlink",
-        "Link",
-        "SetAttr",
-        "KvStoreOpen",
-        "KvPageStage",
-        "KvPagePut",
-        "KvPageRemove",
-        "KvPageEvict",
-    }
-)
+class MetaClient(MetaService):
+    """The typed meta stub: `await meta.mkdir(MkdirReq(...)) -> Inode`, one
+    method per RPC of `MetaService`."""
 
-
-class MetaClient:
     def __init__(
         self,
         routing: RoutingCache,
@@ -77,22 +63,27 @@ class MetaClient:
         gid: int = 0,
         retry_timeout: float = 60.0,
         call_timeout: float = 10.0,
+        session_lease: float = 0.0,
     ) -> None:
         self._routing = routing
         self.client_id = client_id
         self.uid = uid
         self.gid = gid
         self._ids = itertools.count(1)
-        self._clients: dict[str, RpcClient] = {}
+        self._clients: dict[str, MsgClient] = {}
         self._bad: dict[str, float] = {}
         self._rr = itertools.count()
         self._retry = RetryPolicy(initial=0.02, maximum=1.0, timeout=retry_timeout)
         self._call_timeout = call_timeout
+        # Write sessions last `session_lease` seconds past the last renewal;
+        # a task renews every third of it once the first one is open.
+        self.session_lease = session_lease
+        self._renewer: asyncio.Task[None] | None = None
 
-    def _rpc(self, address: str) -> RpcClient:
+    def _rpc(self, address: str) -> MsgClient:
         client = self._clients.get(address)
         if client is None:
-            client = RpcClient(address, meta_pb2_grpc.MetaStub, META_RPCS)
+            client = MsgClient(address, MetaService)
             self._clients[address] = client
         return client
 
@@ -107,27 +98,59 @@ class MetaClient:
         good = [a for a in addresses if self._bad.get(a, 0.0) < now] or addresses
         return good[next(self._rr) % len(good)]
 
-    async def call(self, method: str, req: MetaReq, reply_type: type[R]) -> R:
-        """Call `method` on some meta, retrying retryable failures on others."""
-        uid, gid = _identity.get() or (self.uid, self.gid)
-        fields = {"uid": uid, "gid": gid, "client_id": self.client_id}
-        if method in MUTATIONS:
+    async def _invoke(self, rpc: Rpc[Any, R], req: MetaReq) -> R:
+        """Call `rpc` on some meta, retrying retryable failures on others."""
+        uid, gid, groups = _identity.get() or (self.uid, self.gid, ())
+        fields: dict[str, Any] = {"uid": uid, "gid": gid, "client_id": self.client_id}
+        if groups:
+            fields["groups"] = list(groups)
+        if rpc.mutating:
             fields["request_id"] = next(self._ids)
+        if isinstance(req, OpenReq) and self.session_lease > 0:
+            fields["lease"] = self.session_lease
+            self._start_renewer()
         req = msgspec.structs.replace(req, **fields)
 
         async def attempt(n: int) -> R:
             address = await self._pick(refresh=n > 0)
             try:
                 return await self._rpc(address).call(
-                    method, req, reply_type, timeout=self._call_timeout
+                    rpc, req, timeout=self._call_timeout
                 )
-            except (errors.RPCUnavailable, errors.RPCTimeout):
-                self._bad[address] = time.monotonic() + 5.0
+            except errors.Py3fsError as exc:
+                if isinstance(exc, errors.RPCUnavailable | errors.RPCTimeout):
+                    self._bad[address] = time.monotonic() + 5.0
+                if exc.retryable:
+                    logger.info(
+                        "meta %s to %s failed (%s); retrying", rpc.title, address, exc
+                    )
                 raise
 
-        return await self._retry.acall(attempt, what=f"meta {method}")
+        return await self._retry.acall(attempt, what=f"meta {rpc.title}")
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.session_lease / 3)
+            try:
+                await self.renew(RenewReq(ttl=self.session_lease))
+            except errors.Py3fsError as exc:
+                logger.warning("cannot renew write sessions: %s", exc)
 
     async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+class MetaStub(Stub, MetaService):
+    """Calls to one meta process as they are (tests, tools): no identity
+    filled in, no retries."""

@@ -2,14 +2,13 @@
 
 readdir offsets index the open handle's entries, which grow a page at a time
 by name cursor (`ListDir` start_after), so an offset stays valid while
-entries are added or removed, and no entry is skipped or repeated. Each entry
-is stat'ed (readdirplus: the kernel caches its attributes), a page at a time,
-concurrently.
+entries are added or removed, and no entry is skipped or repeated. The first
+page starts with `.` and `..`. Each page comes with its entries' inodes in the
+same reply (readdirplus: the kernel caches their attributes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
 
@@ -19,9 +18,9 @@ from client import Client
 from client.meta_client import acting_as
 from fuse_mount import virt
 from fuse_mount.errno_map import fuse_errors
-from fuse_mount.inodes import ROOT, InodeMap, is_virtual
-from py3fs import errors
-from py3fs.proto.messages import DirEntry, Inode, InodeType, ListDirReply, ListDirReq
+from fuse_mount.groups import groups_of
+from fuse_mount.inodes import ROOT, is_virtual
+from py3fs.proto.messages import DirEntry, Inode, InodeType, ListDirReq
 
 PAGE = 128  # directory entries fetched and stat'ed per round
 
@@ -29,17 +28,17 @@ PAGE = 128  # directory entries fetched and stat'ed per round
 @dataclass
 class DirHandle:
     ino: int
-    path: str
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()
     entries: list[DirEntry] = field(default_factory=list)
+    nodes: list[Inode | pyfuse3.EntryAttributes | None] = field(default_factory=list)
     more: bool = True
     after: str = ""
 
 
 class DirectoryOps:
     client: Client
-    inodes: InodeMap
     virt: virt.VirtualDir
 
     def __init__(self) -> None:
@@ -53,24 +52,33 @@ class DirectoryOps:
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if is_virtual(inode):
             self.virt.listing(inode)  # ENOTDIR for an iov link
-            handle = DirHandle(inode, "", ctx.uid, ctx.gid, more=False)
+            handle = DirHandle(inode, ctx.uid, ctx.gid, more=False)
         else:
-            handle = DirHandle(inode, self.inodes.path(inode), ctx.uid, ctx.gid)
-            if inode == ROOT:
-                handle.entries.append(
-                    DirEntry(virt.NAME, virt.VIRT, InodeType.DIRECTORY)
-                )
+            handle = DirHandle(inode, ctx.uid, ctx.gid, groups_of(ctx.pid, ctx.uid))
             # The first page now, so EACCES/ENOTDIR surface at opendir.
             await self._fetch(handle)
+            if inode == ROOT:
+                # After `.` and `..`: offsets of later entries never move.
+                handle.entries.insert(
+                    2, DirEntry(virt.NAME, virt.VIRT, InodeType.DIRECTORY)
+                )
+                handle.nodes.insert(2, self.virt.getattr(virt.VIRT))
         fh = next(self._dir_ids)
         self._dirs[fh] = handle
         return fh
 
     async def _fetch(self, handle: DirHandle) -> None:
-        with acting_as(handle.uid, handle.gid):
-            req = ListDirReq(path=handle.path, start_after=handle.after, limit=PAGE)
-            reply = await self.client.meta.call("ListDir", req, ListDirReply)
+        with acting_as(handle.uid, handle.gid, handle.groups):
+            req = ListDirReq(
+                at=handle.ino,
+                start_after=handle.after,
+                limit=PAGE,
+                dots=True,
+                stat=True,
+            )
+            reply = await self.client.meta.list_dir(req)
         handle.entries.extend(reply.entries)
+        handle.nodes.extend(reply.inodes)
         handle.more = reply.more and bool(reply.entries)
         if reply.entries:
             handle.after = reply.entries[-1].name
@@ -90,34 +98,19 @@ class DirectoryOps:
         # name cursor, so an offset stays valid while entries come and go.
         pos = start_id
         while True:
-            while handle.more and len(handle.entries) < pos + PAGE:
+            while handle.more and len(handle.entries) <= pos:
                 await self._fetch(handle)
-            batch = handle.entries[pos : pos + PAGE]
-            if not batch:
+            if pos >= len(handle.entries):
                 return
-            nodes = await asyncio.gather(
-                *(self._stat_entry(e) for e in batch), return_exceptions=True
+            entry, node = handle.entries[pos], handle.nodes[pos]
+            pos += 1
+            if node is None:
+                continue  # a dangling entry: removed meanwhile
+            attr = (
+                node if isinstance(node, pyfuse3.EntryAttributes) else self._attr(node)
             )
-            for i, (entry, node) in enumerate(zip(batch, nodes, strict=True), pos + 1):
-                if isinstance(node, errors.NotFound):
-                    continue  # removed since it was listed
-                if isinstance(node, BaseException):
-                    raise node
-                attr = (
-                    node
-                    if isinstance(node, pyfuse3.EntryAttributes)
-                    else self._attr(node)
-                )
-                if not pyfuse3.readdir_reply(token, entry.name.encode(), attr, i):
-                    return
-                if isinstance(node, Inode):
-                    self.inodes.remember(node.inode, handle.ino, entry.name)
-            pos += len(batch)
-
-    async def _stat_entry(self, entry: DirEntry) -> Inode | pyfuse3.EntryAttributes:
-        if entry.inode == virt.VIRT:
-            return self.virt.getattr(virt.VIRT)
-        return await self.client.stat_inode(entry.inode)
+            if not pyfuse3.readdir_reply(token, entry.name.encode(), attr, pos):
+                return
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:

@@ -5,10 +5,9 @@ Lengths: a write is acknowledged once every replica has it, but meta learns the
 new length only on flush/fsync/release (as in 3FS). Until then `length_hint`
 merges what this daemon's handles wrote, so `stat` and reads here see it.
 
-O_APPEND: each append takes the inode's lock, asks meta for the length, writes
-there and reports the new length before the lock is released. Appends through
-this daemon therefore never overlap; appends to one file from two different
-mounts (two daemons) can still race, as they do on NFS.
+O_APPEND: each append has meta reserve its range at the end of the file (the
+length grows in the same transaction that reads it), then writes there, so
+appends never overlap, from this daemon or from any other client.
 
 Sequential writes: the kernel sends at most 1 MiB per write, and storage
 rewrites a whole chunk for a write that does not replace it from its start.
@@ -37,7 +36,7 @@ import pyfuse3
 
 from client import Client, File
 from client.meta_client import acting_as
-from py3fs.proto.messages import Inode, OpenReply, OpenReq
+from py3fs.proto.messages import Inode, OpenReq
 
 logger = logging.getLogger(__name__)
 _META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
@@ -102,6 +101,9 @@ class OpenFiles:
     def is_open(self, ino: int) -> bool:
         return ino in self._inodes
 
+    def any_open(self) -> bool:
+        return bool(self._inodes)
+
     def length_hint(self, ino: int) -> int | None:
         """The longest length this daemon's handles know of `ino`, or None."""
         state = self._inodes.get(ino)
@@ -116,17 +118,14 @@ class OpenFiles:
     # ------------------------------------------------------------ open/close
 
     async def open(
-        self, path: str, flags: int, *, ino: int = 0, perm: int = 0o644
+        self, at: int, name: str, flags: int, *, perm: int = 0o644
     ) -> FileHandle:
-        """Open `path` for a FUSE request (O_CREAT creates it with `perm`). With
-        `ino`, the path must still name that inode (ESTALE otherwise)."""
-        req = OpenReq(path=path, flags=flags & _META_FLAGS, mode=perm)
-        reply = await self._client.meta.call("Open", req, OpenReply)
-        file = File(self._client, path, flags & _META_FLAGS, reply)
+        """Open `name` in directory inode `at`, or with name "" the inode `at`
+        itself, for a FUSE request (O_CREAT creates it with `perm`)."""
+        req = OpenReq(at=at, path=name, flags=flags & _META_FLAGS, mode=perm)
+        reply = await self._client.meta.open(req)
+        file = File(self._client, name or f"inode {at}", flags & _META_FLAGS, reply)
         node = reply.inode
-        if ino and node.inode != ino:
-            await file.close()
-            raise pyfuse3.FUSEError(errno.ESTALE)
         old_length = 0
         if flags & os.O_TRUNC and _writes(flags):
             # What meta cut, or what our handles wrote and have not sent yet.
@@ -177,9 +176,9 @@ class OpenFiles:
             except Exception:  # shutting down: report it, close the rest
                 logger.exception("closing handle %d at unmount failed", fh)
 
-    async def pin(self, ino: int, path: str) -> None:
-        """`path` (naming `ino`) is about to be unlinked or replaced: if this
-        daemon has it open and holds no write session on it, take one."""
+    async def pin(self, ino: int) -> None:
+        """A name of `ino` is about to be unlinked or replaced: if this daemon
+        has it open and holds no write session on it, take one."""
         state = self._inodes.get(ino)
         if state is None or state.pin is not None:
             return
@@ -188,9 +187,9 @@ class OpenFiles:
         # The daemon's own session, not the caller's: a reader may lack write
         # permission, and the session only delays garbage collection.
         with acting_as(0, 0):
-            req = OpenReq(path=path, flags=os.O_WRONLY)
-            reply = await self._client.meta.call("Open", req, OpenReply)
-        pin = File(self._client, path, os.O_WRONLY, reply)
+            req = OpenReq(at=ino, flags=os.O_WRONLY)
+            reply = await self._client.meta.open(req)
+        pin = File(self._client, f"inode {ino}", os.O_WRONLY, reply)
         if reply.inode.inode != ino or ino not in self._inodes:
             await pin.close()
             return
@@ -228,11 +227,8 @@ class OpenFiles:
             return await self._gather(handle, offset, data)
         async with self._inodes[handle.ino].lock:
             await self._flush_inode(handle.ino)
-            node = await self._client.stat_inode(handle.ino)
-            self._adopt(handle.ino, node)
-            end = max(node.length, self.length_hint(handle.ino) or 0)
-            n = await handle.file.pwrite(data, end)
-            await handle.file.fsync()
+            n = await handle.file.append(data)
+            self._adopt(handle.ino, handle.file.inode)
         return n
 
     async def _gather(self, handle: FileHandle, offset: int, data: bytes) -> int:
@@ -269,9 +265,12 @@ class OpenFiles:
         if handle.file.writable and handle.file.written:
             await handle.file.fsync()
 
-    async def set_length(self, ino: int, path: str, length: int) -> Inode:
-        """Truncate or extend `ino` (at `path`) to `length`. Bytes past the new
-        end are dropped from storage, so extending later reads zeros there."""
+    async def set_length(self, ino: int, length: int, fh: int | None = None) -> Inode:
+        """Truncate or extend `ino` to `length` (through handle `fh`: ftruncate,
+        allowed by the handle's write session). Bytes past the new end are
+        dropped from storage, so extending later reads zeros there."""
+        handle = self._handles.get(fh) if fh is not None else None
+        session = handle.file.session_id if handle is not None else ""
         state = self._inodes.get(ino) or InodeState()
         async with state.lock:
             await self._flush_inode(ino)
@@ -279,7 +278,9 @@ class OpenFiles:
                 self.length_hint(ino) or 0,
                 (await self._client.stat_inode(ino)).length,
             )
-            node = await self._client.setattr(path, length=length)
+            node = await self._client.setattr(
+                "", at=ino, follow=False, length=length, session_id=session
+            )
             if length < old:
                 await self._drop_tail(node, length, old)
             if ino in self._inodes:

@@ -1,11 +1,17 @@
 """pyfuse3 operations over the async py3fs client.
 
-Every request acts as the calling process's uid/gid (`acting_as`), so meta
-checks permissions per user; the mount also uses `default_permissions`, so the
-kernel checks mode bits first with the caller's supplementary groups (which
-meta does not see). Names are UTF-8. Attributes are cached by the kernel for
-`timeout` seconds; the page cache is dropped on every open (close-to-open
-consistency, as NFS), and kept while the file is open, so mmap works.
+Every request acts as the calling process's uid, gid and supplementary groups
+(`acting_as`), so meta checks permissions per user; the mount also uses
+`default_permissions`, so the kernel checks mode bits first. Requests name
+inodes as the kernel does: (parent inode, name), or the inode itself; meta
+resolves them (`PathAt`), so the daemon keeps no paths. Names are UTF-8.
+
+Caching (ClientConfig entry/attr/negative timeouts): the kernel keeps names,
+attributes and "no such name" answers for those times; what this mount
+changes it sees at once (every reply carries the new attributes, and the
+kernel drops a directory's cached attributes when its entries change). The
+page cache is dropped on every open (close-to-open consistency, as NFS), and
+kept while the file is open, so mmap works.
 """
 
 from __future__ import annotations
@@ -24,11 +30,27 @@ from client.meta_client import acting_as
 from fuse_mount import virt
 from fuse_mount.dirs import DirectoryOps
 from fuse_mount.errno_map import fuse_errors
+from fuse_mount.groups import groups_of
 from fuse_mount.handles import OpenFiles
 from fuse_mount.hooks import UsrbioAgent
-from fuse_mount.inodes import ROOT, InodeMap, attributes, is_virtual
+from fuse_mount.inodes import (
+    ROOT,
+    TYPE_OF_MODE,
+    attributes,
+    is_virtual,
+    negative_entry,
+)
 from py3fs import errors
-from py3fs.proto.messages import Inode, InodeType
+from py3fs.proto.messages import (
+    Inode,
+    InodeType,
+    LinkReq,
+    MkdirReq,
+    MknodReq,
+    PathReq,
+    RenameReq,
+    SymlinkReq,
+)
 
 FRSIZE = 4096
 
@@ -42,7 +64,7 @@ def _name(raw: bytes) -> str:
 
 @contextmanager
 def _as(ctx: pyfuse3.RequestContext) -> Iterator[None]:
-    with acting_as(ctx.uid, ctx.gid):
+    with acting_as(ctx.uid, ctx.gid, groups_of(ctx.pid, ctx.uid)):
         yield
 
 
@@ -54,27 +76,28 @@ class Operations(DirectoryOps, pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(
-        self, client: Client, agent: UsrbioAgent, mountpoint: str, timeout: float = 1.0
-    ) -> None:
+    def __init__(self, client: Client, agent: UsrbioAgent, mountpoint: str) -> None:
         super().__init__()
         self.client = client
-        self.inodes = InodeMap()
         self.files = OpenFiles(client)
         self.virt = virt.VirtualDir(agent, mountpoint, self._remove_tree)
-        self.timeout = timeout
+        cfg = client.config
+        self.entry_timeout = cfg.entry_timeout
+        self.attr_timeout = cfg.attr_timeout
+        self.negative_timeout = cfg.negative_timeout
 
     def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
-        return attributes(node, self.files.length_hint(node.inode), self.timeout)
+        # Meta's length, or longer where this daemon's handles wrote past it
+        # and have not reported yet; never an older length a handle holds
+        # while others (USRBIO, other clients) made the file grow.
+        hint = self.files.length_hint(node.inode)
+        length = None if hint is None else max(hint, node.length)
+        return attributes(node, length, self.attr_timeout, self.entry_timeout)
 
-    def _entry(self, node: Inode, parent: int, name: str) -> pyfuse3.EntryAttributes:
-        self.inodes.remember(node.inode, parent, name)
-        return self._attr(node)
-
-    def _path(self, parent: int, name: str) -> str:
+    @staticmethod
+    def _check_real(parent: int, name: str) -> None:
         if is_virtual(parent) or (parent == ROOT and name == virt.NAME):
             raise pyfuse3.FUSEError(errno.EPERM)
-        return self.inodes.child_path(parent, name)
 
     # ------------------------------------------------------------ lookups
 
@@ -85,17 +108,17 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         text = _name(name)
         if is_virtual(parent_inode) or (parent_inode == ROOT and text == virt.NAME):
             return self.virt.lookup(parent_inode, text)
-        if text in (".", ".."):
-            path = self.inodes.path(parent_inode)
+        path = "" if text == "." else text
+        try:
             with _as(ctx):
-                node = await self.client.stat(
-                    os.path.dirname(path) if text == ".." else path
+                node = await self.client.meta.stat(
+                    PathReq(at=parent_inode, path=path, follow=False)
                 )
-            self.inodes.ref(node.inode)
-            return self._attr(node)
-        with _as(ctx):
-            node = await self.client.stat(self._path(parent_inode, text), follow=False)
-        return self._entry(node, parent_inode, text)
+        except errors.NotFound:
+            if self.negative_timeout > 0:
+                return negative_entry(self.negative_timeout)
+            raise
+        return self._attr(node)
 
     @fuse_errors
     async def getattr(
@@ -106,8 +129,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         return self._attr(await self.client.stat_inode(inode))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        for ino, count in inode_list:
-            self.inodes.forget(ino, count)
+        pass  # nothing is kept per inode the kernel knows
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -124,7 +146,8 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         if ctx.uid == 0 or is_virtual(inode):
             return True
         node = await self.client.stat_inode(inode)
-        shift = 6 if ctx.uid == node.uid else 3 if ctx.gid == node.gid else 0
+        in_group = ctx.gid == node.gid or node.gid in groups_of(ctx.pid, ctx.uid)
+        shift = 6 if ctx.uid == node.uid else 3 if in_group else 0
         return (node.mode >> shift) & mode == mode
 
     @fuse_errors
@@ -156,8 +179,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         if is_virtual(inode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        path = self.inodes.path(inode)
-        changes: dict[str, float | int] = {}
+        changes: dict[str, int] = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode & 0o7777
         if fields.update_uid:
@@ -165,16 +187,16 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         if fields.update_gid:
             changes["gid_new"] = attr.st_gid
         if fields.update_atime:
-            changes["atime"] = attr.st_atime_ns / 1e9
+            changes["atime"] = attr.st_atime_ns
         if fields.update_mtime:
-            changes["mtime"] = attr.st_mtime_ns / 1e9
+            changes["mtime"] = attr.st_mtime_ns
         with _as(ctx):
             node = None
             if fields.update_size:
-                node = await self.files.set_length(inode, path, attr.st_size)
+                node = await self.files.set_length(inode, attr.st_size, fh)
             if changes:
                 # FUSE names the inode itself: never follow a symlink here.
-                node = await self.client.setattr(path, follow=False, **changes)
+                node = await self.client.setattr("", at=inode, follow=False, **changes)
         if node is None:
             node = await self.client.stat_inode(inode)
         return self._attr(node)
@@ -188,42 +210,50 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         text = _name(name)
-        path = self._path(parent_inode, text)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        self._check_real(parent_inode, text)
+        if stat.S_ISREG(mode):
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+            with _as(ctx):
+                handle = await self.files.open(
+                    parent_inode, text, flags, perm=_perm(mode, ctx)
+                )
+            node = handle.file.inode
+            await self.files.release(handle.fh)
+            return self._attr(node)
+        kind = TYPE_OF_MODE.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        req = MknodReq(
+            at=parent_inode, path=text, type=kind, mode=_perm(mode, ctx), rdev=rdev
+        )
         with _as(ctx):
-            handle = await self.files.open(path, flags, perm=_perm(mode, ctx))
-        node = handle.file.inode
-        await self.files.release(handle.fh)
-        return self._entry(node, parent_inode, text)
+            node = await self.client.meta.mknod(req)
+        return self._attr(node)
 
     @fuse_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         text = _name(name)
+        self._check_real(parent_inode, text)
+        req = MkdirReq(at=parent_inode, path=text, mode=_perm(mode, ctx))
         with _as(ctx):
-            node = await self.client.mkdir(
-                self._path(parent_inode, text), _perm(mode, ctx)
-            )
-        return self._entry(node, parent_inode, text)
+            node = await self.client.meta.mkdir(req)
+        return self._attr(node)
 
-    async def _inode_at(self, parent: int, name: str, path: str) -> int | None:
-        ino = self.inodes.entry(parent, name)
-        if ino is None:
-            try:
-                ino = (await self.client.stat(path, follow=False)).inode
-            except errors.NotFound:
-                return None
-        return ino
-
-    async def _pin_if_open(self, parent: int, name: str, path: str) -> None:
+    async def _pin_if_open(self, parent: int, name: str) -> None:
         """Keep the data of a file this daemon has open when its name goes."""
-        ino = await self._inode_at(parent, name, path)
-        if ino is not None and self.files.is_open(ino):
-            await self.files.pin(ino, path)
+        if not self.files.any_open():
+            return
+        try:
+            node = await self.client.meta.stat(
+                PathReq(at=parent, path=name, follow=False)
+            )
+        except errors.NotFound:
+            return
+        if self.files.is_open(node.inode):
+            await self.files.pin(node.inode)
 
     @fuse_errors
     async def unlink(
@@ -233,20 +263,23 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         if is_virtual(parent_inode):
             await self.virt.unlink(parent_inode, text)
             return
-        path = self._path(parent_inode, text)
-        await self._pin_if_open(parent_inode, text, path)
+        self._check_real(parent_inode, text)
+        await self._pin_if_open(parent_inode, text)
         with _as(ctx):
-            await self.client.unlink(path)
-        self.inodes.removed(parent_inode, text)
+            await self.client.meta.unlink(
+                PathReq(at=parent_inode, path=text, follow=False)
+            )
 
     @fuse_errors
     async def rmdir(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         text = _name(name)
+        self._check_real(parent_inode, text)
         with _as(ctx):
-            await self.client.rmdir(self._path(parent_inode, text))
-        self.inodes.removed(parent_inode, text)
+            await self.client.meta.rmdir(
+                PathReq(at=parent_inode, path=text, follow=False)
+            )
 
     @fuse_errors
     async def symlink(
@@ -256,9 +289,12 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         if is_virtual(parent_inode):
             with _as(ctx):
                 return await self.virt.symlink(parent_inode, text, dest, ctx)
+        self._check_real(parent_inode, text)
         with _as(ctx):
-            node = await self.client.symlink(dest, self._path(parent_inode, text))
-        return self._entry(node, parent_inode, text)
+            node = await self.client.meta.symlink(
+                SymlinkReq(at=parent_inode, path=text, target=dest)
+            )
+        return self._attr(node)
 
     @fuse_errors
     async def rename(
@@ -271,20 +307,22 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         old, new = _name(name_old), _name(name_new)
-        src = self._path(parent_inode_old, old)
-        dst = self._path(parent_inode_new, new)
+        self._check_real(parent_inode_old, old)
+        self._check_real(parent_inode_new, new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+        if not noreplace:
+            await self._pin_if_open(parent_inode_new, new)
+        req = RenameReq(
+            src_at=parent_inode_old,
+            src=old,
+            dst_at=parent_inode_new,
+            dst=new,
+            noreplace=noreplace,
+        )
         with _as(ctx):
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                # Meta has no no-replace rename: check, then rename. Another
-                # client creating `dst` in between is overwritten.
-                if await self._inode_at(parent_inode_new, new, dst) is not None:
-                    raise pyfuse3.FUSEError(errno.EEXIST)
-            else:
-                await self._pin_if_open(parent_inode_new, new, dst)
-            await self.client.rename(src, dst)
-        self.inodes.moved(parent_inode_old, old, parent_inode_new, new)
+            await self.client.meta.rename(req)
 
     @fuse_errors
     async def link(
@@ -297,11 +335,11 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         text = _name(new_name)
         if is_virtual(inode):
             raise pyfuse3.FUSEError(errno.EPERM)
+        self._check_real(new_parent_inode, text)
+        req = LinkReq(src_at=inode, src="", dst_at=new_parent_inode, dst=text)
         with _as(ctx):
-            node = await self.client.link(
-                self.inodes.path(inode), self._path(new_parent_inode, text)
-            )
-        return self._entry(node, new_parent_inode, text)
+            node = await self.client.meta.link(req)
+        return self._attr(node)
 
     async def _remove_tree(self, path: str, ctx: pyfuse3.RequestContext) -> None:
         """rm-rf: remove `path` recursively, then drop the kernel's entry."""
@@ -309,7 +347,6 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         with _as(ctx):
             parent = await self.client.stat(parent_path)
             await self.client.remove(path, recursive=True)
-        self.inodes.removed(parent.inode, name)
         # Synchronously, so the tree is gone for the caller once symlink
         # returns; in a thread, since the kernel may need this loop meanwhile.
         try:
@@ -332,7 +369,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         if is_virtual(inode):
             raise pyfuse3.FUSEError(errno.EISDIR if inode in virt.DIRS else errno.EPERM)
         with _as(ctx):
-            handle = await self.files.open(self.inodes.path(inode), flags, ino=inode)
+            handle = await self.files.open(inode, "", flags)
         return self._file_info(handle.fh)
 
     @fuse_errors
@@ -345,14 +382,12 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         text = _name(name)
-        path = self._path(parent_inode, text)
+        self._check_real(parent_inode, text)
         with _as(ctx):
             handle = await self.files.open(
-                path, flags | os.O_CREAT, perm=_perm(mode, ctx)
+                parent_inode, text, flags | os.O_CREAT, perm=_perm(mode, ctx)
             )
-        return self._file_info(handle.fh), self._entry(
-            handle.file.inode, parent_inode, text
-        )
+        return self._file_info(handle.fh), self._attr(handle.file.inode)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytearray:

@@ -33,20 +33,16 @@ from client import Client
 from kv_cache.buffers import byte_view
 from py3fs import errors, metrics
 from py3fs.proto.messages import (
-    KvCountReply,
     KvEntry,
     KvEvictReply,
     KvEvictReq,
     KvKeysReq,
-    KvListReply,
     KvListReq,
     KvLookupReply,
     KvLookupReq,
     KvPageLoc,
     KvPageNew,
-    KvPutReply,
     KvPutReq,
-    KvStageReply,
     KvStageReq,
     KvStoreInfo,
     KvStoreReq,
@@ -134,7 +130,7 @@ class KVCacheStore:
             chunk_size=self._chunk_size,
             stripe=self._stripe,
         )
-        self.info = await self.client.meta.call("KvStoreOpen", req, KvStoreInfo)
+        self.info = await self.client.meta.kv_store_open(req)
         self.capacity_bytes = self.info.capacity_bytes
         self.page_bytes = self.info.page_bytes
         return self
@@ -155,7 +151,7 @@ class KVCacheStore:
 
     async def _lookup(self, keys: Sequence[bytes], **kw: Any) -> KvLookupReply:
         req = KvLookupReq(store=self.name, keys=list(keys), ttl=self._ttl(), **kw)
-        return await self.client.meta.call("KvPageLookup", req, KvLookupReply)
+        return await self.client.meta.kv_page_lookup(req)
 
     # ------------------------------------------------------------ reads
 
@@ -253,8 +249,8 @@ class KVCacheStore:
         return [True] * len(keys)
 
     async def _put_batch(self, keys: list[bytes], views: list[memoryview]) -> None:
-        staged = await self.client.meta.call(
-            "KvPageStage", KvStageReq(store=self.name, count=len(keys)), KvStageReply
+        staged = await self.client.meta.kv_page_stage(
+            KvStageReq(store=self.name, count=len(keys))
         )
         files = staged.files
 
@@ -269,8 +265,8 @@ class KVCacheStore:
             KvPageNew(key=k, inode=f.inode, length=v.nbytes)
             for k, f, v in zip(keys, files, views, strict=True)
         ]
-        reply = await self.client.meta.call(
-            "KvPagePut", KvPutReq(store=self.name, pages=pages), KvPutReply
+        reply = await self.client.meta.kv_page_put(
+            KvPutReq(store=self.name, pages=pages)
         )
         written = sum(v.nbytes for v, a in zip(views, reply.added, strict=True) if a)
         self._metrics["pages_written"] += sum(reply.added)
@@ -282,7 +278,7 @@ class KVCacheStore:
         n = 0
         for r in _batches(len(keys), self.batch):
             req = KvKeysReq(store=self.name, keys=[keys[i] for i in r])
-            n += (await self.client.meta.call("KvPageRemove", req, KvCountReply)).count
+            n += (await self.client.meta.kv_page_remove(req)).count
         return n
 
     async def touch(self, keys: Sequence[bytes]) -> int:
@@ -290,7 +286,7 @@ class KVCacheStore:
         n = 0
         for r in _batches(len(keys), self.batch):
             req = KvKeysReq(store=self.name, keys=[keys[i] for i in r])
-            n += (await self.client.meta.call("KvPageTouch", req, KvCountReply)).count
+            n += (await self.client.meta.kv_page_touch(req)).count
         return n
 
     # ------------------------------------------------------------ leases
@@ -301,7 +297,7 @@ class KVCacheStore:
             req = KvKeysReq(
                 store=self.name, keys=[keys[i] for i in r], ttl=ttl, holder=holder
             )
-            n += (await self.client.meta.call("KvPageLease", req, KvCountReply)).count
+            n += (await self.client.meta.kv_page_lease(req)).count
         return n
 
     async def _release(self, keys: list[bytes], holder: str) -> None:
@@ -329,7 +325,7 @@ class KVCacheStore:
 
     async def stats(self) -> KvStoreStats:
         req = KvStoreReq(store=self.name)
-        return await self.client.meta.call("KvStoreStats", req, KvStoreStats)
+        return await self.client.meta.kv_store_stats(req)
 
     async def _evict(self, target: int, ttl: float, staging_ttl: float) -> KvEvictReply:
         evicted = nbytes = staged = 0
@@ -341,7 +337,7 @@ class KVCacheStore:
                 staging_ttl=staging_ttl,
                 limit=self.batch,
             )
-            r = await self.client.meta.call("KvPageEvict", req, KvEvictReply)
+            r = await self.client.meta.kv_page_evict(req)
             evicted += r.evicted
             nbytes += r.evicted_bytes
             staged += r.staging_removed
@@ -388,7 +384,7 @@ class KVCacheStore:
         after = b""
         while True:
             req = KvListReq(store=self.name, start_after=after, limit=1000)
-            reply = await self.client.meta.call("KvPageList", req, KvListReply)
+            reply = await self.client.meta.kv_page_list(req)
             for e in reply.entries:
                 yield e
             if not reply.more or not reply.entries:

@@ -19,9 +19,11 @@ class MetaConfig:
     chunk_size: int = 4 * 1024 * 1024
     heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     gc_interval: float = 1.0
-    gc_batch: int = 64
+    gc_batch: int = 256
     # a claimed GC entry comes due again after this long unless its removal finishes,
     # so a meta killed mid-removal leaves the work to another
     gc_retry_interval: float = 30.0
     idempotency_ttl: float = 600.0
+    # how often to look for write sessions whose client stopped renewing
+    session_scan_interval: float = 1.0
     id_batch: int = 1000

@@ -27,6 +27,7 @@ from py3fs.routing import RoutingView
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_SWEEP = 500
+PARALLEL = 32  # files whose chunks one GC pass removes at the same time
 
 
 def enqueue(tr: Transaction, inode: int, due_ms: int) -> None:
@@ -55,11 +56,13 @@ def claim(tr: Transaction, now_ms: int, limit: int, lease_ms: int) -> list[Inode
     return out
 
 
-def finish(tr: Transaction, inode: int, lease_ms: int) -> None:
-    tr.clear(keys.gc_key(lease_ms, inode))
-    node = inodes.load(tr, inode)
-    if node is not None and node.nlink == 0:
-        inodes.delete(tr, inode)
+def finish(tr: Transaction, done: list[int], lease_ms: int) -> None:
+    """The chunks of the `done` inodes are gone: drop their leases and records."""
+    for inode in done:
+        tr.clear(keys.gc_key(lease_ms, inode))
+        node = inodes.load(tr, inode)
+        if node is not None and node.nlink == 0:
+            inodes.delete(tr, inode)
 
 
 class GcWorker:
@@ -89,18 +92,22 @@ class GcWorker:
         # so a restarted meta does not reuse ids.
         self._request_ids = itertools.count(int(clock() * 1_000_000))
         self._sweep_from: bytes | None = None
+        self._last_claimed = 0
 
     async def run(self) -> None:
-        """Work every `interval` seconds until cancelled."""
+        """Work every `interval` seconds until cancelled, and at once again
+        after a full batch (a backlog: keep up with unlink rates)."""
         while True:
+            full = False
             try:
                 await self.run_once()
+                full = self._last_claimed >= self._batch
             except errors.Py3fsError as exc:
                 logger.warning("gc pass failed: %s", exc)
             except Exception:
                 # A bad record must not stop GC for the life of the process.
                 logger.exception("gc pass failed unexpectedly")
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(0 if full else self._interval)
 
     async def run_once(self) -> int:
         """One pass: remove due files' chunks, expire a slice of idempotency
@@ -110,13 +117,20 @@ class GcWorker:
         claimed = await self._db.arun(
             lambda tr: claim(tr, now_ms, self._batch, lease_ms)
         )
-        done = 0
-        for node in claimed:
-            if await self._remove_chunks(node):
-                await self._db.arun(
-                    functools.partial(finish, inode=node.inode, lease_ms=lease_ms)
-                )
-                done += 1
+        # A batch's files are removed concurrently (storage serves many
+        # removals at once) and finished in one transaction.
+        sem = asyncio.Semaphore(PARALLEL)
+
+        async def remove(node: Inode) -> bool:
+            async with sem:
+                return await self._remove_chunks(node)
+
+        ok = await asyncio.gather(*(remove(node) for node in claimed))
+        done = [
+            node.inode for node, removed in zip(claimed, ok, strict=True) if removed
+        ]
+        if done:
+            await self._db.arun(functools.partial(finish, done=done, lease_ms=lease_ms))
         # The queue length for /metrics, counted up to a bound: a pass must stay
         # cheap however far behind GC is.
         queued = await self._db.arun(
@@ -129,7 +143,8 @@ class GcWorker:
         _cleared, self._sweep_from = await self._db.arun(
             lambda tr: idempotency.expire(tr, cutoff, start, IDEMPOTENCY_SWEEP)
         )
-        return done
+        self._last_claimed = len(claimed)
+        return len(done)
 
     async def _remove_chunks(self, node: Inode) -> bool:
         """Ask the head of every chain of the layout to remove the inode's chunks.
@@ -139,20 +154,23 @@ class GcWorker:
         view = self._routing()
         if view is None:
             return False
+
+        async def remove_on(chain_id: int) -> None:
+            head = view.head(chain_id)
+            req = wire.RemoveReq(
+                chain_id=chain_id,
+                chain_ver=view.chain(chain_id).version,
+                target_id=head,
+                inode=node.inode,
+                client_id=self._client_id,
+                request_id=next(self._request_ids),
+            )
+            await self._data.call(
+                view.target_address(head), wire.MsgType.REMOVE, req, timeout=30.0
+            )
+
         try:
-            for chain_id in node.layout.chains:
-                head = view.head(chain_id)
-                req = wire.RemoveReq(
-                    chain_id=chain_id,
-                    chain_ver=view.chain(chain_id).version,
-                    target_id=head,
-                    inode=node.inode,
-                    client_id=self._client_id,
-                    request_id=next(self._request_ids),
-                )
-                await self._data.call(
-                    view.target_address(head), wire.MsgType.REMOVE, req, timeout=30.0
-                )
+            await asyncio.gather(*(remove_on(c) for c in node.layout.chains))
         except errors.Py3fsError as exc:
             logger.info("gc of inode %d postponed: %s", node.inode, exc)
             return False

@@ -35,6 +35,19 @@ def store(tr: Transaction, node: Inode) -> None:
     tr.set(keys.inode_key(node.inode), _encoder.encode(node))
 
 
+def entries_changed(
+    tr: Transaction, parent: Inode, now: int, subdirs: int = 0
+) -> Inode:
+    """A name in directory `parent` appeared, went or moved: its mtime and
+    ctime become `now`, and its nlink follows the `subdirs` delta (a
+    directory's nlink is 2 + its subdirectories)."""
+    node = msgspec.structs.replace(
+        parent, mtime=now, ctime=now, nlink=max(2, parent.nlink + subdirs)
+    )
+    store(tr, node)
+    return node
+
+
 def delete(tr: Transaction, inode: int) -> None:
     tr.clear(keys.inode_key(inode))
 

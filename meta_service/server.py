@@ -1,7 +1,8 @@
-"""The meta gRPC surface: decode, run the op in a worker thread, encode.
+"""The meta RPC surface: `MetaService` (py3fs/proto/services.py) served over
+`py3fs.msgrpc`; each op runs in a worker thread (KV transactions block).
 
 `MetaServer` is an async resource: entering it opens the KV store, creates the
-root if missing, starts the gRPC server, registers with mgmtd and starts the
+root if missing, starts the RPC server, registers with mgmtd and starts the
 heartbeat and GC tasks; `aclose` stops all of them and releases the store.
 """
 
@@ -14,22 +15,21 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-import grpc.aio
-
 from meta_service.config import MetaConfig
 from meta_service.gc import GcWorker
 from meta_service.id_alloc import IdAllocator
 from meta_service.ops.context import OpContext
+from meta_service.recovery import SessionReaper
 from meta_service.store import MetaStore
 from py3fs import errors
 from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient
 from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
+from py3fs.kv.sqlite import SqliteDatabase
 from py3fs.mgmt_client import MgmtClient
-from py3fs.proto import meta_pb2_grpc
+from py3fs.msgrpc import MsgServer
 from py3fs.proto.messages import (
-    META_RPCS,
     HeartbeatReq,
     KvStageReq,
     MetaReq,
@@ -38,8 +38,8 @@ from py3fs.proto.messages import (
     RegisterNodeReq,
     StatFsReply,
 )
+from py3fs.proto.services import MetaService
 from py3fs.routing import RoutingView
-from py3fs.rpc import make_servicer, snake_name, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class MetaServer(ServiceResource):
         self._clock = clock
         self._db: Database | None = None
         self._store: MetaStore | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._rpc: MsgServer | None = None
         self._mgmt: MgmtClient | None = None
         self._data = DataClient()
         self._registered = False
@@ -73,10 +73,8 @@ class MetaServer(ServiceResource):
         )
         self._store = MetaStore(db, ctx, IdAllocator(db, cfg.id_batch))
         await asyncio.to_thread(self._store.ensure_root)
-        servicer = make_servicer(meta_pb2_grpc.MetaServicer, META_RPCS, self)
-        self._grpc, self.address = await start_server(
-            meta_pb2_grpc.add_MetaServicer_to_server, servicer, cfg.host, cfg.port
-        )
+        self._rpc = MsgServer(MetaService, self)
+        self.address = await self._rpc.start(cfg.host, cfg.port)
         self._mgmt = MgmtClient(cfg.mgmt)
         try:
             await self._register()
@@ -94,18 +92,26 @@ class MetaServer(ServiceResource):
             idempotency_ttl=cfg.idempotency_ttl,
             clock=self._clock,
         )
+        reaper = SessionReaper(
+            db,
+            lambda: self.routing,
+            self._data,
+            interval=cfg.session_scan_interval,
+            clock=self._clock,
+        )
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._running = [
             self._tasks.create_task(self._heartbeat_loop()),
             self._tasks.create_task(gc.run()),
+            self._tasks.create_task(reaper.run()),
         ]
 
     async def aclose(self) -> None:
         """Stop serving and release everything, even if a step fails."""
         try:
-            if self._grpc is not None:
-                await self._grpc.stop(grace=1.0)
+            if self._rpc is not None:
+                await self._rpc.aclose()
         finally:
             for task in self._running:
                 task.cancel()
@@ -165,12 +171,20 @@ class MetaServer(ServiceResource):
 
     def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
         """Every RPC not defined below is one MetaStore call in a worker thread
-        (KV transactions block)."""
+        (KV transactions block), except small reads on an embedded store."""
         if name not in _PASS_THROUGH:
             raise AttributeError(name)
+        op = getattr(self.store, name)
+        inline = name in _INLINE_READS and isinstance(self._db, SqliteDatabase)
 
         async def call(req: Msg) -> Msg:
-            result: Msg = await asyncio.to_thread(getattr(self.store, name), req)
+            if inline:
+                # A SQLite read in WAL mode never waits for a lock and takes
+                # tens of µs: two thread hand-offs would cost more than that,
+                # and on a loaded host each hand-off may wait for a CPU.
+                result: Msg = op(req)
+            else:
+                result = await asyncio.to_thread(op, req)
             return result
 
         return call
@@ -202,6 +216,7 @@ class MetaServer(ServiceResource):
         return await asyncio.to_thread(self.store.stat_fs, req)
 
 
-_PASS_THROUGH = frozenset(snake_name(n) for n in META_RPCS) - {
+_INLINE_READS = frozenset({"stat", "stat_inode", "readlink"})
+_PASS_THROUGH = frozenset(r.name for r in MetaService.rpcs()) - {
     name for name, value in vars(MetaServer).items() if callable(value)
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from meta_service import idempotency, inodes
 from meta_service.id_alloc import IdAllocator
@@ -28,6 +28,8 @@ from meta_service.ops.context import OpContext
 from py3fs import ids
 from py3fs.kv.base import Database, Transaction
 from py3fs.proto.messages import (
+    AppendReply,
+    AppendReq,
     CloseReq,
     Empty,
     Inode,
@@ -53,17 +55,21 @@ from py3fs.proto.messages import (
     ListDirReq,
     MetaReq,
     MkdirReq,
+    MknodReq,
     Msg,
     OpenReply,
     OpenReq,
     PathReq,
     ReadlinkReply,
     RenameReq,
+    RenewReq,
     SetAttrReq,
     StatFsReply,
     SymlinkReq,
     SyncReq,
 )
+from py3fs.proto.services import MetaService as META
+from py3fs.proto.services import Rpc
 
 R = TypeVar("R", bound=Msg)
 NewId = Callable[[], int]
@@ -83,14 +89,14 @@ class MetaStore:
         def fn(tr: Transaction) -> Inode:
             node = inodes.load(tr, ids.ROOT_INODE)
             if node is None:
-                now = self.ctx.clock()
+                now = self.ctx.now_ns()
                 node = Inode(
                     inode=ids.ROOT_INODE,
                     type=InodeType.DIRECTORY,
                     mode=0o755,
                     uid=0,
                     gid=0,
-                    nlink=1,
+                    nlink=2,
                     atime=now,
                     mtime=now,
                     ctime=now,
@@ -107,9 +113,8 @@ class MetaStore:
 
     def _mutate(
         self,
-        method: str,
+        rpc: Rpc[Any, R],
         req: MetaReq,
-        reply_type: type[R],
         fn: Callable[[Transaction, NewId], R],
         n_ids: int = 0,
     ) -> R:
@@ -120,7 +125,7 @@ class MetaStore:
         def txn(tr: Transaction) -> R:
             new_id = iter(reserved).__next__
             return idempotency.once(
-                tr, method, req, reply_type, self.ctx.clock(), lambda: fn(tr, new_id)
+                tr, rpc.title, req, rpc.reply, self.ctx.clock(), lambda: fn(tr, new_id)
             )
 
         return self.db.run(txn)
@@ -146,9 +151,8 @@ class MetaStore:
 
     def mkdir(self, req: MkdirReq) -> Inode:
         return self._mutate(
-            "Mkdir",
+            META.mkdir,
             req,
-            Inode,
             lambda tr, new_id: mkdir.mkdir(tr, self.ctx, req, new_id),
             mkdir.ids_needed(req),
         )
@@ -156,64 +160,75 @@ class MetaStore:
     def open(self, req: OpenReq) -> OpenReply:
         creates = 1 if req.flags & os.O_CREAT else 0
         return self._mutate(
-            "Open",
+            META.open,
             req,
-            OpenReply,
             lambda tr, new_id: open_close.open_file(tr, self.ctx, req, new_id),
             creates,
         )
 
     def close(self, req: CloseReq) -> Inode:
         return self._mutate(
-            "Close", req, Inode, lambda tr, _: open_close.close(tr, self.ctx, req)
+            META.close, req, lambda tr, _: open_close.close(tr, self.ctx, req)
         )
 
     def sync(self, req: SyncReq) -> Inode:
         return self._mutate(
-            "Sync", req, Inode, lambda tr, _: open_close.sync(tr, self.ctx, req)
+            META.sync, req, lambda tr, _: open_close.sync(tr, self.ctx, req)
         )
+
+    def append(self, req: AppendReq) -> AppendReply:
+        return self._mutate(
+            META.append, req, lambda tr, _: open_close.append(tr, self.ctx, req)
+        )
+
+    def renew(self, req: RenewReq) -> Empty:
+        return self.db.run(lambda tr: open_close.renew(tr, self.ctx, req))
 
     def rename(self, req: RenameReq) -> Empty:
         return self._mutate(
-            "Rename", req, Empty, lambda tr, _: rename.rename(tr, self.ctx, req)
+            META.rename, req, lambda tr, _: rename.rename(tr, self.ctx, req)
         )
 
     def unlink(self, req: PathReq) -> Empty:
         return self._mutate(
-            "Unlink", req, Empty, lambda tr, _: unlink.unlink(tr, self.ctx, req)
+            META.unlink, req, lambda tr, _: unlink.unlink(tr, self.ctx, req)
         )
 
     def rmdir(self, req: PathReq) -> Empty:
         return self._mutate(
-            "Rmdir", req, Empty, lambda tr, _: unlink.rmdir(tr, self.ctx, req)
+            META.rmdir, req, lambda tr, _: unlink.rmdir(tr, self.ctx, req)
+        )
+
+    def mknod(self, req: MknodReq) -> Inode:
+        return self._mutate(
+            META.mknod,
+            req,
+            lambda tr, new_id: mkdir.mknod(tr, self.ctx, req, new_id),
+            1,
         )
 
     def symlink(self, req: SymlinkReq) -> Inode:
         return self._mutate(
-            "Symlink",
+            META.symlink,
             req,
-            Inode,
             lambda tr, new_id: link.symlink(tr, self.ctx, req, new_id),
             1,
         )
 
     def link(self, req: LinkReq) -> Inode:
-        return self._mutate(
-            "Link", req, Inode, lambda tr, _: link.link(tr, self.ctx, req)
-        )
+        return self._mutate(META.link, req, lambda tr, _: link.link(tr, self.ctx, req))
 
     def set_attr(self, req: SetAttrReq) -> Inode:
         return self._mutate(
-            "SetAttr", req, Inode, lambda tr, _: setattr_op.set_attr(tr, self.ctx, req)
+            META.set_attr, req, lambda tr, _: setattr_op.set_attr(tr, self.ctx, req)
         )
 
     # ------------------------------------------------------------ KVCache index
 
     def kv_store_open(self, req: KvStoreReq) -> KvStoreInfo:
         return self._mutate(
-            "KvStoreOpen",
+            META.kv_store_open,
             req,
-            KvStoreInfo,
             lambda tr, new_id: kvcache.open_store(tr, self.ctx, req, new_id),
             kvcache.store_ids_needed(req),
         )
@@ -223,16 +238,15 @@ class MetaStore:
 
     def kv_page_stage(self, req: KvStageReq) -> KvStageReply:
         return self._mutate(
-            "KvPageStage",
+            META.kv_page_stage,
             req,
-            KvStageReply,
             lambda tr, new_id: kvcache.stage(tr, self.ctx, req, new_id),
             max(0, min(req.count, kvcache.MAX_BATCH)),
         )
 
     def kv_page_put(self, req: KvPutReq) -> KvPutReply:
         return self._mutate(
-            "KvPagePut", req, KvPutReply, lambda tr, _: kvcache.put(tr, self.ctx, req)
+            META.kv_page_put, req, lambda tr, _: kvcache.put(tr, self.ctx, req)
         )
 
     def kv_page_lookup(self, req: KvLookupReq) -> KvLookupReply:
@@ -251,17 +265,15 @@ class MetaStore:
 
     def kv_page_remove(self, req: KvKeysReq) -> KvCountReply:
         return self._mutate(
-            "KvPageRemove",
+            META.kv_page_remove,
             req,
-            KvCountReply,
             lambda tr, _: kvevict.remove(tr, self.ctx, req),
         )
 
     def kv_page_evict(self, req: KvEvictReq) -> KvEvictReply:
         return self._mutate(
-            "KvPageEvict",
+            META.kv_page_evict,
             req,
-            KvEvictReply,
             lambda tr, _: kvevict.evict(tr, self.ctx, req),
         )
 

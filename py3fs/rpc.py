@@ -21,6 +21,7 @@ import msgspec
 from py3fs import errors, metrics
 from py3fs.proto import envelope_pb2
 from py3fs.proto.messages import Msg
+from py3fs.proto.services import Rpc, Service
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
@@ -150,6 +151,66 @@ class RpcClient:
             raise errors.error_from_code(reply.error_code, reply.error_message)
         result = self._decoders[method].decode(reply.body)
         assert isinstance(result, reply_type)
+        return result
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+
+# ---------------------------------------------------------------- service tables
+# A `py3fs.proto.services` table served over gRPC with no .proto of its own:
+# the same envelope, method paths /py3fs.<service>/<Title>. Meta uses
+# py3fs.msgrpc instead; this is what benchmarks/meta_rpc.py compares it with,
+# and the way for mgmtd's methods to move into a table too.
+
+
+def table_handler(table: type[Service], impl: object) -> grpc.GenericRpcHandler:
+    """A grpc.aio generic handler calling `impl.<rpc.name>(req)` per RPC."""
+    handlers = {}
+    for rpc in table.rpcs():
+        method = _method(rpc.title, rpc.req, getattr(impl, rpc.name))
+
+        async def behavior(request: Any, context: Any, _m: Any = method) -> Any:
+            return await _m(None, request, context)
+
+        handlers[rpc.title] = grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=envelope_pb2.Request.FromString,
+            response_serializer=envelope_pb2.Reply.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(f"py3fs.{table.service_name}", handlers)
+
+
+class GrpcStub:
+    """A typed stub over gRPC for a table: `class S(GrpcStub, MetaService)`."""
+
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
+        table = type(self)
+        assert issubclass(table, Service)
+        self._channel = grpc.aio.insecure_channel(address, options=_GRPC_OPTIONS)
+        self._timeout = timeout
+        self._calls = {
+            rpc.number: self._channel.unary_unary(
+                f"/py3fs.{table.service_name}/{rpc.title}",
+                request_serializer=envelope_pb2.Request.SerializeToString,
+                response_deserializer=envelope_pb2.Reply.FromString,
+            )
+            for rpc in table.rpcs()
+        }
+        self._decoders = {
+            rpc.number: msgspec.msgpack.Decoder(rpc.reply) for rpc in table.rpcs()
+        }
+
+    async def _invoke(self, rpc: Rpc[Any, R], req: Msg) -> R:
+        try:
+            reply = await self._calls[rpc.number](
+                envelope_pb2.Request(body=_encoder.encode(req)), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise errors.RPCUnavailable(f"{rpc.title}: {exc.code().name}") from None
+        if reply.error_code:
+            raise errors.error_from_code(reply.error_code, reply.error_message)
+        result: R = self._decoders[rpc.number].decode(reply.body)
         return result
 
     async def aclose(self) -> None:

@@ -95,7 +95,7 @@ def _mode_string(node: Inode) -> str:
 
 
 def _long_line(node: Inode, name: str) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime))
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime // 1_000_000_000))
     suffix = f" -> {node.target}" if node.type == InodeType.SYMLINK else ""
     return (
         f"{_mode_string(node)} {node.nlink:>3} {node.uid:>5} {node.gid:>5} "
@@ -145,7 +145,7 @@ def stat(cluster_file: str | None, path: str) -> None:
         click.echo(f"  size: {node.length}  links: {node.nlink}")
         click.echo(f"  mode: {_mode_string(node)} ({node.mode:04o})")
         click.echo(f"   uid: {node.uid}  gid: {node.gid}")
-        click.echo(f" mtime: {time.ctime(node.mtime)}")
+        click.echo(f" mtime: {time.ctime(node.mtime // 1_000_000_000)}")
         if node.layout:
             lay = node.layout
             click.echo(

@@ -305,9 +305,7 @@ class UsrbioServer:
             if cached is not None and cached[0].length >= end:
                 continue
             try:
-                node = await self._client.meta.call(
-                    "Sync", SyncReq(inode=inode, length=end), Inode
-                )
+                node = await self._client.meta.sync(SyncReq(inode=inode, length=end))
             except errors.Py3fsError:
                 logger.warning("usrbio: length of inode %d not updated", inode)
                 continue

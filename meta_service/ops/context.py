@@ -18,3 +18,7 @@ class OpContext:
     chunk_size: int = 4 * 1024 * 1024
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+
+    def now_ns(self) -> int:
+        """The clock in integer nanoseconds, the unit of inode times."""
+        return int(self.clock() * 1_000_000_000)

@@ -130,7 +130,7 @@ def stage(
     layouts, for the client to write pages into."""
     check_batch(req.count)
     info = kvindex.get_store(tr, req.store)
-    now = ctx.clock()
+    now_ns = ctx.now_ns()
     files = []
     for _ in range(req.count):
         node = Inode(
@@ -140,9 +140,9 @@ def stage(
             uid=req.uid,
             gid=req.gid,
             nlink=1,
-            atime=now,
-            mtime=now,
-            ctime=now,
+            atime=now_ns,
+            mtime=now_ns,
+            ctime=now_ns,
             layout=make_layout(ctx, info.chunk_size, info.stripe),
         )
         inodes.store(tr, node)
@@ -193,7 +193,8 @@ def put(tr: Transaction, ctx: OpContext, req: KvPutReq) -> KvPutReply:
                 f"staging file {sname} of store {req.store!r} is gone"
             )
         node = inodes.get(tr, page.inode)
-        node = msgspec.structs.replace(node, length=page.length, mtime=now, ctime=now)
+        ns = int(now * 1e9)
+        node = msgspec.structs.replace(node, length=page.length, mtime=ns, ctime=ns)
         inodes.store(tr, node)
         dentries.remove(tr, info.staging_inode, sname)
         dentries.put(

@@ -112,7 +112,7 @@ def _remove_stale_staging(
     removed = 0
     for ent in entries:
         node = inodes.load(tr, ent.inode)
-        if node is None or node.ctime < now - req.staging_ttl:
+        if node is None or node.ctime < (now - req.staging_ttl) * 1e9:
             drop_file(tr, ctx, info.staging_inode, ent.name, ent.inode)
             removed += 1
     return removed

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import msgspec
 
 from meta_service import dentries, inodes
-from meta_service.ops import lookup
+from meta_service.ops import lookup, mkdir
 from meta_service.ops.context import OpContext
-from meta_service.ops.lookup import MAX_PATH_BYTES, W, X
+from meta_service.ops.lookup import MAX_PATH_BYTES
 from py3fs import errors
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
@@ -32,18 +32,16 @@ def symlink(
         raise errors.NotFound("empty symlink target")
     if len(req.target.encode()) > MAX_PATH_BYTES or "\0" in req.target:
         raise errors.NameTooLong("symlink target too long")
-    parent, name = lookup.resolve_parent(tr, req.path, req)
-    lookup.validate_name(name)
-    lookup.check_access(parent, req, W | X)
-    if dentries.get(tr, parent.inode, name) is not None:
-        raise errors.AlreadyExists(f"{req.path!r} exists")
-    now = ctx.clock()
+    parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
+    mkdir.check_new_entry(tr, parent, name, req)
+    now = ctx.now_ns()
+    gid, _ = mkdir.new_owner(parent, req, 0o777, InodeType.SYMLINK)
     node = Inode(
         inode=new_id(),
         type=InodeType.SYMLINK,
         mode=0o777,
         uid=req.uid,
-        gid=req.gid,
+        gid=gid,
         nlink=1,
         length=len(req.target.encode()),
         atime=now,
@@ -51,14 +49,12 @@ def symlink(
         ctime=now,
         target=req.target,
     )
-    inodes.store(tr, node)
-    dentries.put(tr, parent.inode, name, node.inode, InodeType.SYMLINK)
-    inodes.count(tr, InodeType.SYMLINK, +1)
+    mkdir.add_entry(tr, ctx, parent, name, node)
     return node
 
 
 def readlink(tr: Transaction, ctx: OpContext, req: PathReq) -> ReadlinkReply:
-    node = lookup.resolve(tr, req.path, req, follow=False)
+    node = lookup.resolve(tr, req.path, req, follow=False, at=req.at)
     if node.type != InodeType.SYMLINK:
         raise errors.InvalidArgument(f"{req.path!r} is not a symlink")
     return ReadlinkReply(target=node.target)
@@ -67,17 +63,18 @@ def readlink(tr: Transaction, ctx: OpContext, req: PathReq) -> ReadlinkReply:
 def link(tr: Transaction, ctx: OpContext, req: LinkReq) -> Inode:
     """Hard link `dst` to the file `src` (not followed if a symlink, as link(2)).
     OperationNotPermitted (EPERM) for a directory; AlreadyExists, TooManyLinks."""
-    node = lookup.resolve(tr, req.src, req, follow=False)
+    node = lookup.resolve(tr, req.src, req, follow=False, at=req.src_at)
     if node.type == InodeType.DIRECTORY:
         raise errors.OperationNotPermitted("hard links to directories are not allowed")
-    parent, name = lookup.resolve_parent(tr, req.dst, req)
-    lookup.validate_name(name)
-    lookup.check_access(parent, req, W | X)
-    if dentries.get(tr, parent.inode, name) is not None:
-        raise errors.AlreadyExists(f"{req.dst!r} exists")
+    if node.nlink == 0:
+        raise errors.NotFound(f"{req.src!r} was removed")
+    parent, name = lookup.resolve_parent(tr, req.dst, req, req.dst_at)
+    mkdir.check_new_entry(tr, parent, name, req)
     if node.nlink >= MAX_LINKS:
         raise errors.TooManyLinks(f"{req.src!r} has {node.nlink} links")
-    node = msgspec.structs.replace(node, nlink=node.nlink + 1, ctime=ctx.clock())
+    now = ctx.now_ns()
+    node = msgspec.structs.replace(node, nlink=node.nlink + 1, ctime=now)
     inodes.store(tr, node)
     dentries.put(tr, parent.inode, name, node.inode, node.type)
+    inodes.entries_changed(tr, parent, now)
     return node

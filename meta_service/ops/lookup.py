@@ -1,9 +1,13 @@
 """Path resolution, name validation, permission checks, and stat.
 
-Paths are absolute. Resolution walks dentries from the root, needs search (x)
-permission on every directory it passes, follows symlinks in intermediate
-components (and in the last one when asked), and gives up after MAX_SYMLINKS
-expansions with TooManySymlinks (ELOOP, an InvalidArgument).
+A request names an object as 3FS's `PathAt`: an inode `at` and a `path`
+relative to it (one name from the FUSE mount, "" for `at` itself), or an
+absolute path (from the root). Resolution walks dentries from there, needs
+search (x) permission on every directory it passes, follows symlinks in
+intermediate components (and in the last one when asked), and gives up after
+MAX_SYMLINKS expansions with TooManySymlinks (ELOOP, an InvalidArgument). There
+is no limit on a path's length: the kernel's is the one that matters; each
+name is at most 255 bytes (NameTooLong).
 """
 
 from __future__ import annotations
@@ -15,19 +19,21 @@ from py3fs.proto.messages import Inode, InodeReq, InodeType, MetaReq, PathReq
 
 MAX_SYMLINKS = 40
 MAX_NAME_BYTES = 255
+# Symlink targets only: as Linux, a target is at most one page.
 MAX_PATH_BYTES = 4096
 R, W, X = 4, 2, 1
 
 
 def split_path(path: str) -> list[str]:
-    """Components of an absolute path ('' and '.' dropped; '..' kept)."""
-    if not path.startswith("/"):
-        raise errors.InvalidArgument(f"path must be absolute: {path!r}")
-    if len(path.encode()) > MAX_PATH_BYTES:
-        raise errors.NameTooLong(f"path longer than {MAX_PATH_BYTES} bytes")
+    """Components of a path ('' and '.' dropped; '..' kept). NameTooLong for a
+    component over MAX_NAME_BYTES."""
     if "\0" in path:
         raise errors.InvalidArgument("path contains NUL")
-    return [c for c in path.split("/") if c not in ("", ".")]
+    comps = [c for c in path.split("/") if c not in ("", ".")]
+    for c in comps:
+        if len(c) * 4 > MAX_NAME_BYTES and len(c.encode()) > MAX_NAME_BYTES:
+            raise errors.NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+    return comps
 
 
 def validate_name(name: str) -> None:
@@ -39,6 +45,10 @@ def validate_name(name: str) -> None:
         raise errors.NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
 
 
+def in_group(who: MetaReq, gid: int) -> bool:
+    return who.gid == gid or gid in who.groups
+
+
 def check_access(node: Inode, who: MetaReq, want: int) -> None:
     """PermissionDenied unless `who` has all `want` bits (R/W/X) on `node`;
     uid 0 bypasses the check."""
@@ -46,7 +56,7 @@ def check_access(node: Inode, who: MetaReq, want: int) -> None:
         return
     if who.uid == node.uid:
         bits = node.mode >> 6
-    elif who.gid == node.gid:
+    elif in_group(who, node.gid):
         bits = node.mode >> 3
     else:
         bits = node.mode
@@ -96,25 +106,39 @@ def walk(
     return cur
 
 
-def resolve(tr: Transaction, path: str, who: MetaReq, follow: bool = True) -> Inode:
-    return walk(tr, root(tr), split_path(path), who, follow)
+def start(tr: Transaction, at: int, path: str) -> Inode:
+    """Where resolving `path` relative to inode `at` begins (InvalidArgument for
+    a relative path without an `at`)."""
+    if path.startswith("/"):
+        return root(tr)
+    if at == 0:
+        raise errors.InvalidArgument(f"path must be absolute: {path!r}")
+    return inodes.get(tr, at)
 
 
-def resolve_parent(tr: Transaction, path: str, who: MetaReq) -> tuple[Inode, str]:
-    """The directory that holds the last component of `path`, and that name
-    (not validated: callers that create entries call validate_name). The root
-    itself has no parent entry: InvalidArgument."""
+def resolve(
+    tr: Transaction, path: str, who: MetaReq, follow: bool = True, at: int = 0
+) -> Inode:
+    return walk(tr, start(tr, at, path), split_path(path), who, follow)
+
+
+def resolve_parent(
+    tr: Transaction, path: str, who: MetaReq, at: int = 0
+) -> tuple[Inode, str]:
+    """The directory that holds the last component of `path` (relative to `at`),
+    and that name (not validated: callers that create entries call
+    validate_name). The root itself has no parent entry: InvalidArgument."""
     comps = split_path(path)
     if not comps:
         raise errors.InvalidArgument("the root has no parent entry")
-    parent = walk(tr, root(tr), comps[:-1], who, follow_last=True)
+    parent = walk(tr, start(tr, at, path), comps[:-1], who, follow_last=True)
     if parent.type != InodeType.DIRECTORY:
         raise errors.NotADirectory(f"not a directory: {path!r}")
     return parent, comps[-1]
 
 
 def stat(tr: Transaction, req: PathReq) -> Inode:
-    return resolve(tr, req.path, req, req.follow)
+    return resolve(tr, req.path, req, req.follow, req.at)
 
 
 def stat_inode(tr: Transaction, req: InodeReq) -> Inode:

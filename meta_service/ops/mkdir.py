@@ -1,7 +1,8 @@
-"""mkdir, and mkdir -p."""
+"""mkdir (and mkdir -p), mknod, and the ownership rules every new inode follows."""
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 
 from meta_service import dentries, inodes
@@ -10,7 +11,44 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
 from py3fs import errors
 from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Inode, InodeType, MetaReq, MkdirReq
+from py3fs.proto.messages import Inode, InodeType, MetaReq, MkdirReq, MknodReq
+
+
+def new_owner(
+    parent: Inode, who: MetaReq, mode: int, kind: InodeType
+) -> tuple[int, int]:
+    """(gid, mode) of a new inode in `parent`: in a setgid directory it takes
+    the directory's group, and a new directory keeps the setgid bit (BSD group
+    semantics, as Linux does for setgid directories). A non-member creating a
+    setgid file there loses the bit, as on Linux."""
+    mode &= 0o7777
+    if parent.mode & stat.S_ISGID:
+        gid = parent.gid
+        if kind == InodeType.DIRECTORY:
+            mode |= stat.S_ISGID
+        elif mode & stat.S_ISGID and who.uid != 0 and not lookup.in_group(who, gid):
+            mode &= ~stat.S_ISGID
+        return gid, mode
+    return who.gid, mode
+
+
+def check_new_entry(tr: Transaction, parent: Inode, name: str, who: MetaReq) -> None:
+    """`name` may be added to `parent`: valid, parent writable, entry absent."""
+    lookup.validate_name(name)
+    lookup.check_access(parent, who, W | X)
+    if dentries.get(tr, parent.inode, name) is not None:
+        raise errors.AlreadyExists(f"{name!r} exists")
+
+
+def add_entry(
+    tr: Transaction, ctx: OpContext, parent: Inode, name: str, node: Inode
+) -> None:
+    """Store new inode `node` under `name` in `parent` and account for it."""
+    inodes.store(tr, node)
+    dentries.put(tr, parent.inode, name, node.inode, node.type)
+    inodes.count(tr, node.type, +1)
+    is_dir = node.type == InodeType.DIRECTORY
+    inodes.entries_changed(tr, parent, node.ctime, subdirs=1 if is_dir else 0)
 
 
 def new_directory(
@@ -24,29 +62,22 @@ def new_directory(
 ) -> Inode:
     """Create directory `name` in `parent` (checked: name valid, parent writable,
     entry absent)."""
-    lookup.validate_name(name)
-    lookup.check_access(parent, who, W | X)
-    if dentries.get(tr, parent.inode, name) is not None:
-        raise errors.AlreadyExists(f"{name!r} exists")
-    now = ctx.clock()
-    # Directories report nlink 1 ("subdirectory count unknown", as btrfs does):
-    # keeping the parent's count exact would make every mkdir in a directory
-    # conflict on the parent inode.
+    check_new_entry(tr, parent, name, who)
+    now = ctx.now_ns()
+    gid, mode = new_owner(parent, who, mode, InodeType.DIRECTORY)
     node = Inode(
         inode=inode_id,
         type=InodeType.DIRECTORY,
-        mode=mode & 0o7777,
+        mode=mode,
         uid=who.uid,
-        gid=who.gid,
-        nlink=1,
+        gid=gid,
+        nlink=2,
         atime=now,
         mtime=now,
         ctime=now,
         parent=parent.inode,
     )
-    inodes.store(tr, node)
-    dentries.put(tr, parent.inode, name, inode_id, InodeType.DIRECTORY)
-    inodes.count(tr, InodeType.DIRECTORY, +1)
+    add_entry(tr, ctx, parent, name, node)
     return node
 
 
@@ -62,10 +93,10 @@ def mkdir(
     NotFound if its parent does not. With `parents`: creates missing ancestors
     and returns the (possibly existing) directory."""
     if not req.parents:
-        parent, name = lookup.resolve_parent(tr, req.path, req)
+        parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
         return new_directory(tr, ctx, parent, name, req.mode, req, new_id())
     comps = lookup.split_path(req.path)
-    cur = lookup.root(tr)
+    cur = lookup.start(tr, req.at, req.path)
     for i, name in enumerate(comps):
         if name == "..":
             cur = lookup.walk(tr, cur, [name], req, follow_last=True)
@@ -82,3 +113,40 @@ def mkdir(
             raise errors.NotADirectory(f"{name!r} is not a directory")
         cur = child
     return cur
+
+
+_SPECIAL = {
+    InodeType.FIFO,
+    InodeType.SOCKET,
+    InodeType.CHAR_DEVICE,
+    InodeType.BLOCK_DEVICE,
+}
+
+
+def mknod(
+    tr: Transaction, ctx: OpContext, req: MknodReq, new_id: Callable[[], int]
+) -> Inode:
+    """A FIFO, socket or device node. Devices need root (EPERM otherwise), as
+    mknod(2) without CAP_MKNOD."""
+    if req.type not in _SPECIAL:
+        raise errors.InvalidArgument(f"mknod of type {req.type!r}")
+    if req.type in (InodeType.CHAR_DEVICE, InodeType.BLOCK_DEVICE) and req.uid != 0:
+        raise errors.OperationNotPermitted("only root may create device nodes")
+    parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
+    check_new_entry(tr, parent, name, req)
+    now = ctx.now_ns()
+    gid, mode = new_owner(parent, req, req.mode, req.type)
+    node = Inode(
+        inode=new_id(),
+        type=req.type,
+        mode=mode,
+        uid=req.uid,
+        gid=gid,
+        nlink=1,
+        atime=now,
+        mtime=now,
+        ctime=now,
+        rdev=req.rdev,
+    )
+    add_entry(tr, ctx, parent, name, node)
+    return node

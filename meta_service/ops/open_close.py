@@ -8,18 +8,22 @@ from collections.abc import Callable
 import msgspec
 
 from meta_service import dentries, gc, inodes, sessions
-from meta_service.ops import lookup
+from meta_service.ops import lookup, mkdir
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import R, W, X
 from py3fs import errors
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
+    AppendReply,
+    AppendReq,
     CloseReq,
+    Empty,
     Inode,
     InodeType,
     Layout,
     OpenReply,
     OpenReq,
+    RenewReq,
     SyncReq,
 )
 
@@ -56,22 +60,21 @@ def _create(
     lookup.validate_name(name)
     lookup.check_access(parent, req, W | X)
     layout = make_layout(ctx, req.chunk_size, req.stripe)
-    now = ctx.clock()
+    now = ctx.now_ns()
+    gid, mode = mkdir.new_owner(parent, req, req.mode, InodeType.FILE)
     node = Inode(
         inode=new_id,
         type=InodeType.FILE,
-        mode=req.mode & 0o7777,
+        mode=mode,
         uid=req.uid,
-        gid=req.gid,
+        gid=gid,
         nlink=1,
         atime=now,
         mtime=now,
         ctime=now,
         layout=layout,
     )
-    inodes.store(tr, node)
-    dentries.put(tr, parent.inode, name, new_id, InodeType.FILE)
-    inodes.count(tr, InodeType.FILE, +1)
+    mkdir.add_entry(tr, ctx, parent, name, node)
     return node
 
 
@@ -91,7 +94,7 @@ def open_file(
     created = False
     truncated_from = 0
     if req.flags & os.O_CREAT:
-        parent, name = lookup.resolve_parent(tr, req.path, req)
+        parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
         if name == "..":
             raise errors.IsADirectory(f"{req.path!r} is a directory")
         lookup.check_access(parent, req, X)
@@ -104,7 +107,7 @@ def open_file(
         else:
             node = lookup.walk(tr, parent, [name], req, follow_last=True)
     else:
-        node = lookup.resolve(tr, req.path, req)
+        node = lookup.resolve(tr, req.path, req, at=req.at)
     if node.type == InodeType.DIRECTORY:
         if write:
             raise errors.IsADirectory(f"{req.path!r} is a directory")
@@ -117,19 +120,19 @@ def open_file(
         if req.flags & os.O_TRUNC and node.length:
             # The opener drops the old bytes from storage (OpenReply.truncated_from).
             truncated_from = node.length
-            now = ctx.clock()
+            now = ctx.now_ns()
             node = msgspec.structs.replace(node, length=0, mtime=now, ctime=now)
             inodes.store(tr, node)
     if not write:
         return OpenReply(inode=node)
-    session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock())
+    session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock(), req.lease)
     return OpenReply(inode=node, session_id=session_id, truncated_from=truncated_from)
 
 
 def _update_length(tr: Transaction, ctx: OpContext, node: Inode, length: int) -> Inode:
     if length < 0:
         return node
-    now = ctx.clock()
+    now = ctx.now_ns()
     node = msgspec.structs.replace(
         node, length=max(node.length, length), mtime=now, ctime=now
     )
@@ -156,3 +159,29 @@ def close(tr: Transaction, ctx: OpContext, req: CloseReq) -> Inode:
 def sync(tr: Transaction, ctx: OpContext, req: SyncReq) -> Inode:
     """Adopt the reported length (if larger) without ending the session."""
     return _update_length(tr, ctx, inodes.get(tr, req.inode), req.length)
+
+
+def append(tr: Transaction, ctx: OpContext, req: AppendReq) -> AppendReply:
+    """Reserve `req.size` bytes at the end of the file for an O_APPEND write:
+    the length grows now, in the same transaction that reads it, so two
+    clients' appends never land on the same bytes. Needs a live write session
+    of the file (BadFileHandle otherwise)."""
+    node = inodes.get(tr, req.inode)
+    if node.type != InodeType.FILE or req.size < 0:
+        raise errors.InvalidArgument("append to a non-file or of a negative size")
+    if not sessions.exists(tr, node.inode, req.session_id):
+        raise errors.BadFileHandle(f"no write session {req.session_id!r}")
+    offset = node.length
+    if req.size:
+        now = ctx.now_ns()
+        node = msgspec.structs.replace(
+            node, length=offset + req.size, mtime=now, ctime=now
+        )
+        inodes.store(tr, node)
+    return AppendReply(offset=offset, inode=node)
+
+
+def renew(tr: Transaction, ctx: OpContext, req: RenewReq) -> Empty:
+    if req.ttl > 0:
+        sessions.renew(tr, req.client_id, ctx.clock() + req.ttl)
+    return Empty()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from meta_service import dentries, inodes
-from meta_service.ops import lookup
+from meta_service.ops import lookup, unlink
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
-from meta_service.ops.unlink import drop_link, remove_directory
 from py3fs import errors, ids
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import Empty, Inode, InodeType, RenameReq
@@ -35,8 +34,8 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
     src is a directory. Raises NotFound, NotEmpty, IsADirectory (file over dir),
     NotADirectory (dir over file), InvalidArgument (dir into its own subtree, or
     '.'/'..' names), PermissionDenied."""
-    src_dir, src_name = lookup.resolve_parent(tr, req.src, req)
-    dst_dir, dst_name = lookup.resolve_parent(tr, req.dst, req)
+    src_dir, src_name = lookup.resolve_parent(tr, req.src, req, req.src_at)
+    dst_dir, dst_name = lookup.resolve_parent(tr, req.dst, req, req.dst_at)
     if src_name == "..":
         raise errors.InvalidArgument("cannot rename '..'")
     lookup.validate_name(dst_name)
@@ -46,6 +45,8 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
     if src is None:
         raise errors.NotFound(f"no such file or directory: {req.src!r}")
     dst = dentries.get(tr, dst_dir.inode, dst_name)
+    if dst is not None and req.noreplace:
+        raise errors.AlreadyExists(f"{req.dst!r} exists")
     if dst is not None and dst.inode == src.inode:
         return Empty()  # same file (or hard links to one): POSIX says do nothing
     is_dir = src.type == InodeType.DIRECTORY
@@ -59,16 +60,28 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
             raise errors.IsADirectory(f"{req.dst!r} is a directory")
         if dst_is_dir and not dentries.is_empty(tr, dst.inode):
             raise errors.NotEmpty(f"{req.dst!r} is not empty")
-    now = ctx.clock()
+    node = inodes.get(tr, src.inode)
+    unlink.check_sticky(src_dir, node, req)
+    replaced = inodes.get(tr, dst.inode) if dst is not None else None
+    if replaced is not None:
+        unlink.check_sticky(dst_dir, replaced, req)
+    now = ctx.now_ns()
     dentries.remove(tr, src_dir.inode, src_name)
     dentries.put(tr, dst_dir.inode, dst_name, src.inode, src.type)
-    node = inodes.get(tr, src.inode)
     parent = dst_dir.inode if is_dir else node.parent
     inodes.store(tr, msgspec.structs.replace(node, parent=parent, ctime=now))
-    if dst is not None:
-        replaced = inodes.get(tr, dst.inode)
+    # Parents' times and subdirectory counts: a directory moving between
+    # parents moves one nlink; a directory it replaces takes one away.
+    gone = 1 if replaced is not None and replaced.type == InodeType.DIRECTORY else 0
+    if src_dir.inode == dst_dir.inode:
+        inodes.entries_changed(tr, src_dir, now, subdirs=-gone)
+    else:
+        moved = 1 if is_dir else 0
+        inodes.entries_changed(tr, src_dir, now, subdirs=-moved)
+        inodes.entries_changed(tr, dst_dir, now, subdirs=moved - gone)
+    if replaced is not None:
         if replaced.type == InodeType.DIRECTORY:
-            remove_directory(tr, replaced)
+            unlink.remove_directory(tr, replaced)
         else:
-            drop_link(tr, ctx, replaced)
+            unlink.drop_link(tr, ctx, replaced)
     return Empty()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import msgspec
 
 from meta_service import dentries, gc, inodes, sessions
@@ -10,7 +12,7 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
 from py3fs import errors, ids
 from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Empty, Inode, InodeType, PathReq
+from py3fs.proto.messages import Empty, Inode, InodeType, MetaReq, PathReq
 
 
 def drop_link(tr: Transaction, ctx: OpContext, node: Inode) -> None:
@@ -18,7 +20,7 @@ def drop_link(tr: Transaction, ctx: OpContext, node: Inode) -> None:
     leaves the namespace: a symlink is deleted, a file goes to the GC queue
     (its chunks are removed by gc) unless write sessions keep it open, in which
     case the last close queues it."""
-    now = ctx.clock()
+    now = ctx.now_ns()
     node = msgspec.structs.replace(node, nlink=max(0, node.nlink - 1), ctime=now)
     if node.nlink > 0:
         inodes.store(tr, node)
@@ -29,7 +31,14 @@ def drop_link(tr: Transaction, ctx: OpContext, node: Inode) -> None:
         return
     inodes.store(tr, node)
     if not sessions.any_open(tr, node.inode):
-        gc.enqueue(tr, node.inode, int(now * 1000))
+        gc.enqueue(tr, node.inode, now // 1_000_000)
+
+
+def check_sticky(parent: Inode, node: Inode, who: MetaReq) -> None:
+    """In a sticky directory only the owner of an entry or of the directory
+    (or root) may remove or rename it away."""
+    if parent.mode & stat.S_ISVTX and who.uid not in (0, node.uid, parent.uid):
+        raise errors.OperationNotPermitted("sticky directory")
 
 
 def remove_directory(tr: Transaction, node: Inode) -> None:
@@ -40,7 +49,7 @@ def remove_directory(tr: Transaction, node: Inode) -> None:
 
 def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
     """Remove a file or symlink name. IsADirectory for a directory."""
-    parent, name = lookup.resolve_parent(tr, req.path, req)
+    parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
     if name == "..":
         raise errors.IsADirectory(f"{req.path!r} is a directory")
     lookup.check_access(parent, req, W | X)
@@ -49,8 +58,11 @@ def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
         raise errors.NotFound(f"no such file: {req.path!r}")
     if ent.type == InodeType.DIRECTORY:
         raise errors.IsADirectory(f"{req.path!r} is a directory")
-    dentries.remove(tr, parent.inode, name)
     node = inodes.load(tr, ent.inode)
+    if node is not None:
+        check_sticky(parent, node, req)
+    dentries.remove(tr, parent.inode, name)
+    inodes.entries_changed(tr, parent, ctx.now_ns())
     # A name whose inode is gone (a dangling entry, found by fsck) just goes.
     if node is not None:
         drop_link(tr, ctx, node)
@@ -60,7 +72,7 @@ def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
 def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
     """Remove an empty directory. NotEmpty, NotADirectory; InvalidArgument for
     the root and for a last component of '.'."""
-    parent, name = lookup.resolve_parent(tr, req.path, req)
+    parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
     if name == "..":
         raise errors.NotEmpty(f"{req.path!r} is not empty")
     lookup.check_access(parent, req, W | X)
@@ -73,8 +85,11 @@ def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
         raise errors.InvalidArgument("cannot remove the root")
     if not dentries.is_empty(tr, ent.inode):
         raise errors.NotEmpty(f"{req.path!r} is not empty")
-    dentries.remove(tr, parent.inode, name)
     node = inodes.load(tr, ent.inode)
+    if node is not None:
+        check_sticky(parent, node, req)
+    dentries.remove(tr, parent.inode, name)
+    inodes.entries_changed(tr, parent, ctx.now_ns(), subdirs=-1)
     if node is not None:  # else a dangling entry (see unlink)
         remove_directory(tr, node)
     return Empty()

@@ -18,6 +18,7 @@ GC_QUEUE = b"GCQ "
 MGMT = b"MGMT"
 ID_ALLOC = b"IDAL"
 IDEMPOTENT = b"IDEM"
+CLIENT_LEASE = b"CLNT"
 
 _U64LE = struct.Struct("<Q")
 _U64BE = struct.Struct(">Q")
@@ -45,6 +46,22 @@ def session_prefix(inode: int) -> bytes:
 
 def session_key(inode: int, session_id: str) -> bytes:
     return session_prefix(inode) + session_id.encode()
+
+
+def session_range() -> tuple[bytes, bytes]:
+    """Every write session of every inode."""
+    return SESSION, strinc(SESSION)
+
+
+def session_parts(key: bytes) -> tuple[int, str]:
+    """(inode, session id) of a session key."""
+    rest = key[len(SESSION) :]
+    return int(_U64LE.unpack(rest[:8])[0]), rest[8:].decode()
+
+
+def client_lease_key(client_id: str) -> bytes:
+    """When the write sessions of `client_id` expire unless it renews them."""
+    return CLIENT_LEASE + client_id.encode()
 
 
 def gc_key(due_ms: int, inode: int) -> bytes:

@@ -26,11 +26,20 @@ def _translate(exc: sqlite3.Error) -> errors.KVError:
 
 
 class SqliteTransaction(Transaction):
-    def __init__(self, conn: sqlite3.Connection, read_only: bool) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        read_only: bool,
+        write_lock: threading.Lock,
+        lock_timeout: float,
+    ) -> None:
         self._conn = conn
         self._read_only = read_only
         self._open = False
         self._done = False
+        self._write_lock = write_lock
+        self._lock_timeout = lock_timeout
+        self._locked = False
 
     def _begin(self) -> sqlite3.Connection:
         if self._done:
@@ -41,9 +50,17 @@ class SqliteTransaction(Transaction):
                 raise errors.KVError(
                     "another transaction is open on this thread's connection"
                 )
+            if not self._read_only:
+                # Writers of this process queue on a lock rather than on
+                # SQLite's busy handler, which sleeps 1 ms and more between
+                # tries however soon the writer before it commits.
+                if not self._write_lock.acquire(timeout=self._lock_timeout):
+                    raise errors.KVUnavailable("sqlite: another writer holds the lock")
+                self._locked = True
             try:
                 self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._unlock()
                 raise _translate(exc) from None
             self._open = True
         return self._conn
@@ -107,11 +124,19 @@ class SqliteTransaction(Transaction):
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _translate(exc) from None
+            finally:
+                self._unlock()
 
     def cancel(self) -> None:
         if not self._done:
             self._done = True
             self._rollback()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            self._write_lock.release()
 
     def _rollback(self) -> None:
         # Only a transaction that began may roll back: the connection is per
@@ -130,6 +155,7 @@ class SqliteDatabase(Database):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         conn = self._conn()
@@ -155,7 +181,9 @@ class SqliteDatabase(Database):
         return conn
 
     def create_transaction(self, read_only: bool = False) -> Transaction:
-        return SqliteTransaction(self._conn(), read_only)
+        return SqliteTransaction(
+            self._conn(), read_only, self._write_lock, self._busy_timeout_ms / 1000
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PROTOS = ("envelope.proto", "mgmt.proto", "meta.proto")
+PROTOS = ("envelope.proto", "mgmt.proto")
 
 
 def generate(out_dir: pathlib.Path) -> None:

@@ -1,10 +1,10 @@
 """Control-plane message bodies (mgmtd and meta), and the RPC tables.
 
-The `.proto` files beside this module declare the gRPC services and their methods;
-each method carries one of these msgspec structs, encoded as msgpack, in the
-`body` of the shared `Request`/`Reply` envelope (`envelope.proto`). `MGMT_RPCS` and
-`META_RPCS` map each method to its request and reply types; a test checks they
-match the `.proto` services exactly.
+Meta's RPCs are declared in `py3fs.proto.services` (served over `py3fs.msgrpc`).
+mgmtd's gRPC service is declared in `mgmt.proto`; each method carries one of
+these msgspec structs, encoded as msgpack, in the `body` of the shared
+`Request`/`Reply` envelope (`envelope.proto`). `MGMT_RPCS` maps each method to
+its request and reply types; a test checks it matches the `.proto` service.
 """
 
 from __future__ import annotations
@@ -147,6 +147,12 @@ class InodeType(IntEnum):
     FILE = 1
     DIRECTORY = 2
     SYMLINK = 3
+    # Special files (mknod): an inode with attributes and, for devices, an
+    # rdev; no data in py3fs (the kernel serves FIFOs and sockets itself).
+    FIFO = 4
+    SOCKET = 5
+    CHAR_DEVICE = 6
+    BLOCK_DEVICE = 7
 
 
 class Layout(Msg):
@@ -164,14 +170,16 @@ class Inode(Msg):
     mode: int  # permission bits only (0o7777)
     uid: int
     gid: int
-    nlink: int
+    nlink: int  # directories: 2 + subdirectories
     length: int = 0
-    atime: float = 0.0
-    mtime: float = 0.0
-    ctime: float = 0.0
+    # Integer nanoseconds since the epoch, as stat(2) reports them.
+    atime: int = 0
+    mtime: int = 0
+    ctime: int = 0
     parent: int = 0  # directories: the parent directory, for rename loop checks
     layout: Layout | None = None
     target: str = ""  # symlinks
+    rdev: int = 0  # devices
 
 
 class DirEntry(Msg):
@@ -188,13 +196,22 @@ class MetaReq(Msg):
 
     uid: int = 0
     gid: int = 0
+    groups: list[int] = []  # supplementary groups
     client_id: str = ""
     request_id: int = 0
+
+
+# Requests name their objects 3FS's `PathAt` way: `at` is an inode and `path`
+# is relative to it: one name for the kernel's (parent inode, name), "" for
+# the inode `at` itself, or several components for the library client. An
+# absolute `path` (the library client's) starts at the root, whatever `at`
+# is; a relative one needs an `at`. The mount never sends absolute paths.
 
 
 class PathReq(MetaReq):
     path: str = ""
     follow: bool = True  # follow a symlink in the last component
+    at: int = 0
 
 
 class InodeReq(MetaReq):
@@ -203,6 +220,7 @@ class InodeReq(MetaReq):
 
 class MkdirReq(MetaReq):
     path: str = ""
+    at: int = 0
     mode: int = 0o755
     parents: bool = False
 
@@ -212,10 +230,37 @@ class OpenReq(MetaReq):
     O_WRONLY/O_RDWR); a write open starts a write session for `client_id`."""
 
     path: str = ""
+    at: int = 0
     flags: int = 0
     mode: int = 0o644
     chunk_size: int = 0  # 0: the cluster default
     stripe: int = 0  # 0: every chain of the table
+    # > 0: the write session expires `lease` seconds after the client last
+    # renewed (RenewReq), and meta then recovers the file's length from
+    # storage. 0: the session lasts until closed.
+    lease: float = 0.0
+
+
+class RenewReq(MetaReq):
+    """The client (client_id) is alive: its leased write sessions last
+    another `ttl` seconds."""
+
+    ttl: float = 0.0
+
+
+class AppendReq(MetaReq):
+    """Reserve `size` bytes at the end of file `inode` for an O_APPEND write
+    through write session `session_id`: the file's length grows by `size` at
+    once, so appends from any number of clients never overlap."""
+
+    inode: int = 0
+    session_id: str = ""
+    size: int = 0
+
+
+class AppendReply(Msg):
+    offset: int  # where the reserved range starts
+    inode: Inode
 
 
 class OpenReply(Msg):
@@ -239,23 +284,43 @@ class SyncReq(MetaReq):
 
 class ListDirReq(MetaReq):
     path: str = ""
+    at: int = 0
     start_after: str = ""
     limit: int = 1000
+    dots: bool = False  # the first page starts with "." and ".."
+    stat: bool = False  # also return each entry's inode (readdirplus, ls -l)
 
 
 class ListDirReply(Msg):
     entries: list[DirEntry]
     more: bool = False
+    # With `stat`: the inode of each entry, in order (None: removed meanwhile,
+    # which a read in one transaction never sees, or a dangling dentry).
+    inodes: list[Inode | None] = []
 
 
 class RenameReq(MetaReq):
     src: str = ""
     dst: str = ""
+    src_at: int = 0
+    dst_at: int = 0
+    noreplace: bool = False  # RENAME_NOREPLACE: AlreadyExists instead of replacing
 
 
 class SymlinkReq(MetaReq):
     path: str = ""
     target: str = ""
+    at: int = 0
+
+
+class MknodReq(MetaReq):
+    """A FIFO, socket, or character/block device (`rdev`) named `path`."""
+
+    path: str = ""
+    at: int = 0
+    type: InodeType = InodeType.FIFO
+    mode: int = 0o644
+    rdev: int = 0
 
 
 class ReadlinkReply(Msg):
@@ -265,17 +330,23 @@ class ReadlinkReply(Msg):
 class LinkReq(MetaReq):
     src: str = ""
     dst: str = ""
+    src_at: int = 0
+    dst_at: int = 0
 
 
 class SetAttrReq(MetaReq):
     path: str = ""
+    at: int = 0
     follow: bool = True  # False: change a symlink itself (FUSE setattr, lutimes)
     mode: int | None = None
     uid_new: int | None = None
     gid_new: int | None = None
-    atime: float | None = None
-    mtime: float | None = None
+    atime: int | None = None  # nanoseconds
+    mtime: int | None = None  # nanoseconds
     length: int | None = None
+    # A truncate through an open write handle (ftruncate): the session stands
+    # for the permission checked at open, as in POSIX.
+    session_id: str = ""
 
 
 class StatFsReply(Msg):
@@ -417,32 +488,3 @@ class KvEntry(Msg):
 class KvListReply(Msg):
     entries: list[KvEntry]
     more: bool = False
-
-
-META_RPCS: Final[dict[str, tuple[type[Msg], type[Msg]]]] = {
-    "Stat": (PathReq, Inode),
-    "StatInode": (InodeReq, Inode),
-    "Mkdir": (MkdirReq, Inode),
-    "Open": (OpenReq, OpenReply),
-    "Close": (CloseReq, Inode),
-    "Sync": (SyncReq, Inode),
-    "ListDir": (ListDirReq, ListDirReply),
-    "Rename": (RenameReq, Empty),
-    "Unlink": (PathReq, Empty),
-    "Rmdir": (PathReq, Empty),
-    "Symlink": (SymlinkReq, Inode),
-    "Readlink": (PathReq, ReadlinkReply),
-    "Link": (LinkReq, Inode),
-    "SetAttr": (SetAttrReq, Inode),
-    "StatFs": (MetaReq, StatFsReply),
-    "KvStoreOpen": (KvStoreReq, KvStoreInfo),
-    "KvStoreStats": (KvStoreReq, KvStoreStats),
-    "KvPageStage": (KvStageReq, KvStageReply),
-    "KvPagePut": (KvPutReq, KvPutReply),
-    "KvPageLookup": (KvLookupReq, KvLookupReply),
-    "KvPageTouch": (KvKeysReq, KvCountReply),
-    "KvPageLease": (KvKeysReq, KvCountReply),
-    "KvPageRemove": (KvKeysReq, KvCountReply),
-    "KvPageEvict": (KvEvictReq, KvEvictReply),
-    "KvPageList": (KvListReq, KvListReply),
-}

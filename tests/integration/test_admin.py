@@ -160,7 +160,9 @@ def make_tree(cluster: LocalCluster) -> None:
             await fs.chmod("/tree/a/one.bin", 0o640)
             await fs.symlink("a/one.bin", "/tree/link")
             await fs.link("/tree/a/one.bin", "/tree/hard")
-            await fs.setattr("/tree/a", uid_new=1000, gid_new=100, mtime=1.7e9)
+            await fs.setattr(
+                "/tree/a", uid_new=1000, gid_new=100, mtime=1_700_000_000_123_456_789
+            )
 
     asyncio.run(go())
 

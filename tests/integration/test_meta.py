@@ -11,28 +11,22 @@ from typing import TypeVar
 
 import pytest
 
+from client.meta_client import MetaStub
 from py3fs import errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.procs import ServiceProc
-from py3fs.proto import meta_pb2_grpc
 from py3fs.proto.messages import (
-    META_RPCS,
     CloseReq,
-    Empty,
-    Inode,
-    ListDirReply,
     ListDirReq,
     MetaReq,
     MkdirReq,
     Msg,
-    OpenReply,
     OpenReq,
     PathReq,
     RegisterNodeReq,
     RenameReq,
-    StatFsReply,
 )
-from py3fs.rpc import RpcClient
+from py3fs.proto.services import Rpc
 
 R = TypeVar("R", bound=Msg)
 CREATE = os.O_CREAT | os.O_EXCL | os.O_WRONLY
@@ -108,33 +102,29 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             proc.stop()
 
 
-def client(proc: ServiceProc) -> RpcClient:
-    return RpcClient(proc.address, meta_pb2_grpc.MetaStub, META_RPCS, 5.0)
+def client(proc: ServiceProc) -> MetaStub:
+    return MetaStub(proc.address, 5.0)
 
 
 async def test_visible_across_metas(cluster: Cluster) -> None:
     m1, m2 = client(cluster.metas[0]), client(cluster.metas[1])
     try:
-        await m1.call("Mkdir", MkdirReq(path="/shared"), Inode)
-        opened = await m1.call(
-            "Open", OpenReq(path="/shared/f", flags=CREATE), OpenReply
-        )
+        await m1.mkdir(MkdirReq(path="/shared"))
+        opened = await m1.open(OpenReq(path="/shared/f", flags=CREATE))
         assert opened.session_id
         assert opened.inode.layout is not None
         assert len(opened.inode.layout.chains) >= 1
-        seen = await m2.call("Stat", PathReq(path="/shared/f"), Inode)
+        seen = await m2.stat(PathReq(path="/shared/f"))
         assert seen.inode == opened.inode.inode
-        await m2.call(
-            "Close",
-            CloseReq(inode=seen.inode, session_id=opened.session_id, length=77),
-            Inode,
+        await m2.close(
+            CloseReq(inode=seen.inode, session_id=opened.session_id, length=77)
         )
-        assert (await m1.call("Stat", PathReq(path="/shared/f"), Inode)).length == 77
-        listing = await m2.call("ListDir", ListDirReq(path="/shared"), ListDirReply)
+        assert (await m1.stat(PathReq(path="/shared/f"))).length == 77
+        listing = await m2.list_dir(ListDirReq(path="/shared"))
         assert [e.name for e in listing.entries] == ["f"]
         with pytest.raises(errors.AlreadyExists):
-            await m2.call("Mkdir", MkdirReq(path="/shared"), Inode)
-        fs = await m2.call("StatFs", MetaReq(), StatFsReply)
+            await m2.mkdir(MkdirReq(path="/shared"))
+        fs = await m2.stat_fs(MetaReq())
         assert (fs.files, fs.directories) == (1, 2)
     finally:
         await m1.aclose()
@@ -152,11 +142,11 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
     ident = {"client_id": "itest", "uid": 0, "gid": 0}
     request_ids = iter(range(1, 1_000_000))
 
-    async def call(method: str, req: Msg, reply_type: type[R]) -> R:
+    async def call(rpc: Rpc[Msg, R], req: Msg) -> R:
         nonlocal current, retried
         while True:
             try:
-                return await clients[current].call(method, req, reply_type)
+                return await getattr(clients[current], rpc.name)(req)  # type: ignore[no-any-return]
             except (errors.RPCUnavailable, errors.RPCTimeout):
                 assert current == 0, "the surviving meta failed"
                 current = 1
@@ -169,23 +159,22 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
     n = 0
     try:
         await call(
-            "Mkdir", MkdirReq(path="/w", request_id=next(request_ids), **ident), Inode
+            MetaStub.mkdir, MkdirReq(path="/w", request_id=next(request_ids), **ident)
         )
         kill_task = asyncio.create_task(killer())
         while n < 400 and (current == 0 or n < 40 or not kill_task.done()):
             d = f"/w/d{n:04d}"
             await call(
-                "Mkdir", MkdirReq(path=d, request_id=next(request_ids), **ident), Inode
+                MetaStub.mkdir, MkdirReq(path=d, request_id=next(request_ids), **ident)
             )
             opened = await call(
-                "Open",
+                MetaStub.open,
                 OpenReq(
                     path=f"{d}/f", flags=CREATE, request_id=next(request_ids), **ident
                 ),
-                OpenReply,
             )
             await call(
-                "Close",
+                MetaStub.close,
                 CloseReq(
                     inode=opened.inode.inode,
                     session_id=opened.session_id,
@@ -193,14 +182,12 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
                     request_id=next(request_ids),
                     **ident,
                 ),
-                Inode,
             )
             await call(
-                "Rename",
+                MetaStub.rename,
                 RenameReq(
                     src=f"{d}/f", dst=f"{d}/g", request_id=next(request_ids), **ident
                 ),
-                Empty,
             )
             n += 1
         await kill_task
@@ -210,10 +197,8 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
         m2 = clients[1]
         names, start = [], ""
         while True:
-            page = await m2.call(
-                "ListDir",
-                ListDirReq(path="/w", start_after=start, limit=100),
-                ListDirReply,
+            page = await m2.list_dir(
+                ListDirReq(path="/w", start_after=start, limit=100)
             )
             names += [e.name for e in page.entries]
             if not page.more:
@@ -221,14 +206,12 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
             start = names[-1]
         assert names == [f"d{i:04d}" for i in range(n)]
         for i in range(n):
-            listing = await m2.call(
-                "ListDir", ListDirReq(path=f"/w/d{i:04d}"), ListDirReply
-            )
+            listing = await m2.list_dir(ListDirReq(path=f"/w/d{i:04d}"))
             assert [e.name for e in listing.entries] == ["g"]
-            node = await m2.call("Stat", PathReq(path=f"/w/d{i:04d}/g"), Inode)
+            node = await m2.stat(PathReq(path=f"/w/d{i:04d}/g"))
             assert node.length == i
             assert node.nlink == 1
-        fs = await m2.call("StatFs", MetaReq(), StatFsReply)
+        fs = await m2.stat_fs(MetaReq())
         assert fs.files == n
         assert fs.directories == n + 2
     finally:

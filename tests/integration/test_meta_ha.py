@@ -8,27 +8,24 @@ import signal
 from harness import client_for, running_cluster
 
 from client import Client
+from client.meta_client import MetaStub
 from py3fs import errors
 from py3fs.cluster import LocalCluster
-from py3fs.proto import meta_pb2_grpc
-from py3fs.proto.messages import META_RPCS, Inode, ListDirReply, ListDirReq, PathReq
-from py3fs.rpc import RpcClient
+from py3fs.proto.messages import ListDirReq, PathReq
 
 
 async def test_created_through_one_meta_visible_through_other(
     fs: Client, cluster: LocalCluster
 ) -> None:
-    a, b = (
-        RpcClient(p.address, meta_pb2_grpc.MetaStub, META_RPCS) for p in cluster.metas
-    )
+    a, b = (MetaStub(p.address) for p in cluster.metas)
     try:
         for i in range(20):
             path = f"/visible-{i}"
             await fs.write_file(path, b"v")  # through whichever meta the client picks
             for rpc in (a, b):
-                node = await rpc.call("Stat", PathReq(path=path), Inode)
+                node = await rpc.stat(PathReq(path=path))
                 assert node.length == 1
-            reply = await b.call("ListDir", ListDirReq(path="/"), ListDirReply)
+            reply = await b.list_dir(ListDirReq(path="/"))
             assert path[1:] in {e.name for e in reply.entries}
     finally:
         await a.aclose()

@@ -26,6 +26,7 @@ from py3fs.proto.messages import (
     ListDirReq,
     MetaReq,
     MkdirReq,
+    MknodReq,
     NodeInfo,
     OpenReq,
     PathReq,
@@ -231,7 +232,7 @@ def test_unlink_rmdir(store: MetaStore) -> None:
     # the unlinked file waits in the GC queue with its layout
     claimed = store.db.run(lambda tr: gc.claim(tr, 2**62, 10, 2**62 + 5))
     assert [n.inode for n in claimed] == [f.inode]
-    store.db.run(lambda tr: gc.finish(tr, f.inode, 2**62 + 5))
+    store.db.run(lambda tr: gc.finish(tr, [f.inode], 2**62 + 5))
     assert store.db.run(lambda tr: inodes.load(tr, f.inode)) is None
     assert store.db.run(lambda tr: tr.get_range(*keys.gc_range(2**63))) == []
 
@@ -324,7 +325,7 @@ def test_name_limits_ok(store: MetaStore) -> None:
     create(store, "/" + name)
     assert names(store, "/") == [name]
     with pytest.raises(errors.InvalidArgument):
-        store.mkdir(MkdirReq(path="relative"))
+        store.mkdir(MkdirReq(path="relative"))  # relative needs an `at`
 
 
 def test_permissions_non_root(store: MetaStore) -> None:
@@ -505,3 +506,150 @@ def test_statfs_counts_a_shared_filesystem_once(tmp_path: Path) -> None:
         db.close()
     assert fs.used_bytes == 80  # chunk bytes of every target
     assert (fs.total_bytes, fs.free_bytes) == (500, 300)  # host-a's disk once
+
+
+# ---------------------------------------------------------------- PathAt and POSIX
+
+
+def test_path_at_parent_inode(store: MetaStore) -> None:
+    d = store.mkdir(MkdirReq(path="/d"))
+    sub = store.mkdir(MkdirReq(at=d.inode, path="sub"))
+    f = store.open(OpenReq(at=sub.inode, path="f", flags=CREATE))
+    assert store.stat(PathReq(path="/d/sub/f")).inode == f.inode.inode
+    # "" names `at` itself; ".." climbs from it.
+    assert store.stat(PathReq(at=sub.inode, path="")).inode == sub.inode
+    assert store.stat(PathReq(at=sub.inode, path="..")).inode == d.inode
+    # A file renamed away from under a cached parent is still found by inode.
+    store.rename(RenameReq(src_at=sub.inode, src="f", dst_at=d.inode, dst="g"))
+    assert store.stat(PathReq(at=d.inode, path="g")).inode == f.inode.inode
+    with pytest.raises(errors.NotFound):
+        store.stat(PathReq(at=sub.inode, path="f"))
+    store.link(LinkReq(src_at=f.inode.inode, src="", dst_at=sub.inode, dst="h"))
+    assert store.stat(PathReq(path="/d/sub/h")).nlink == 2
+
+
+def test_no_path_length_limit_but_name_limit(store: MetaStore) -> None:
+    at = 1
+    for i in range(40):  # 40 x 200 bytes: far past 4096 from the root
+        at = store.mkdir(MkdirReq(at=at, path=f"{i:03d}" + "d" * 197)).inode
+    deep = "/" + "/".join(f"{i:03d}" + "d" * 197 for i in range(40))
+    assert len(deep) > 8000
+    assert store.stat(PathReq(path=deep)).inode == at
+    with pytest.raises(errors.NameTooLong):
+        store.stat(PathReq(at=at, path="x" * 256))
+    with pytest.raises(errors.NameTooLong):
+        store.open(OpenReq(at=at, path="x" * 256, flags=CREATE))
+
+
+def test_parent_times_and_nlink(store: MetaStore) -> None:
+    clock = [1_000.0]
+    store.ctx.clock = lambda: clock[0]
+    d = store.mkdir(MkdirReq(path="/p"))
+    assert d.nlink == 2
+    assert d.mtime == 1_000 * 10**9  # integer nanoseconds
+
+    def step() -> int:
+        clock[0] += 1
+        return int(clock[0] * 10**9)
+
+    for op in (
+        lambda: store.open(OpenReq(at=d.inode, path="f", flags=CREATE)),
+        lambda: store.symlink(SymlinkReq(at=d.inode, path="s", target="f")),
+        lambda: store.link(LinkReq(src="/p/f", dst_at=d.inode, dst="l")),
+        lambda: store.rename(RenameReq(src="/p/l", dst="/p/m")),
+        lambda: store.unlink(PathReq(path="/p/m")),
+    ):
+        now = step()
+        op()
+        node = store.stat(PathReq(path="/p"))
+        assert (node.mtime, node.ctime) == (now, now)
+    store.mkdir(MkdirReq(path="/p/a"))
+    store.mkdir(MkdirReq(path="/p/b"))
+    assert store.stat(PathReq(path="/p")).nlink == 4
+    store.rename(RenameReq(src="/p/a", dst="/a"))  # moves one subdir out
+    assert store.stat(PathReq(path="/p")).nlink == 3
+    assert store.stat(PathReq(path="/")).nlink == 4  # /p, /a, 2
+    store.rmdir(PathReq(path="/p/b"))
+    assert store.stat(PathReq(path="/p")).nlink == 2
+    store.mkdir(MkdirReq(path="/p/c"))
+    store.rename(RenameReq(src="/a", dst="/p/c"))  # replaces an empty dir
+    assert store.stat(PathReq(path="/p")).nlink == 3
+    assert store.stat(PathReq(path="/")).nlink == 3
+
+
+def test_listdir_dots_and_stat(store: MetaStore) -> None:
+    d = store.mkdir(MkdirReq(path="/ls"))
+    f = store.open(OpenReq(path="/ls/f", flags=CREATE))
+    reply = store.list_dir(ListDirReq(at=d.inode, dots=True, stat=True))
+    assert [e.name for e in reply.entries] == [".", "..", "f"]
+    assert [n.inode for n in reply.inodes if n] == [d.inode, 1, f.inode.inode]
+    assert [e.name for e in store.list_dir(ListDirReq(path="/ls")).entries] == ["f"]
+
+
+def test_integer_nanosecond_times(store: MetaStore) -> None:
+    store.open(OpenReq(path="/t", flags=CREATE))
+    when = 1_234_567_890_123_456_789
+    node = store.set_attr(SetAttrReq(path="/t", atime=when, mtime=when + 1))
+    assert (node.atime, node.mtime) == (when, when + 1)
+
+
+def test_supplementary_groups(store: MetaStore) -> None:
+    store.mkdir(MkdirReq(path="/team", mode=0o770, uid=0, gid=0))
+    store.set_attr(SetAttrReq(path="/team", gid_new=500))
+    alice = {"uid": 1000, "gid": 1000}
+    with pytest.raises(errors.PermissionDenied):
+        store.open(OpenReq(path="/team/f", flags=CREATE, **alice))
+    f = store.open(OpenReq(path="/team/f", flags=CREATE, groups=[20, 500], **alice))
+    assert f.inode.uid == 1000
+    assert [
+        e.name
+        for e in store.list_dir(ListDirReq(path="/team", groups=[500], **alice)).entries
+    ] == ["f"]
+
+
+def test_setgid_directory_inheritance(store: MetaStore) -> None:
+    store.mkdir(MkdirReq(path="/sg", mode=0o2777))
+    store.set_attr(SetAttrReq(path="/sg", gid_new=77))
+    alice = {"uid": 1000, "gid": 1000}
+    sub = store.mkdir(MkdirReq(path="/sg/sub", mode=0o755, **alice))
+    assert sub.gid == 77
+    assert sub.mode & 0o2000
+    f = store.open(OpenReq(path="/sg/f", flags=CREATE, mode=0o644, **alice))
+    assert f.inode.gid == 77
+    assert not f.inode.mode & 0o2000
+
+
+def test_non_owner_may_clear_setuid_setgid_only(store: MetaStore) -> None:
+    store.open(OpenReq(path="/su", flags=CREATE, mode=0o6777))
+    bob = {"uid": 1001, "gid": 1001}
+    node = store.set_attr(SetAttrReq(path="/su", mode=0o0777, **bob))
+    assert node.mode == 0o777
+    with pytest.raises(errors.OperationNotPermitted):
+        store.set_attr(SetAttrReq(path="/su", mode=0o0700, **bob))
+
+
+def test_truncate_through_write_session(store: MetaStore) -> None:
+    alice = {"uid": 1000, "gid": 1000}
+    store.mkdir(MkdirReq(path="/home", mode=0o777))
+    f = store.open(OpenReq(path="/home/z", flags=CREATE, mode=0o000, **alice))
+    with pytest.raises(errors.PermissionDenied):
+        store.set_attr(SetAttrReq(path="/home/z", length=10, **alice))
+    node = store.set_attr(
+        SetAttrReq(path="/home/z", length=10, session_id=f.session_id, **alice)
+    )
+    assert node.length == 10
+
+
+@pytest.mark.parametrize(
+    "kind", [InodeType.FIFO, InodeType.SOCKET, InodeType.CHAR_DEVICE]
+)
+def test_mknod(store: MetaStore, kind: InodeType) -> None:
+    node = store.mknod(MknodReq(path="/n", type=kind, mode=0o640, rdev=0x0103))
+    assert node.type == kind
+    assert store.stat(PathReq(path="/n")).rdev == 0x0103
+    if kind == InodeType.CHAR_DEVICE:
+        with pytest.raises(errors.OperationNotPermitted):
+            store.mknod(MknodReq(path="/n2", type=kind, uid=1000, gid=1000))
+    store.unlink(PathReq(path="/n"))
+    with pytest.raises(errors.NotFound):
+        store.stat(PathReq(path="/n"))

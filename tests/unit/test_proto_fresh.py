@@ -1,5 +1,6 @@
-"""The committed gRPC modules match what the .proto files generate, and the
-message tables name exactly the methods the services declare."""
+"""The committed gRPC modules match what the .proto files generate, the mgmt
+table names exactly the methods its service declares, and the meta service
+table is well formed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import pathlib
 
 import pytest
 
-from py3fs.proto import meta_pb2, mgmt_pb2
+from py3fs.proto import mgmt_pb2
 from py3fs.proto.generate import PROTOS, generate
-from py3fs.proto.messages import META_RPCS, MGMT_RPCS
+from py3fs.proto.messages import MGMT_RPCS, MetaReq
+from py3fs.proto.services import MetaService
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "py3fs" / "proto"
 
@@ -27,10 +29,19 @@ def test_generated_modules_are_fresh(tmp_path: pathlib.Path) -> None:
             )
 
 
-@pytest.mark.parametrize(
-    ("module", "service", "table"),
-    [(mgmt_pb2, "Mgmt", MGMT_RPCS), (meta_pb2, "Meta", META_RPCS)],
-)
-def test_tables_match_services(module: object, service: str, table: dict) -> None:
-    desc = module.DESCRIPTOR.services_by_name[service]  # type: ignore[attr-defined]
-    assert {m.name for m in desc.methods} == set(table)
+def test_mgmt_table_matches_service() -> None:
+    desc = mgmt_pb2.DESCRIPTOR.services_by_name["Mgmt"]
+    assert {m.name for m in desc.methods} == set(MGMT_RPCS)
+
+
+def test_meta_table() -> None:
+    rpcs = MetaService.rpcs()
+    numbers = [r.number for r in rpcs]
+    assert len(set(numbers)) == len(numbers)
+    assert len({r.title for r in rpcs}) == len(rpcs)
+    # Every meta request carries the caller's identity and idempotency key.
+    assert all(issubclass(r.req, MetaReq) for r in rpcs)
+    assert MetaService.mkdir.title == "Mkdir"
+    assert MetaService.mkdir.mutating
+    assert MetaService.list_dir.title == "ListDir"
+    assert not MetaService.list_dir.mutating
