@@ -26,9 +26,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
 
 from py3fs import errors, metrics
-from py3fs.http import base_app
 from py3fs.proto.messages import RoutingInfo, TargetState
 from py3fs.units import format_size
+from py3fs.web import base_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

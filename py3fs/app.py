@@ -3,14 +3,14 @@
 `run(service, node_id, make_server, ready_file)` is the only place that starts an
 event loop for a service. `make_server()` returns an async context manager whose
 value has an `address`. The runner starts the service's HTTP endpoint
-(py3fs.http: `/metrics`, `/healthz`, and whatever `srv.http_app()` adds) and
+(py3fs.web: `/metrics`, `/healthz`, and whatever `srv.http_app()` adds) and
 sets `srv.http_address` before entering the server; once it is entered (the
 service accepts connections) the runner writes `{"pid", "address", "http",
 "service", "node_id"}` as JSON to `ready_file` (atomically, via rename), then
 waits for SIGTERM/SIGINT and exits the contexts.
 
 A server may provide `http_app() -> FastAPI` (its own app, built on
-`py3fs.http.base_app`), `health() -> str | None` (None: healthy) and
+`py3fs.web.base_app`), `health() -> str | None` (None: healthy) and
 `before_scrape()` (refresh gauges read from live state).
 """
 
@@ -30,7 +30,7 @@ import uvloop
 from fastapi import FastAPI
 
 from py3fs import log
-from py3fs.http import HttpServer, base_app
+from py3fs.web import HttpServer, base_app
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One module owns the names so that dashboards and the status page agree on them.
 The objects live in prometheus_client's default registry; a service exposes
-them at `/metrics` through `py3fs.http` (every service does). Counters are
+them at `/metrics` through `py3fs.web` (every service does). Counters are
 cumulative since the process started; the status page turns them into rates.
 
 Names and labels:
