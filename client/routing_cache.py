@@ -7,10 +7,14 @@ it instead of asking mgmtd again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+from py3fs import errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.routing import RoutingView
+
+logger = logging.getLogger(__name__)
 
 
 class RoutingCache:
@@ -32,6 +36,14 @@ class RoutingCache:
         async with self._lock:
             if self._view is not None and self._view is not stale:
                 return self._view
-            self._view = await self._mgmt.routing()
+            try:
+                self._view = await self._mgmt.routing()
+            except errors.Py3fsError as exc:
+                # DESIGN §6: served from the cache while mgmtd is unreachable
+                # (or between primaries); the next call asks again.
+                if self._view is None or not exc.retryable:
+                    raise
+                logger.warning("routing refresh failed, using cached view: %s", exc)
+                return self._view
             self._fetched = time.monotonic()
             return self._view

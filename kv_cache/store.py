@@ -32,6 +32,7 @@ from typing import Any
 from client import Client
 from kv_cache.buffers import byte_view
 from py3fs import errors, metrics
+from py3fs.faults import fault_point
 from py3fs.proto.messages import (
     KvEntry,
     KvEvictReply,
@@ -216,8 +217,13 @@ class KVCacheStore:
             )
         if page.length:
             assert page.layout is not None
-            await self.client.storage.read(
-                page.inode, page.layout, 0, view[: page.length]
+            await self.client.files.read(
+                page.inode,
+                page.layout,
+                0,
+                view[: page.length],
+                length=page.length,
+                session=True,  # a leased page is not collected under us
             )
         self._metrics["bytes_read"] += page.length
 
@@ -253,14 +259,16 @@ class KVCacheStore:
             KvStageReq(store=self.name, count=len(keys))
         )
         files = staged.files
+        fault_point("kvcache.put.staged")
 
         async def write(i: int) -> None:
             f, v = files[i], views[i]
             if v.nbytes:
                 assert f.layout is not None
-                await self.client.storage.write(f.inode, f.layout, 0, v)
+                await self.client.files.write(f.inode, f.layout, 0, v)
 
         await asyncio.gather(*(write(i) for i in range(len(keys))))
+        fault_point("kvcache.put.written")  # bytes on storage, not published
         pages = [
             KvPageNew(key=k, inode=f.inode, length=v.nbytes)
             for k, f, v in zip(keys, files, views, strict=True)

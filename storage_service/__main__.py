@@ -19,7 +19,9 @@ from storage_service.config import StorageConfig
 @click.option("--port", type=int)
 @click.option("--http-port", type=int, help="metrics (default any free port)")
 @click.option(
-    "--fsync/--no-fsync", default=None, help="fsync chunk writes (default on)"
+    "--fsync/--no-fsync",
+    default=None,
+    help="fsync every chunk write before acking it (default: on client fsync/close)",
 )
 @click.option("--heartbeat-interval", help='e.g. "1s"')
 @click.option("--ready-file", type=click.Path(dir_okay=False))

@@ -17,7 +17,10 @@ class StorageConfig:
     port: int = 0
     # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
     http_port: int = 0
-    fsync: bool = True
+    # Durability: False (the default) acknowledges a write once every replica has
+    # it in its page cache and puts it on disk at the client's fsync/close (FLUSH),
+    # as HDFS's hsync; True puts every write on disk before acknowledging it.
+    fsync: bool = False
     heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     # How long startup keeps retrying registration while mgmtd is not up yet.
     register_timeout: float = 60.0

@@ -164,6 +164,9 @@ class StorageServer(ServiceResource):
             metrics.STORAGE_BYTES.labels("resync").inc(len(payload))
         elif isinstance(body, wire.SyncDoneReq):
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
+        elif isinstance(body, wire.FlushReq):
+            flushed = await self.ctx.flush(body.target_ids)
+            await conn.reply(M.FLUSH_REPLY, wire.FlushReply(chunks=flushed))
         elif isinstance(body, wire.TargetStatsReq):
             stats = await self.ctx.target_stats()
             await conn.reply(M.TARGET_STATS_REPLY, wire.TargetStatsReply(stats))

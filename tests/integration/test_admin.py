@@ -18,7 +18,7 @@ from py3fs import ids, wire
 from py3fs.cluster import LocalCluster
 from py3fs.kv import keys
 from py3fs.kv.registry import open_database
-from storage_service.chunk_store import FileChunkStore
+from storage_service.file_chunk_store import FileChunkStore
 
 KiB = 1024
 
@@ -61,7 +61,7 @@ def test_admin_lists_nodes_targets_chains(cluster: LocalCluster) -> None:
 
 def chunk_path(cluster: LocalCluster, target: int, cid: bytes) -> Path:
     root = cluster.data_dir / f"storage-{target // 100}" / f"target-{target}"
-    return Path(FileChunkStore(str(root)).path(cid))
+    return Path(FileChunkStore(str(root)).data_path(cid))
 
 
 def problems(report: dict[str, Any]) -> set[tuple[str, str]]:
