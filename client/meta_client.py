@@ -24,6 +24,7 @@ from py3fs import errors
 from py3fs.msgrpc import MsgClient, Stub
 from py3fs.proto.messages import MetaReq, Msg, OpenReq, RenewReq
 from py3fs.proto.services import MetaService, Rpc
+from py3fs.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
@@ -72,7 +73,7 @@ class MetaClient(MetaService):
         self._clients: dict[str, MsgClient] = {}
         self._bad: dict[str, float] = {}
         self._rr = itertools.count()
-        self._retry_timeout = retry_timeout
+        self._retry = RetryPolicy(initial=0.02, maximum=1.0, timeout=retry_timeout)
         self._call_timeout = call_timeout
         # Write sessions last `session_lease` seconds past the last renewal;
         # a task renews every third of it once the first one is open.
@@ -109,25 +110,23 @@ class MetaClient(MetaService):
             fields["lease"] = self.session_lease
             self._start_renewer()
         req = msgspec.structs.replace(req, **fields)
-        deadline = time.monotonic() + self._retry_timeout
-        delay, refresh = 0.02, False
-        while True:
-            address = await self._pick(refresh)
+
+        async def attempt(n: int) -> R:
+            address = await self._pick(refresh=n > 0)
             try:
                 return await self._rpc(address).call(
                     rpc, req, timeout=self._call_timeout
                 )
             except errors.Py3fsError as exc:
-                if not exc.retryable or time.monotonic() > deadline:
-                    raise
                 if isinstance(exc, errors.RPCUnavailable | errors.RPCTimeout):
                     self._bad[address] = time.monotonic() + 5.0
-                logger.info(
-                    "meta %s to %s failed (%s); retrying", rpc.title, address, exc
-                )
-            refresh = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                if exc.retryable:
+                    logger.info(
+                        "meta %s to %s failed (%s); retrying", rpc.title, address, exc
+                    )
+                raise
+
+        return await self._retry.acall(attempt, what=f"meta {rpc.title}")
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -21,6 +20,7 @@ from client.striping import Piece, pieces
 from py3fs import errors, ids, wire
 from py3fs.dataplane import DataClient
 from py3fs.proto.messages import Layout
+from py3fs.retry import RetryPolicy
 from py3fs.routing import RoutingView
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class StorageClient:
         self._sem = asyncio.Semaphore(max_inflight)
         self._ids = itertools.count(1)
         self._rr = itertools.count()
-        self._retry_timeout = retry_timeout
+        self._retry = RetryPolicy(initial=0.01, maximum=0.2, timeout=retry_timeout)
         self._call_timeout = call_timeout
 
     async def _retrying(
@@ -71,27 +71,22 @@ class StorageClient:
     ) -> T:
         """Run `attempt(routing, try_number)` until it succeeds or fails for good.
         Retryable errors refresh routing and back off."""
-        deadline = time.monotonic() + self._retry_timeout
-        delay = 0.01
         view = await self._routing.get()
-        for n in itertools.count():
-            try:
-                return await attempt(view, n)
-            except errors.Py3fsError as exc:
-                if not exc.retryable or time.monotonic() > deadline:
-                    raise
-                logger.debug("%s: retrying after %s", what, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+
+        async def refresh(exc: BaseException, n: int) -> None:
+            nonlocal view
             try:
                 view = await self._routing.refresh(view)
-            except errors.Py3fsError as exc:
+            except errors.Py3fsError as err:
                 # mgmtd failing over (NotPrimary, unreachable) must not fail
                 # the I/O: keep the old view and retry until the deadline.
-                if not exc.retryable or time.monotonic() > deadline:
+                if not err.retryable:
                     raise
-                logger.debug("%s: routing refresh failed: %s", what, exc)
-        raise AssertionError("unreachable")
+                logger.debug("%s: routing refresh failed: %s", what, err)
+
+        return await self._retry.acall(
+            lambda n: attempt(view, n), what=what, on_retry=refresh
+        )
 
     # ------------------------------------------------------------------ writes
 

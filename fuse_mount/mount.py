@@ -4,9 +4,12 @@ The mount shows in /proc/self/mountinfo as fs type `fuse.hf3fs` with source
 `hf3fs` (mount options `subtype=hf3fs`, `fsname=hf3fs`), which is what 3FS's
 USRBIO library and the programs written for it look for.
 
-`--daemon` forks before mounting; the parent waits on a pipe until the child
-has mounted (or failed), so a caller that sees the command return 0 can use
-the mount at once. SIGTERM/SIGINT end the FUSE loop; open files are closed
+Before mounting, the cluster is asked for its root: a mount of a cluster that
+cannot be reached fails at once instead of serving EIO. `--daemon` forks
+before mounting; the parent waits on a pipe until the child has mounted (or
+failed, with the reason and its log file), so a caller that sees the command
+return 0 can use the mount at once. A daemon logs to `--log-file`, by default
+`daemon_log_file(mountpoint)`. SIGTERM/SIGINT end the FUSE loop; open files are closed
 (ending their write sessions), the agent stopped and the mount removed.
 """
 
@@ -17,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 
 import pyfuse3
@@ -30,6 +34,8 @@ from py3fs import errors, log
 
 logger = logging.getLogger(__name__)
 FS_TYPE = "fuse.hf3fs"
+# How long mounting waits for the cluster to answer before giving up, seconds.
+PROBE_TIMEOUT = 15.0
 
 
 class MountError(Exception):
@@ -77,6 +83,24 @@ def check(mountpoint: str) -> str:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("cannot open /dev/fuse (mounting needs root here)")
     return path
+
+
+def daemon_log_file(mountpoint: str) -> str:
+    """Where a daemon without --log-file logs: one file per user and mount point."""
+    name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(tempfile.gettempdir(), f"py3fs-mount-{os.getuid()}-{name}.log")
+
+
+async def probe(client: Client, timeout: float = PROBE_TIMEOUT) -> None:
+    """Raise unless mgmtd and a meta service answer within `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            await client.routing.refresh()
+            await client.stat("/")
+    except TimeoutError:
+        raise errors.RPCTimeout(
+            f"the cluster did not answer within {timeout:.0f}s"
+        ) from None
 
 
 # Kernel read-ahead for the mount, in KiB. The kernel asks for at most 1 MiB per
@@ -171,8 +195,10 @@ def run(
         return 1
     if not daemon:
         log.setup("fuse", 0, "DEBUG" if debug else "INFO")
-        return _serve(config, path, debug, lambda: None)
-    return _daemonize(path, config, debug, pid_file, log_file)
+        return 0 if _serve(config, path, debug, lambda: None) is None else 1
+    return _daemonize(
+        path, config, debug, pid_file, log_file or daemon_log_file(mountpoint)
+    )
 
 
 def _enable_asyncio() -> None:
@@ -213,12 +239,19 @@ def _enable_asyncio() -> None:
 
 def _serve(
     config: ClientConfig, path: str, debug: bool, ready: Callable[[], None]
-) -> int:
+) -> str | None:
+    """Mount and serve until unmounted; returns None, or why it failed."""
     _enable_asyncio()
 
     async def main() -> None:
         # Built inside the loop: gRPC channels bind to the loop they start on.
         async with Client(config) as client:
+            try:
+                await probe(client)
+            except errors.Py3fsError as exc:
+                where = ", ".join(config.mgmt)
+                msg = f"cannot reach the cluster at {where}: {exc}"
+                raise MountError(msg) from None
             await serve(client, path, debug=debug, ready=ready)
 
     try:
@@ -227,11 +260,15 @@ def _serve(
         # a reader callback firing twice, which upstream's does not.)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
+    except MountError as exc:
+        logger.error("mount of %s failed: %s", path, exc)
+        print(f"py3fs mount: {exc}", file=sys.stderr)
+        return str(exc)
     except Exception as exc:
         logger.exception("mount of %s failed", path)
         print(f"py3fs mount: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _daemonize(
@@ -239,7 +276,7 @@ def _daemonize(
     config: ClientConfig,
     debug: bool,
     pid_file: str | None,
-    log_file: str | None,
+    log_file: str,
 ) -> int:
     rfd, wfd = os.pipe()
     if os.fork():
@@ -255,9 +292,7 @@ def _daemonize(
         return 1
     os.close(rfd)
     os.setsid()
-    sink = os.open(
-        log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-    )
+    sink = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(sink, 1)
@@ -271,9 +306,9 @@ def _daemonize(
         os.write(wfd, b"ok")
         os.close(wfd)
 
-    status = _serve(config, path, debug, ready)
+    failure = _serve(config, path, debug, ready)
     try:
-        os.write(wfd, b"mount failed (see the daemon log)")
+        os.write(wfd, f"{failure or 'mount failed'} (log: {log_file})".encode())
         os.close(wfd)
     except OSError:
         pass  # already reported ready
@@ -282,4 +317,4 @@ def _daemonize(
             os.unlink(pid_file)
         except FileNotFoundError:
             pass
-    os._exit(status)
+    os._exit(0 if failure is None else 1)

@@ -31,7 +31,7 @@ from typing import Any
 
 from client import Client
 from kv_cache.buffers import byte_view
-from py3fs import errors
+from py3fs import errors, metrics
 from py3fs.faults import fault_point
 from py3fs.proto.messages import (
     KvEntry,
@@ -206,6 +206,8 @@ class KVCacheStore:
         hits = sum(out)
         self._metrics["hits"] += hits
         self._metrics["misses"] += len(keys) - hits
+        metrics.KVCACHE_LOOKUPS.labels("hit").inc(hits)
+        metrics.KVCACHE_LOOKUPS.labels("miss").inc(len(keys) - hits)
         return out
 
     async def _read(self, view: memoryview, page: KvPageLoc) -> None:

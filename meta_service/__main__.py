@@ -15,9 +15,10 @@ from py3fs import app, config, errors
 @click.option("--node-id", type=int, default=None)
 @click.option("--host", default=None, help="address to bind [127.0.0.1]")
 @click.option("--port", type=int, default=None, help="port to bind [0: any free]")
+@click.option("--http-port", type=int, default=None, help="metrics [0: any]")
 @click.option("--chunk-size", default=None, help="chunk size of new files [4MiB]")
 @click.option("--gc-interval", default=None, help="GC pass interval [1s]")
-@click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [1s]")
+@click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [0.5s]")
 @click.option("--ready-file", default=None, help="write pid and address here")
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -27,6 +28,7 @@ def main(
     node_id: int | None,
     host: str | None,
     port: int | None,
+    http_port: int | None,
     chunk_size: str | None,
     gc_interval: str | None,
     heartbeat_interval: str | None,
@@ -40,6 +42,7 @@ def main(
         "node_id": node_id,
         "host": host,
         "port": port,
+        "http_port": http_port,
         "chunk_size": chunk_size,
         "gc_interval": gc_interval,
         "heartbeat_interval": heartbeat_interval,
@@ -52,7 +55,15 @@ def main(
             raise errors.InvalidArgument(f"missing {flags}")
     except errors.Py3fsError as exc:
         raise click.UsageError(str(exc)) from None
-    app.run("meta", cfg.node_id, lambda: MetaServer(cfg), ready_file, log_level)
+    app.run(
+        "meta",
+        cfg.node_id,
+        lambda: MetaServer(cfg),
+        ready_file,
+        log_level,
+        http_host=cfg.host,
+        http_port=cfg.http_port,
+    )
 
 
 if __name__ == "__main__":

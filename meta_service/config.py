@@ -13,9 +13,11 @@ class MetaConfig:
     mgmt: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 0
+    # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
+    http_port: int = 0
     # tunables
     chunk_size: int = 4 * 1024 * 1024
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     gc_interval: float = 1.0
     gc_batch: int = 256
     # a claimed GC entry comes due again after this long unless its removal finishes,

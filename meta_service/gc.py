@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from meta_service import idempotency, inodes, sessions
-from py3fs import errors, wire
+from py3fs import errors, metrics, wire
 from py3fs.dataplane import DataClient
 from py3fs.kv import keys
 from py3fs.kv.base import Database, Transaction
@@ -33,6 +33,10 @@ REMOVE_BATCH = 128  # inodes per REMOVE request (its body stays far below MAX_BO
 
 def enqueue(tr: Transaction, inode: int, due_ms: int) -> None:
     tr.set(keys.gc_key(due_ms, inode), b"")
+
+
+_ALL_MS = 2**63 - 2  # a due time later than any entry's
+_COUNT_LIMIT = 10_000
 
 
 def claim(tr: Transaction, now_ms: int, limit: int, lease_ms: int) -> list[Inode]:
@@ -120,6 +124,13 @@ class GcWorker:
         done = [node.inode for node in claimed if node.inode not in failed]
         if done:
             await self._db.arun(functools.partial(finish, done=done, lease_ms=lease_ms))
+        # The queue length for /metrics, counted up to a bound: a pass must stay
+        # cheap however far behind GC is.
+        queued = await self._db.arun(
+            lambda tr: len(tr.get_range(*keys.gc_range(_ALL_MS), limit=_COUNT_LIMIT)),
+            read_only=True,
+        )
+        metrics.GC_QUEUE.set(queued)
         cutoff = self._clock() - self._ttl
         start = self._sweep_from
         _cleared, self._sweep_from = await self._db.arun(

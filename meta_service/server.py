@@ -48,6 +48,7 @@ class MetaServer(ServiceResource):
     def __init__(self, cfg: MetaConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.address = ""
+        self.http_address = ""  # set by py3fs.app before start
         self.routing: RoutingView | None = None
         self._clock = clock
         self._db: Database | None = None
@@ -130,7 +131,11 @@ class MetaServer(ServiceResource):
     async def _register(self) -> None:
         assert self._mgmt is not None
         req = RegisterNodeReq(
-            node_id=self.cfg.node_id, role="meta", address=self.address, pid=os.getpid()
+            node_id=self.cfg.node_id,
+            role="meta",
+            address=self.address,
+            pid=os.getpid(),
+            http=self.http_address,
         )
         self.routing = await self._mgmt.register(req)
         self._registered = True

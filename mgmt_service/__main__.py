@@ -14,6 +14,7 @@ from py3fs import app, config, errors
 @click.option("--node-id", type=int, default=1, show_default=True)
 @click.option("--host", default=None, help="address to bind [127.0.0.1]")
 @click.option("--port", type=int, default=None, help="port to bind [0: any free]")
+@click.option("--http-port", type=int, default=None, help="status page [0: any]")
 @click.option("--ready-file", default=None, help="write pid and address here")
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--heartbeat-timeout", default=None, help="e.g. 10s, 500ms")
@@ -24,6 +25,7 @@ def main(
     node_id: int,
     host: str | None,
     port: int | None,
+    http_port: int | None,
     ready_file: str | None,
     config_file: str | None,
     heartbeat_timeout: str | None,
@@ -34,6 +36,7 @@ def main(
         "kv_url": kv_url,
         "host": host,
         "port": port,
+        "http_port": http_port,
         "heartbeat_timeout": heartbeat_timeout,
         "lease_timeout": lease_timeout,
         "node_id": node_id,
@@ -44,7 +47,15 @@ def main(
             raise errors.InvalidArgument("no KV store: pass --kv URL")
     except errors.Py3fsError as exc:
         raise click.UsageError(str(exc)) from None
-    app.run("mgmtd", node_id, lambda: MgmtServer(cfg), ready_file, log_level)
+    app.run(
+        "mgmtd",
+        node_id,
+        lambda: MgmtServer(cfg),
+        ready_file,
+        log_level,
+        http_host=cfg.host,
+        http_port=cfg.http_port,
+    )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ class MgmtConfig:
     kv_url: str = ""  # where the routing state is persisted, e.g. sqlite:///x/kv.db
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port, announced through the ready file
-    # A node silent for this long is marked down and its targets offline.
-    heartbeat_timeout: float = 10.0
-    # How often silent nodes are looked for; 0: a quarter of heartbeat_timeout.
+    # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
+    http_port: int = 0
+    # A node silent for this long is marked down and its targets offline. With
+    # heartbeats every 0.5 s this is four missed beats; writes resume about
+    # this long after a storage node dies (benchmarks/failover.py).
+    heartbeat_timeout: float = 2.0
+    # How often silent nodes are looked for; 0: an eighth of heartbeat_timeout.
     expire_interval: float = 0.0
     # This mgmtd's id in the primary lease; each mgmtd of a cluster needs its own.
     node_id: int = 1

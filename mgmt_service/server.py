@@ -22,7 +22,9 @@ from collections.abc import Callable
 
 import grpc.aio
 import msgspec
+from fastapi import FastAPI
 
+from mgmt_service import admin_http
 from mgmt_service.config import MgmtConfig
 from mgmt_service.leases import PrimaryLease, check_holder
 from mgmt_service.state import MgmtState
@@ -75,6 +77,7 @@ class MgmtServer(ServiceResource):
             raise errors.InvalidArgument("heartbeat_timeout must be positive")
         self.cfg = cfg
         self.address = ""
+        self.http_address = ""  # set by py3fs.app before start
         self._clock = clock
         self._db: Database | None = None
         self._state: MgmtState | None = None
@@ -178,6 +181,10 @@ class MgmtServer(ServiceResource):
     async def aclose(self) -> None:
         await self._stack.aclose()
 
+    def http_app(self) -> FastAPI:
+        """The status page, JSON status, /metrics and /healthz (py3fs.app serves it)."""
+        return admin_http.make_app(self)
+
     # ------------------------------------------------------------------ RPCs
 
     async def register_node(self, req: RegisterNodeReq) -> RoutingInfo:
@@ -222,7 +229,7 @@ class MgmtServer(ServiceResource):
             self._persisted_version = info.version
 
     async def _expire_loop(self) -> None:
-        interval = self.cfg.expire_interval or self.cfg.heartbeat_timeout / 4
+        interval = self.cfg.expire_interval or self.cfg.heartbeat_timeout / 8
         while True:
             await asyncio.sleep(interval)
             if not self.is_primary:

@@ -88,7 +88,9 @@ class MgmtState:
         they go through recovery (offline, then waiting, syncing, serving) as in
         3FS, where a restarting node reports its targets offline."""
         self._check_node(req.node_id, req.role)
-        changed = self._touch_node(req.node_id, req.role, req.address, req.pid)
+        changed = self._touch_node(
+            req.node_id, req.role, req.address, req.pid, req.http
+        )
         for target_id in req.targets:
             changed |= self._ensure_target(target_id, req.node_id)
         mine = {t for t in req.targets if self._in_chain(t)}
@@ -203,8 +205,11 @@ class MgmtState:
         if not role:
             raise errors.InvalidArgument(f"node {node_id} did not say its role")
 
-    def _touch_node(self, node_id: int, role: str, address: str, pid: int) -> bool:
-        """Mark the node alive now; True if anything but its heartbeat time changed."""
+    def _touch_node(
+        self, node_id: int, role: str, address: str, pid: int, http: str = ""
+    ) -> bool:
+        """Mark the node alive now; True if anything but its heartbeat time changed.
+        Heartbeats do not repeat the HTTP address: the registered one is kept."""
         self._last_seen[node_id] = self._clock()
         old = self._nodes.get(node_id)
         new = NodeInfo(
@@ -214,6 +219,7 @@ class MgmtState:
             up=True,
             last_heartbeat=self._wall(),
             pid=pid,
+            http=http or (old.http if old is not None else ""),
         )
         self._nodes[node_id] = new
         if old is None:

@@ -1,3 +1,3 @@
-from py3fs.cli import main
+from py3fs_cli import main
 
 main()

@@ -30,6 +30,7 @@ from py3fs import errors
 from py3fs.etcd_local import (
     EtcdMember,
     endpoints_of,
+    free_ports,
     plan_members,
     ports_from_args,
     start_members,
@@ -37,6 +38,7 @@ from py3fs.etcd_local import (
 from py3fs.mgmt_client import MgmtClient
 from py3fs.procs import ServiceProc
 
+HOST = "127.0.0.1"
 MGMT_NODE = 1
 META_BASE = 11
 STORAGE_BASE = 21
@@ -54,7 +56,7 @@ class ClusterSpec:
     replicas: int = 3
     kv: str = ""  # a KV URL, "etcd" (local etcd members), or "": sqlite in data_dir
     fsync: bool = False  # fsync every chunk write (else on client fsync/close)
-    heartbeat_timeout: str = "10s"
+    heartbeat_timeout: str = "2s"
     chunk_size: str = "4MiB"
     # mgmtd processes (node ids 1..N): the first to take the lease is primary.
     mgmtd: int = 1
@@ -105,6 +107,12 @@ class LocalCluster:
         return self.spec.kv_url()
 
     @property
+    def status_url(self) -> str:
+        """The status page of the first mgmtd ("" if it has no HTTP endpoint)."""
+        mgmtd = self.mgmtds[0] if self.mgmtds else self.mgmtd
+        return f"http://{mgmtd.http}/" if mgmtd is not None and mgmtd.http else ""
+
+    @property
     def mgmt_addresses(self) -> list[str]:
         mgmtds = self.mgmtds or [self.mgmtd]
         return [p.address for p in mgmtds if p is not None and p.address]
@@ -128,7 +136,9 @@ class LocalCluster:
                     "module": p.module,
                     "args": p.args,
                     "pid": p.pid,
+                    "start_time": p.start_time,
                     "address": p.address,
+                    "http": p.http,
                     "log": str(p.log_file),
                 }
                 for p in self.procs
@@ -162,7 +172,9 @@ class LocalCluster:
                 "args": rec["args"],
                 "run_dir": cluster.run_dir,
                 "pid": rec["pid"],
+                "start_time": rec.get("start_time", 0),
                 "address": rec["address"],
+                "http": rec.get("http", ""),
             }
             if rec["role"] == "etcd":
                 client, peer = ports_from_args(rec["args"])
@@ -209,6 +221,8 @@ class LocalCluster:
                 proc.args = [*proc.args, "--host", host]
 
     def _plan(self) -> None:
+        """Every service gets a fixed port, chosen free now and kept in the cluster
+        file: clients, mounts and copied cluster files stay valid across restarts."""
         spec = self.spec
         kv = self.kv_url
         extra = spec.extra
@@ -243,6 +257,13 @@ class LocalCluster:
             )
             for i in range(spec.storage)
         ]
+        procs = [*self.mgmtds, *self.metas, *self.storages]
+        ports = free_ports(2 * len(procs))
+        for proc, port, http in zip(procs, ports[::2], ports[1::2], strict=True):
+            proc.address = f"{HOST}:{port}"
+            proc.http = f"{HOST}:{http}"
+        for p in self.mgmtds:
+            p.args += ["--port", _port(p), "--http-port", _port(p, http=True)]
 
     def _bind_mgmt(self) -> None:
         """Fill in the arguments that need mgmtd's address, known once it is up."""
@@ -258,6 +279,10 @@ class LocalCluster:
                 str(p.node_id),
                 "--chunk-size",
                 spec.chunk_size,
+                "--port",
+                _port(p),
+                "--http-port",
+                _port(p, http=True),
                 *spec.extra.get("meta", []),
             ]
         for p in self.storages:
@@ -270,6 +295,10 @@ class LocalCluster:
                 str(self.data_dir / f"storage-{p.node_id}"),
                 "--targets",
                 str(spec.targets),
+                "--port",
+                _port(p),
+                "--http-port",
+                _port(p, http=True),
                 "--fsync" if spec.fsync else "--no-fsync",
                 *spec.extra.get("storage", []),
             ]
@@ -279,19 +308,17 @@ class LocalCluster:
     def running(self) -> list[ServiceProc]:
         return [p for p in self.procs if p.running()]
 
-    def up(self, timeout: float = 60.0) -> None:
-        """Start every process and the chain table; returns when clients can work.
-        On failure, stops whatever it started and raises with the failing log."""
-        old = None
+    def up(self, timeout: float = 60.0) -> list[ServiceProc]:
+        """Start the cluster and its chain table; returns when clients can work.
+
+        A cluster already recorded in the data directory is resumed: only its
+        processes that are down start again, with the ports and arguments they
+        had (the recorded spec wins over this one). Returns the processes
+        started. On failure, stops what it started and raises with the log."""
         if self.state_file.exists():
-            old = LocalCluster.load(self.data_dir)
-            if alive := old.running():
-                names = ", ".join(f"{p.name} (pid {p.pid})" for p in alive)
-                raise errors.AlreadyExists(
-                    f"a cluster is already running in {self.data_dir}: {names}"
-                )
+            return self._resume(timeout)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._plan_etcd(old)
+        self._plan_etcd(None)
         try:
             start_members(self.etcd, timeout)
             self._plan()
@@ -299,16 +326,56 @@ class LocalCluster:
             for p in self.mgmtds:
                 p.start(timeout)
             self._bind_mgmt()
-            others = [*self.storages, *self.metas]
-            for p in others:
-                p.spawn()
-            for p in others:
-                p.wait_ready(timeout)
+            self._start_all([*self.storages, *self.metas], timeout)
             self._write_files()
             _run_sync(self._create_chains(timeout))
         except BaseException:
             self.down()
             raise
+        return self.procs
+
+    def _resume(self, timeout: float) -> list[ServiceProc]:
+        old = LocalCluster.load(self.data_dir)
+        self.spec = old.spec
+        self.etcd, self.mgmtds, self.mgmtd = old.etcd, old.mgmtds, old.mgmtd
+        self.metas, self.storages = old.metas, old.storages
+        down = [p for p in self.procs if not p.running()]
+        if not down:
+            return []
+        # Fixed in the records of clusters made before ports were kept.
+        for p in self.mgmtds:
+            if p.address and "--port" not in p.args:
+                p.args += ["--port", _port(p)]
+        started: list[ServiceProc] = []
+        try:
+            etcd = [p for p in self.etcd if p in down]
+            for p in etcd:
+                p.spawn()
+                started.append(p)
+            for p in etcd:
+                p.wait_ready(timeout)
+            for p in self.mgmtds:
+                if p in down:
+                    started.append(p)
+                    p.start(timeout)
+            rest = [p for p in [*self.storages, *self.metas] if p in down]
+            started += rest
+            self._start_all(rest, timeout)
+            self._write_files()
+            _run_sync(self._create_chains(timeout))
+        except BaseException:
+            for p in reversed(started):
+                p.stop()
+            self._write_files()
+            raise
+        return down
+
+    @staticmethod
+    def _start_all(procs: list[ServiceProc], timeout: float) -> None:
+        for p in procs:
+            p.spawn()
+        for p in procs:
+            p.wait_ready(timeout)
 
     async def _create_chains(self, timeout: float) -> None:
         mgmt = MgmtClient(self.mgmt_addresses)
@@ -348,6 +415,7 @@ class LocalCluster:
                 "node_id": p.node_id,
                 "pid": p.pid,
                 "address": p.address,
+                "http": p.http,
                 "state": "running" if p.running() else "stopped",
                 "log": str(p.log_file),
             }
@@ -362,6 +430,10 @@ class LocalCluster:
             proc.args = [*proc.args, "--port", proc.address.rpartition(":")[2]]
         proc.start(timeout)
         self._write_files()
+
+
+def _port(proc: ServiceProc, *, http: bool = False) -> str:
+    return (proc.http if http else proc.address).rpartition(":")[2]
 
 
 def _run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -39,7 +39,11 @@ def _convert(name: str, typ: Any, value: Any, source: str) -> Any:
                 return parse_size(value)
             if isinstance(value, bool):
                 raise ValueError(value)
-            return int(value)
+            number = int(value)
+            # The kernel keeps 16 bits: port 99999 would silently bind 34463.
+            if (name == "port" or name.endswith("_port")) and not 0 <= number <= 65535:
+                raise ValueError(value)
+            return number
         if typ is float:
             return parse_duration(value)
         if typ is str:

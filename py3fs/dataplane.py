@@ -13,10 +13,11 @@ import contextlib
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from py3fs import errors, wire
+from py3fs import errors, metrics, wire
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,19 @@ class _ClientConn:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _usable(sock: socket.socket) -> bool:
+    """Whether an idle pooled connection may carry a request: not closed by the
+    peer meanwhile (a restarted server on the same port would otherwise get
+    every request on a dead connection first)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True  # open, nothing to read: as an idle connection should be
+    except OSError:
+        return False
+    return False  # end of stream, or bytes nobody asked for
 
 
 class DataClient:
@@ -94,7 +108,14 @@ class DataClient:
         if self._closed:
             raise errors.RPCUnavailable("data client closed")
         idle = self._idle.setdefault(address, [])
-        conn = idle.pop() if idle else await self._connect(address)
+        conn = None
+        while idle and conn is None:
+            conn = idle.pop()
+            if not _usable(conn.sock):
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = await self._connect(address)
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
         try:
@@ -283,15 +304,23 @@ class DataServer:
                 if frame is None:
                     return
                 conn.begin(frame)
+                start = time.perf_counter()
+                outcome = "ok"
                 try:
                     await self._handler(frame, conn)
                 except errors.Py3fsError as exc:
+                    outcome = type(exc).__name__
                     await conn.reply_error(exc)
                 except (ConnectionError, wire.ConnectionClosed):
+                    outcome = "disconnected"
                     return
                 except Exception as exc:
+                    outcome = "internal"
                     logger.exception("handler failed on %s", frame.type.name)
                     await conn.reply_error(errors.Py3fsError(f"internal error: {exc}"))
+                finally:
+                    seconds = time.perf_counter() - start
+                    metrics.record(frame.type.name, outcome, seconds)
         except (OSError, errors.RPCUnavailable):
             return
         finally:

@@ -14,7 +14,8 @@ a client may retry it. Codes are grouped by subsystem::
     │   ├── RPCTimeout (2002, retryable)
     │   ├── BadFrame (2003)                   malformed or truncated frame
     │   ├── UnknownMessage (2004)             unknown message type or RPC
-    │   └── FrameTooLarge (2005)              length over the configured limit
+    │   ├── FrameTooLarge (2005)              length over the configured limit
+    │   └── AddressInUse (2006, EADDRINUSE)   a server cannot bind its port
     ├── MetaError (3000)
     │   ├── NotFound (3001, ENOENT)
     │   ├── AlreadyExists (3002, EEXIST)
@@ -135,6 +136,11 @@ class UnknownMessage(RPCError):
 class FrameTooLarge(RPCError):
     code = 2005
     errno = _errno.EMSGSIZE
+
+
+class AddressInUse(RPCError):
+    code = 2006
+    errno = _errno.EADDRINUSE
 
 
 class MetaError(Py3fsError):

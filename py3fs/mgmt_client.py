@@ -6,7 +6,7 @@ transport errors and NotPrimary (a standby answers that once mgmtd HA exists).
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
 from typing import TypeVar
 
@@ -22,11 +22,22 @@ from py3fs.proto.messages import (
     RegisterNodeReq,
     RoutingInfo,
 )
+from py3fs.retry import RetryPolicy
 from py3fs.routing import RoutingView
 from py3fs.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
+
+# Three rounds over the configured mgmtds; a standby answers NotPrimary.
+_FAILOVER = RetryPolicy(
+    initial=0.1,
+    maximum=1.0,
+    timeout=None,
+    retry_on=lambda exc: isinstance(
+        exc, errors.RPCUnavailable | errors.RPCTimeout | errors.NotPrimary
+    ),
+)
 
 
 class MgmtClient:
@@ -39,18 +50,15 @@ class MgmtClient:
         self._current = 0
 
     async def _call(self, method: str, req: Msg, reply_type: type[R]) -> R:
-        last: errors.Py3fsError | None = None
-        for attempt in range(3 * len(self._clients)):
+        def next_mgmtd(exc: BaseException, n: int) -> None:
+            self._current = (self._current + 1) % len(self._clients)
+
+        async def attempt(n: int) -> R:
             client = self._clients[self._current]
-            try:
-                return await client.call(method, req, reply_type)
-            except (errors.RPCUnavailable, errors.RPCTimeout, errors.NotPrimary) as exc:
-                last = exc
-                self._current = (self._current + 1) % len(self._clients)
-                if self._current == 0:
-                    await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
-        assert last is not None
-        raise last
+            return await client.call(method, req, reply_type)
+
+        policy = dataclasses.replace(_FAILOVER, attempts=3 * len(self._clients))
+        return await policy.acall(attempt, what=f"mgmtd {method}", on_retry=next_mgmtd)
 
     async def register(self, req: RegisterNodeReq) -> RoutingView:
         return RoutingView(await self._call("RegisterNode", req, RoutingInfo))

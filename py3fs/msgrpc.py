@@ -23,12 +23,13 @@ import contextlib
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import msgspec
 
-from py3fs import errors
+from py3fs import errors, metrics
 from py3fs.proto.messages import Msg
 from py3fs.proto.services import Rpc, Service
 
@@ -107,6 +108,8 @@ class MsgServer:
         self, writer: asyncio.StreamWriter, rid: int, number: int, body: bytes
     ) -> None:
         title = str(number)
+        start = time.perf_counter()
+        outcome = "ok"
         try:
             entry = self._dispatch.get(number)
             if entry is None:
@@ -124,12 +127,15 @@ class MsgServer:
             out = _encoder.encode(await handler(req))
             code = OK
         except errors.Py3fsError as exc:
+            outcome = type(exc).__name__
             if not isinstance(exc, errors.MetaError):
                 logger.info("%s failed: %s", title, exc)
             code, out = exc.code, exc.message.encode()
         except Exception as exc:
+            outcome = "internal"
             logger.exception("%s: unexpected error", title)
             code, out = errors.Py3fsError.code, f"internal: {exc}".encode()
+        metrics.record(title, outcome, time.perf_counter() - start)
         if not writer.is_closing():
             writer.write(HEADER.pack(len(out), rid, code) + out)
 

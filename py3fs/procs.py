@@ -46,7 +46,11 @@ class ServiceProc:
     prefix: list[str] = field(default_factory=list)
     popen: subprocess.Popen[bytes] | None = None
     address: str = ""
+    http: str = ""  # host:port of its /metrics, /healthz (and mgmtd's status page)
     pid: int = 0
+    # The kernel's start time of `pid` (clock ticks since boot): a pid recorded in
+    # a cluster file is ours only while it names the same process, not a reuse.
+    start_time: int = 0
 
     @property
     def name(self) -> str:
@@ -81,6 +85,7 @@ class ServiceProc:
                 start_new_session=True,
             )
         self.pid = self.popen.pid
+        self.start_time = proc_start_time(self.pid)
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -88,6 +93,7 @@ class ServiceProc:
             if self.ready_file.exists():
                 info: dict[str, Any] = json.loads(self.ready_file.read_text())
                 self.address = info["address"]
+                self.http = info.get("http", "")
                 return info
             if self.popen is not None and self.popen.poll() is not None:
                 raise ServiceStartError(
@@ -111,7 +117,9 @@ class ServiceProc:
     def running(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return pid_alive(self.pid)
+        if not pid_alive(self.pid):
+            return False
+        return not self.start_time or proc_start_time(self.pid) == self.start_time
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.pid and self.running():
@@ -136,6 +144,17 @@ class ServiceProc:
             self.kill(signal.SIGKILL)
         if self.popen is not None:
             self.popen.wait()
+
+
+def proc_start_time(pid: int) -> int:
+    """When process `pid` started, in clock ticks since boot (0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # Field 22; the command name (field 2) may hold spaces, so split
+            # after its closing parenthesis, where field 3 starts.
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def pid_alive(pid: int) -> bool:

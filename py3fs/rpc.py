@@ -10,6 +10,7 @@ are translated here and nowhere else.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import grpc
 import grpc.aio
 import msgspec
 
-from py3fs import errors
+from py3fs import errors, metrics
 from py3fs.proto import envelope_pb2
 from py3fs.proto.messages import Msg
 from py3fs.proto.services import Rpc, Service
@@ -30,6 +31,9 @@ _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+# gRPC sets SO_REUSEPORT by default: a second server on a taken port would then
+# share it (two mgmtds answering on one address) instead of failing to start.
+_SERVER_OPTIONS = [*_GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def _method(
@@ -38,6 +42,8 @@ def _method(
     decoder = msgspec.msgpack.Decoder(req_type)
 
     async def method(self: object, request: Any, context: Any) -> Any:
+        start = time.perf_counter()
+        outcome = "ok"
         try:
             try:
                 req = decoder.decode(request.body)
@@ -46,14 +52,18 @@ def _method(
             reply = await handler(req)
             return envelope_pb2.Reply(body=_encoder.encode(reply))
         except errors.Py3fsError as exc:
+            outcome = type(exc).__name__
             if not isinstance(exc, errors.MetaError):
                 logger.info("%s failed: %s", name, exc)
             return envelope_pb2.Reply(error_code=exc.code, error_message=exc.message)
         except Exception as exc:
+            outcome = "internal"
             logger.exception("%s: unexpected error", name)
             return envelope_pb2.Reply(
                 error_code=errors.Py3fsError.code, error_message=f"internal: {exc}"
             )
+        finally:
+            metrics.record(name, outcome, time.perf_counter() - start)
 
     method.__name__ = name
     return method
@@ -82,9 +92,18 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    """Start a gRPC server on host:port (0: any free port); returns it and the
+    bound address. Raises AddressInUse when the port is taken or invalid."""
+    if not 0 <= port <= 65535:
+        raise errors.InvalidArgument(f"port {port} is out of range 0-65535")
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
     add_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise errors.AddressInUse(f"cannot bind {host}:{port}: {exc}") from None
+    if bound == 0:
+        raise errors.AddressInUse(f"cannot bind {host}:{port}")
     await server.start()
     return server, f"{host}:{bound}"
 

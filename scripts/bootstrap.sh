@@ -2,11 +2,14 @@
 # Make ./.venv with py3fs and everything its tests use (idempotent, quiet when done).
 # System packages come from Debian's apt (with sudo when not root): FUSE 3 for the
 # mount, fio for the benchmarks, etcd for the etcd KV backend, python3-venv,
-# iproute2 + nftables for the partition tests (network namespaces).
+# chromium for the status page test (headless), docker, docker-compose and
+# debootstrap for the deploy/ image and compose test, iproute2 + nftables for the
+# partition tests (network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-APT_PACKAGES=(python3-venv python3-pip python3-dev gcc pkg-config fuse3 libfuse3-dev fio etcd-server rsync iproute2 nftables)
+APT_PACKAGES=(python3-venv python3-pip python3-dev gcc pkg-config fuse3 libfuse3-dev fio etcd-server rsync
+    iproute2 nftables chromium docker.io docker-compose debootstrap)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

@@ -17,6 +17,7 @@ from storage_service.config import StorageConfig
 @click.option("--targets", type=int, help="storage targets on this node (default 4)")
 @click.option("--host")
 @click.option("--port", type=int)
+@click.option("--http-port", type=int, help="metrics (default any free port)")
 @click.option(
     "--fsync/--no-fsync",
     default=None,
@@ -40,7 +41,15 @@ def main(
 
     from storage_service.server import StorageServer
 
-    app.run("storage", cfg.node_id, lambda: StorageServer(cfg), ready_file, log_level)
+    app.run(
+        "storage",
+        cfg.node_id,
+        lambda: StorageServer(cfg),
+        ready_file,
+        log_level,
+        http_host=cfg.host,
+        http_port=cfg.http_port,
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ class StorageConfig:
     targets: int = 4
     host: str = "127.0.0.1"
     port: int = 0
+    # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
+    http_port: int = 0
     # Durability: False (the default) acknowledges a write once every replica has
     # it in its page cache and puts it on disk at the client's fsync/close (FLUSH),
     # as HDFS's hsync; True puts every write on disk before acknowledging it.
     fsync: bool = False
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     # How long startup keeps retrying registration while mgmtd is not up yet.
     register_timeout: float = 60.0
     # A forward must cover the whole rest of the chain writing a 64 MiB chunk.

@@ -24,7 +24,7 @@ import time
 
 import msgspec
 
-from py3fs import errors, wire
+from py3fs import errors, metrics, wire
 from py3fs.proto.messages import TargetState
 from py3fs.routing import RoutingView
 from storage_service.chunk_store import MAX_CHUNK_SIZE
@@ -175,6 +175,7 @@ class Resync:
                     moved += 1
                     sent += data.nbytes
                     transferred += 1
+                    metrics.RESYNC_CHUNKS.labels(remote).inc()
             if not transferred:
                 break
         await ctx.client.call(

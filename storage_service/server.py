@@ -13,11 +13,12 @@ import logging
 import os
 import time
 
-from py3fs import errors, wire
+from py3fs import errors, metrics, wire
 from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient, DataServer, ServerConn
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import HeartbeatReq, RegisterNodeReq
+from py3fs.retry import RetryPolicy
 from storage_service.config import StorageConfig
 from storage_service.read_path import ReadPath
 from storage_service.resync import Resync
@@ -38,6 +39,7 @@ class StorageServer(ServiceResource):
         self.writes = WritePath(self.ctx, self.resync)
         self.reads = ReadPath(self.ctx, self.resync)
         self.address = ""
+        self.http_address = ""  # set by py3fs.app before start
         self._data: DataServer | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._heartbeats: asyncio.Task[None] | None = None
@@ -80,19 +82,21 @@ class StorageServer(ServiceResource):
             address=self.address,
             targets=list(self.ctx.stores),
             pid=os.getpid(),
+            http=self.http_address,
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.register_timeout
-        while True:
-            try:
-                self.ctx.set_routing(await self.mgmt.register(req))
-                logger.info("registered node %d at %s", self.cfg.node_id, self.address)
-                return
-            except errors.Py3fsError as exc:
-                if not exc.retryable or loop.time() > deadline:
-                    raise
-                logger.info("mgmtd not reachable yet: %s", exc)
-                await asyncio.sleep(0.2)
+
+        async def register(n: int) -> None:
+            self.ctx.set_routing(await self.mgmt.register(req))
+
+        def waiting(exc: BaseException, n: int) -> None:
+            logger.info("mgmtd not reachable yet: %s", exc)
+
+        # mgmtd may start after us (a whole cluster booting at once).
+        policy = RetryPolicy(
+            initial=0.2, maximum=0.2, timeout=self.cfg.register_timeout
+        )
+        await policy.acall(register, what="register", on_retry=waiting)
+        logger.info("registered node %d at %s", self.cfg.node_id, self.address)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -123,6 +127,9 @@ class StorageServer(ServiceResource):
             targets=await self.ctx.reports(),
             pid=os.getpid(),
         )
+        for report in req.targets:
+            metrics.STORAGE_CHUNKS.labels(report.target_id).set(report.chunk_count)
+            metrics.STORAGE_USED.labels(report.target_id).set(report.used_bytes)
         reply = await self.mgmt.heartbeat(req)
         known = self.ctx.routing.version if self.ctx.routing else 0
         if reply.routing_version > known:
@@ -139,9 +146,11 @@ class StorageServer(ServiceResource):
         if isinstance(body, wire.WriteReq):
             payload = await conn.read_payload()
             await conn.reply(M.WRITE_REPLY, await self.writes.write(body, payload))
+            metrics.STORAGE_BYTES.labels("write").inc(len(payload))
         elif isinstance(body, wire.ReadReq):
             reply, views = await self.reads.read(body)
             await conn.reply(M.READ_REPLY, reply, views)
+            metrics.STORAGE_BYTES.labels("read").inc(sum(len(v) for v in views))
         elif isinstance(body, wire.RemoveReq):
             await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
         elif isinstance(body, wire.QueryChunkReq):
@@ -152,6 +161,7 @@ class StorageServer(ServiceResource):
             payload = await conn.read_payload()
             reply = await self.resync.sync_chunk(body, payload)
             await conn.reply(M.SYNC_CHUNK_REPLY, reply)
+            metrics.STORAGE_BYTES.labels("resync").inc(len(payload))
         elif isinstance(body, wire.SyncDoneReq):
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
         elif isinstance(body, wire.FlushReq):

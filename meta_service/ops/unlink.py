@@ -58,11 +58,14 @@ def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
         raise errors.NotFound(f"no such file: {req.path!r}")
     if ent.type == InodeType.DIRECTORY:
         raise errors.IsADirectory(f"{req.path!r} is a directory")
-    node = inodes.get(tr, ent.inode)
-    check_sticky(parent, node, req)
+    node = inodes.load(tr, ent.inode)
+    if node is not None:
+        check_sticky(parent, node, req)
     dentries.remove(tr, parent.inode, name)
     inodes.entries_changed(tr, parent, ctx.now_ns())
-    drop_link(tr, ctx, node)
+    # A name whose inode is gone (a dangling entry, found by fsck) just goes.
+    if node is not None:
+        drop_link(tr, ctx, node)
     return Empty()
 
 
@@ -82,9 +85,11 @@ def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
         raise errors.InvalidArgument("cannot remove the root")
     if not dentries.is_empty(tr, ent.inode):
         raise errors.NotEmpty(f"{req.path!r} is not empty")
-    node = inodes.get(tr, ent.inode)
-    check_sticky(parent, node, req)
+    node = inodes.load(tr, ent.inode)
+    if node is not None:
+        check_sticky(parent, node, req)
     dentries.remove(tr, parent.inode, name)
     inodes.entries_changed(tr, parent, ctx.now_ns(), subdirs=-1)
-    remove_directory(tr, node)
+    if node is not None:  # else a dangling entry (see unlink)
+        remove_directory(tr, node)
     return Empty()

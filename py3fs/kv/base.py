@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import functools
 import logging
-import random
 import struct
-import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from py3fs import errors
+from py3fs.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +86,10 @@ class Transaction(abc.ABC):
         """Abandon the transaction; safe to call after commit."""
 
 
+# Conflicts resolve in milliseconds; jitter keeps colliding writers apart.
+TRANSACTION_RETRY = RetryPolicy(initial=0.002, maximum=0.5, jitter=0.5, timeout=None)
+
+
 class Database(abc.ABC):
     """A handle to one KV store. Thread-safe; share one per process."""
 
@@ -101,24 +104,19 @@ class Database(abc.ABC):
         Returns what `fn` returned. Non-retryable errors (including py3fs errors that
         `fn` raises, such as NotFound) abort the transaction and propagate.
         """
-        delay = 0.002
-        for attempt in range(self.max_retries):
+
+        def attempt(n: int) -> T:
             tr = self.create_transaction(read_only=read_only)
             try:
                 result = fn(tr)
                 tr.commit()
                 return result
-            except errors.Py3fsError as exc:
-                tr.cancel()
-                if not exc.retryable or attempt == self.max_retries - 1:
-                    raise
-                logger.debug("transaction retry %d after %s", attempt + 1, exc)
             except BaseException:
                 tr.cancel()
                 raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.5)
-        raise AssertionError("unreachable")
+
+        policy = dataclasses.replace(TRANSACTION_RETRY, attempts=self.max_retries)
+        return policy.call(attempt, what="transaction")
 
     async def arun(
         self, fn: Callable[[Transaction], T], *, read_only: bool = False

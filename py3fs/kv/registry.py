@@ -8,6 +8,7 @@ fdb:///path/to/fdb.cluster   FoundationDB
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from urllib.parse import urlsplit
 
 from py3fs import errors
@@ -21,6 +22,10 @@ KNOWN_BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _has(module_name: str) -> bool:
+    return importlib.util.find_spec(module_name) is not None
+
+
 def open_database(url: str) -> Database:
     """Open the database named by `url`. Raises InvalidArgument for an unknown
     scheme and KVUnavailable (with an install hint) when a backend cannot load."""
@@ -31,6 +36,13 @@ def open_database(url: str) -> Database:
             f"known: {', '.join(sorted(KNOWN_BACKENDS))}"
         )
     module_name, cls_name, hint = KNOWN_BACKENDS[parts.scheme]
+    if importlib.util.find_spec(module_name) is None:
+        # Our own module is missing: no package the user installs would help.
+        raise errors.KVUnavailable(
+            f"KV backend {parts.scheme!r} is not included in this py3fs "
+            f"(no module {module_name}); available: "
+            f"{', '.join(s for s, m in sorted(KNOWN_BACKENDS.items()) if _has(m[0]))}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

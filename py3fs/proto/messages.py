@@ -53,6 +53,7 @@ class NodeInfo(Msg):
     up: bool = True
     last_heartbeat: float = 0.0
     pid: int = 0
+    http: str = ""  # host:port of its /metrics and /healthz ("" if none)
 
 
 class TargetInfo(Msg):
@@ -104,6 +105,7 @@ class RegisterNodeReq(Msg):
     address: str
     targets: list[int] = []
     pid: int = 0
+    http: str = ""
 
 
 class HeartbeatReq(Msg):

@@ -66,3 +66,41 @@ def test_daemon_mode(fuse_cluster: LocalCluster, tmp_path: Path) -> None:
     finally:
         if fuse_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def test_daemon_against_a_dead_cluster_fails_and_logs(tmp_path: Path) -> None:
+    from py3fs.etcd_local import free_ports
+
+    # A cluster file whose mgmtd is gone: nothing listens on that port.
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text(f'[client]\nmgmt = ["127.0.0.1:{free_ports(1)[0]}"]\n')
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "daemon.log"
+    out = _mount(
+        str(mnt), "--daemon", "--cluster", str(cluster_file), "--log-file", str(log)
+    )
+    assert out.returncode == 1
+    assert not fuse_mounted(mnt)
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert "cannot reach the cluster" in out.stderr
+    assert str(log) in out.stderr
+    assert "cannot reach the cluster" in log.read_text()
+
+
+def test_daemon_logs_somewhere_by_default(tmp_path: Path) -> None:
+    from fuse_mount.mount import daemon_log_file
+
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text('[client]\nmgmt = ["127.0.0.1:1"]\n')
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    default_log = Path(daemon_log_file(str(mnt)))
+    default_log.unlink(missing_ok=True)
+    try:
+        out = _mount(str(mnt), "--daemon", "--cluster", str(cluster_file))
+        assert out.returncode == 1
+        assert str(default_log) in out.stderr
+        assert "cannot reach the cluster" in default_log.read_text()
+    finally:
+        default_log.unlink(missing_ok=True)

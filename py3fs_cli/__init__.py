@@ -10,7 +10,7 @@ import sys
 import click
 
 from py3fs import errors
-from py3fs.cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd
+from py3fs_cli import admin_cmds, bench_cmd, cluster_cmds, file_cmds, mount_cmd
 
 
 class _Group(click.Group):
@@ -21,7 +21,10 @@ class _Group(click.Group):
             click.echo(f"py3fs: {exc} [{type(exc).__name__}]", err=True)
             sys.exit(1)
         except OSError as exc:
-            click.echo(f"py3fs: {exc}", err=True)
+            message = exc.strerror or str(exc)
+            if exc.filename:
+                message = f"{exc.filename}: {message}"
+            click.echo(f"py3fs: {message}", err=True)
             sys.exit(1)
 
 
@@ -36,3 +39,5 @@ for command in file_cmds.COMMANDS:
     main.add_command(command)
 main.add_command(mount_cmd.mount)
 main.add_command(bench_cmd.bench)
+for command in admin_cmds.COMMANDS:
+    main.add_command(command)

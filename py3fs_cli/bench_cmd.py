@@ -9,7 +9,7 @@ import click
 from client.usrbio.bench import parse_jobs, run_jobs
 from client.usrbio.bench_report import to_json, to_text
 from client.usrbio.local import Usrbio
-from py3fs.cli.options import cluster_option
+from py3fs_cli.options import cluster_option
 
 
 @click.command("bench")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from py3fs.cli.options import cluster_option
+from py3fs_cli.options import cluster_option
 
 
 @click.command()
@@ -19,7 +19,11 @@ from py3fs.cli.options import cluster_option
 )
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 @click.option("--pid-file", default=None, help="With --daemon: write its pid here.")
-@click.option("--log-file", default=None, help="With --daemon: its log (JSON lines).")
+@click.option(
+    "--log-file",
+    default=None,
+    help="With --daemon: its log (JSON lines) [/tmp/py3fs-mount-UID-PATH.log].",
+)
 def mount(
     mountpoint: str,
     cluster_file: str | None,

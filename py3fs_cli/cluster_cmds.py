@@ -43,7 +43,7 @@ def cluster() -> None:
     help="fsync every chunk write before acking (else on client fsync/close)",
 )
 @click.option("--chunk-size", default="4MiB", show_default=True)
-@click.option("--heartbeat-timeout", default="10s", show_default=True)
+@click.option("--heartbeat-timeout", default="2s", show_default=True)
 def up(
     data_dir: Path,
     meta: int,
@@ -55,7 +55,10 @@ def up(
     chunk_size: str,
     heartbeat_timeout: str,
 ) -> None:
-    """Start mgmtd, meta and storage processes and create the chain table."""
+    """Start mgmtd, meta and storage processes and create the chain table.
+
+    On a cluster that already exists in DATA_DIR, start only the processes that
+    are down, on the ports they had."""
     spec = ClusterSpec(
         data_dir=data_dir,
         meta=meta,
@@ -68,12 +71,21 @@ def up(
         heartbeat_timeout=heartbeat_timeout,
     )
     local = LocalCluster(spec)
-    local.up()
+    if local.state_file.exists():
+        _check_same_spec(LocalCluster.load(data_dir).spec, spec)
+    started = local.up()
     _print_table(local)
+    if len(started) < len(local.procs):
+        click.echo(
+            f"\nstarted {len(started)} of {len(local.procs)} process(es); "
+            "the others were running"
+        )
     click.echo(f"\ncluster file: {local.cluster_file}")
     click.echo(f"data:         {local.data_dir}")
     click.echo(f"logs:         {local.run_dir}/*.log")
     click.echo(f"KV store:     {local.kv_url}")
+    if local.status_url:
+        click.echo(f"status page:  {local.status_url}")
 
 
 @cluster.command()
@@ -95,6 +107,23 @@ def status(data_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(local.status(), indent=2))
     else:
         _print_table(local)
+
+
+def _check_same_spec(recorded: ClusterSpec, asked: ClusterSpec) -> None:
+    """Options given explicitly must match the cluster recorded in the directory:
+    `up` resumes that cluster and does not reshape it."""
+    ctx = click.get_current_context()
+    names = ("meta", "storage", "targets", "replicas", "kv", "fsync", "chunk_size")
+    for name in (*names, "heartbeat_timeout"):
+        source = ctx.get_parameter_source(name)
+        if source is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        if getattr(recorded, name) != getattr(asked, name):
+            raise click.UsageError(
+                f"the cluster in {recorded.data_dir} was made with "
+                f"{name}={getattr(recorded, name)!r}; `cluster up` resumes it as it "
+                "is (remove the directory to make a different one)"
+            )
 
 
 def _print_table(local: LocalCluster) -> None:
