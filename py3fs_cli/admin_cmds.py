@@ -1,4 +1,4 @@
-"""Operator commands: `py3fs admin list-nodes|list-targets|list-chains`,
+"""Operator commands: `py3fs admin list-nodes|list-targets|list-chains|set-layout`,
 `py3fs fsck`, `py3fs dump`, `py3fs load` and `py3fs gc`.
 
 All of them work through the client layer (routing from mgmtd, namespace from
@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
 from py3fs import errors
+from py3fs.proto.messages import DirLayout
 from py3fs.routing import RoutingView
-from py3fs.units import format_size
+from py3fs.units import format_size, parse_size
 from py3fs_cli import dump as dump_mod
 from py3fs_cli import fsck as fsck_mod
 from py3fs_cli.options import cluster_option
@@ -176,6 +177,71 @@ def create_chain_table(
 
     view = _run(cluster_file, go)
     click.echo(f"chain table: {len(view.chains)} chains of {replicas} targets")
+
+
+def pick_table(view: RoutingView, replicas: int) -> int:
+    """The lowest-numbered chain table whose chains all have `replicas` targets.
+    Raises InvalidArgument, naming the replica counts there are, when none has."""
+    counts: dict[int, set[int]] = {}
+    for table in view.tables.values():
+        counts[table.table_id] = {
+            len(view.chain(c).targets) for c in table.chains if c in view.chains
+        }
+    fits = sorted(t for t, n in counts.items() if n == {replicas})
+    if not fits:
+        have = sorted({n for ns in counts.values() for n in ns})
+        raise errors.InvalidArgument(
+            f"no chain table of {replicas} replicas (tables have {have}); "
+            f"create one with `py3fs admin create-chain-table --replicas {replicas}`"
+        )
+    return fits[0]
+
+
+@admin.command("set-layout")
+@cluster_option
+@click.option(
+    "--chunk-size", default="0", help="Chunk size (4MiB); 0: cluster default."
+)
+@click.option("--stripe", default=0, help="Chains per file; 0: every chain.")
+@click.option(
+    "--replicas", default=0, help="Use a chain table of this many replicas; 0: default."
+)
+@click.option("--clear", is_flag=True, help="Remove the layout (back to defaults).")
+@click.argument("path")
+def set_layout(
+    cluster_file: str | None,
+    chunk_size: str,
+    stripe: int,
+    replicas: int,
+    clear: bool,
+    path: str,
+) -> None:
+    """Set the layout that new files and subdirectories under directory PATH
+    inherit (files already there keep theirs)."""
+    try:
+        size = parse_size(chunk_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--chunk-size") from None
+
+    async def go(fs: Client) -> DirLayout | None:
+        table_id = pick_table(await fs.mgmt.routing(), replicas) if replicas else 0
+        new = DirLayout() if clear else DirLayout(size, stripe, table_id)
+        return (await fs.setattr(path, dir_layout=new)).dir_layout
+
+    try:
+        lay = _run(cluster_file, go)
+    except errors.Py3fsError as exc:
+        raise click.ClickException(f"cannot set the layout of {path}: {exc}") from None
+    click.echo(f"{path}: {describe_dir_layout(lay)}")
+
+
+def describe_dir_layout(lay: DirLayout | None) -> str:
+    if lay is None:
+        return "default layout"
+    return (
+        f"chunk {format_size(lay.chunk_size) if lay.chunk_size else 'default'}, "
+        f"stripe {lay.stripe or 'all'}, table {lay.table_id or 'default'}"
+    )
 
 
 @click.command()

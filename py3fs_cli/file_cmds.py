@@ -152,6 +152,13 @@ def stat(cluster_file: str | None, path: str) -> None:
                 f"layout: chunk {format_size(lay.chunk_size)}, table {lay.table_id}, "
                 f"chains {lay.chains}"
             )
+        if node.dir_layout:
+            lay = node.dir_layout
+            size = format_size(lay.chunk_size) if lay.chunk_size else "default"
+            click.echo(
+                f"new entries: chunk {size}, "
+                f"stripe {lay.stripe or 'all'}, table {lay.table_id or 'default'}"
+            )
         if node.type == InodeType.SYMLINK:
             click.echo(f"target: {node.target}")
 

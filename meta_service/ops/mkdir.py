@@ -76,6 +76,7 @@ def new_directory(
         mtime=now,
         ctime=now,
         parent=parent.inode,
+        dir_layout=parent.dir_layout,
     )
     add_entry(tr, ctx, parent, name, node)
     return node

@@ -17,6 +17,7 @@ from py3fs.proto.messages import (
     AppendReply,
     AppendReq,
     CloseReq,
+    DirLayout,
     Empty,
     Inode,
     InodeType,
@@ -30,16 +31,18 @@ from py3fs.proto.messages import (
 TABLE_ID = 1
 
 
-def make_layout(ctx: OpContext, chunk_size: int, stripe: int) -> Layout:
-    """`stripe` chains (0: all) of the chain table, starting at a random offset so
-    files spread over the chains. Raises NoChainTable (retryable) before mgmtd
-    has a table."""
+def make_layout(
+    ctx: OpContext, chunk_size: int, stripe: int, table_id: int = 0
+) -> Layout:
+    """`stripe` chains (0: all) of chain table `table_id` (0: the default one),
+    starting at a random offset so files spread over the chains. Raises
+    NoChainTable (retryable) before mgmtd has the table."""
     view = ctx.routing()
     if view is None:
         raise errors.NoChainTable("no routing information from mgmtd yet")
-    table = view.table(TABLE_ID)
+    table = view.table(table_id or TABLE_ID)
     if not table.chains:
-        raise errors.NoChainTable(f"chain table {TABLE_ID} has no chains")
+        raise errors.NoChainTable(f"chain table {table.table_id} has no chains")
     if chunk_size < 0 or stripe < 0:
         raise errors.InvalidArgument("chunk size and stripe must not be negative")
     n = len(table.chains)
@@ -59,7 +62,14 @@ def _create(
 ) -> Inode:
     lookup.validate_name(name)
     lookup.check_access(parent, req, W | X)
-    layout = make_layout(ctx, req.chunk_size, req.stripe)
+    # What the request asks for wins; the rest comes from the directory's layout.
+    inherited = parent.dir_layout or DirLayout()
+    layout = make_layout(
+        ctx,
+        req.chunk_size or inherited.chunk_size,
+        req.stripe or inherited.stripe,
+        inherited.table_id,
+    )
     now = ctx.now_ns()
     gid, mode = mkdir.new_owner(parent, req, req.mode, InodeType.FILE)
     node = Inode(

@@ -13,7 +13,7 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W
 from py3fs import errors
 from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Inode, InodeType, SetAttrReq
+from py3fs.proto.messages import DirLayout, Inode, InodeType, SetAttrReq
 
 _SUID_SGID = stat.S_ISUID | stat.S_ISGID
 
@@ -37,6 +37,29 @@ def _new_mode(node: Inode, req: SetAttrReq, mode: int) -> int:
         lookup.check_access(node, req, W)
         return mode
     raise errors.OperationNotPermitted("only the owner may change the mode")
+
+
+def _dir_layout(
+    ctx: OpContext, node: Inode, req: SetAttrReq, new: DirLayout
+) -> DirLayout | None:
+    """A directory's layout for new entries, checked now so that a bad one fails
+    here and not at every later create: the owner (or root) sets it, the
+    chain table must exist. All fields 0 clears it."""
+    if node.type != InodeType.DIRECTORY:
+        raise errors.NotADirectory("a layout is set on a directory")
+    if not lookup.is_owner(node, req):
+        raise errors.OperationNotPermitted("only the owner may set the layout")
+    if new.chunk_size < 0 or new.stripe < 0 or new.table_id < 0:
+        raise errors.InvalidArgument("layout fields must not be negative")
+    if new == DirLayout():
+        return None
+    view = ctx.routing()
+    if view is None:
+        raise errors.NoChainTable("no routing information from mgmtd yet")
+    if new.table_id and new.table_id not in view.tables:
+        # Not NoChainTable: that one is retryable, and this will not heal.
+        raise errors.InvalidArgument(f"no chain table {new.table_id}")
+    return new
 
 
 def set_attr(tr: Transaction, ctx: OpContext, req: SetAttrReq) -> Inode:
@@ -75,6 +98,8 @@ def set_attr(tr: Transaction, ctx: OpContext, req: SetAttrReq) -> Inode:
             changes["atime"] = req.atime
         if req.mtime is not None:
             changes["mtime"] = req.mtime
+    if req.dir_layout is not None:
+        changes["dir_layout"] = _dir_layout(ctx, node, req, req.dir_layout)
     now = ctx.now_ns()
     if req.length is not None:
         if node.type == InodeType.DIRECTORY:

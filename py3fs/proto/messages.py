@@ -164,6 +164,16 @@ class Layout(Msg):
     chains: list[int]
 
 
+class DirLayout(Msg):
+    """A directory's layout for what is created under it (`py3fs admin
+    set-layout`): new files take their chunk size, stripe and chain table from
+    it, new subdirectories copy it. 0 in a field: the cluster default."""
+
+    chunk_size: int = 0
+    stripe: int = 0  # chains per file; 0: every chain of the table
+    table_id: int = 0
+
+
 class Inode(Msg):
     inode: int
     type: InodeType
@@ -180,6 +190,7 @@ class Inode(Msg):
     layout: Layout | None = None
     target: str = ""  # symlinks
     rdev: int = 0  # devices
+    dir_layout: DirLayout | None = None  # directories: inherited by new entries
 
 
 class DirEntry(Msg):
@@ -343,6 +354,7 @@ class SetAttrReq(MetaReq):
     gid_new: int | None = None
     atime: int | None = None  # nanoseconds
     mtime: int | None = None  # nanoseconds
+    dir_layout: DirLayout | None = None  # directories only (owner or root)
     length: int | None = None
     # A truncate through an open write handle (ftruncate): the session stands
     # for the permission checked at open, as in POSIX.

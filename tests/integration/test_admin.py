@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import client_for, running_cluster
+from harness import client_for, list_chunks, running_cluster
 
 from py3fs import ids, wire
 from py3fs.cluster import LocalCluster
@@ -199,3 +199,99 @@ def test_gc_waits_for_removed_files(cluster: LocalCluster) -> None:
     out = py3fs(cluster, "gc", "--wait", "30").stdout
     assert "meta 11: 0 file(s)" in out
     assert "meta 12: 0 file(s)" in out
+
+
+def test_set_layout_is_inherited_by_new_files_and_directories(
+    cluster: LocalCluster,
+) -> None:
+    data = os.urandom(200 * KiB + 123)
+
+    async def setup() -> None:
+        async with client_for(cluster) as fs:
+            await fs.mkdir("/lay")
+            await fs.write_file("/lay/before.bin", b"made before the layout")
+
+    asyncio.run(setup())
+    out = py3fs(
+        cluster,
+        "admin",
+        "set-layout",
+        "/lay",
+        "--chunk-size",
+        "64KiB",
+        "--stripe",
+        "1",
+        "--replicas",
+        "3",
+    ).stdout
+    assert "chunk 64.0 KiB, stripe 1, table 1" in out, out
+    # No table of 2 replicas in this cluster: refused, naming what exists.
+    refused = py3fs(
+        cluster, "admin", "set-layout", "/lay", "--replicas", "2", check=False
+    )
+    assert refused.returncode != 0
+    assert "no chain table of 2 replicas (tables have [3])" in refused.stderr
+    assert (
+        py3fs(
+            cluster,
+            "admin",
+            "set-layout",
+            "/lay/before.bin",
+            "--stripe",
+            "1",
+            check=False,
+        ).returncode
+        != 0
+    )
+    assert "new entries: chunk 64.0 KiB, stripe 1, table 1" in (
+        py3fs(cluster, "stat", "/lay").stdout
+    )
+
+    async def check() -> None:
+        async with client_for(cluster) as fs:
+            await fs.write_file("/lay/a.bin", data)
+            await fs.mkdir("/lay/sub")
+            await fs.write_file("/lay/sub/b.bin", data[::-1])
+            await fs.write_file("/outside.bin", data)
+            view = await fs.mgmt.routing()
+            for path, want in (("/lay/a.bin", data), ("/lay/sub/b.bin", data[::-1])):
+                node = await fs.stat(path)
+                assert node.layout is not None
+                assert node.layout.chunk_size == 64 * KiB
+                assert node.layout.table_id == 1
+                assert len(node.layout.chains) == 1
+                assert await fs.read_file(path) == want
+                # Storage holds it as 64 KiB chunks, all on the one chain.
+                chain = view.chain(node.layout.chains[0])
+                for target in chain.targets:
+                    mine = [
+                        c.length
+                        for c in await list_chunks(fs, view, target)
+                        if ids.split_chunk_id(c.chunk_id)[0] == node.inode
+                    ]
+                    assert sorted(mine) == [8 * KiB + 123, *[64 * KiB] * 3]
+            sub = await fs.stat("/lay/sub")
+            assert sub.dir_layout == (await fs.stat("/lay")).dir_layout
+            # Files made before, and files elsewhere, keep the cluster default.
+            for path in ("/lay/before.bin", "/outside.bin"):
+                node = await fs.stat(path)
+                assert node.layout is not None
+                assert node.layout.chunk_size == 4 * 1024 * KiB
+                assert len(node.layout.chains) == len(view.table(1).chains)
+
+    asyncio.run(check())
+    # --clear: new files are back to the default.
+    assert (
+        "default layout"
+        in py3fs(cluster, "admin", "set-layout", "/lay", "--clear").stdout
+    )
+
+    async def cleared() -> None:
+        async with client_for(cluster) as fs:
+            await fs.write_file("/lay/after.bin", data)
+            node = await fs.stat("/lay/after.bin")
+            assert node.layout is not None
+            assert node.layout.chunk_size == 4 * 1024 * KiB
+            assert await fs.read_file("/lay/after.bin") == data
+
+    asyncio.run(cleared())
