@@ -1,10 +1,10 @@
 """`py3fs dump` / `py3fs load`: the namespace as JSON lines, and back.
 
-A dump is the metadata only — names, types, permissions, owners, times,
-lengths, symlink targets, hard links, chunk sizes — not file data, which stays
-in storage. The first line is a header; then one object per name, parents
-before children, in name order, so two dumps of the same namespace are equal
-byte for byte. `load` recreates the tree through the client on any cluster
+A dump is the metadata only — names, types, permissions, owners, times, lengths,
+symlink targets, hard links, chunk sizes, directory layouts — not file data,
+which stays in storage. The first line is a header; then one object per name,
+parents before children, in name order, so two dumps of the same namespace are
+equal byte for byte. `load` recreates the tree through the client on any cluster
 (files get their length as holes) and sets modes, owners and times last, so a
 directory's mtime is not disturbed by the names created in it.
 """
@@ -16,9 +16,11 @@ import posixpath
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import msgspec
+
 from client import Client
 from py3fs import errors
-from py3fs.proto.messages import Inode, InodeType
+from py3fs.proto.messages import DirLayout, Inode, InodeType
 
 FORMAT = "py3fs-namespace-dump"
 VERSION = 1
@@ -45,6 +47,8 @@ def _record(path: str, node: Inode) -> dict[str, Any]:
             rec["chunk_size"] = node.layout.chunk_size
     elif node.type == InodeType.SYMLINK:
         rec["target"] = node.target
+    elif node.type == InodeType.DIRECTORY and node.dir_layout is not None:
+        rec["layout"] = msgspec.to_builtins(node.dir_layout)
     return rec
 
 
@@ -98,6 +102,9 @@ async def load(fs: Client, records: Iterable[dict[str, Any]], root: str = "/") -
             if path != root:
                 await fs.mkdir(path, rec["mode"])
                 created += 1
+            if "layout" in rec:
+                # Before its children are created, so that they inherit it.
+                await fs.setattr(path, dir_layout=DirLayout(**rec["layout"]))
         elif kind == "file":
             async with await fs.open(
                 path, "wb", perm=rec["mode"], chunk_size=rec.get("chunk_size", 0)

@@ -18,6 +18,7 @@ from py3fs import ids, wire
 from py3fs.cluster import LocalCluster
 from py3fs.kv import keys
 from py3fs.kv.registry import open_database
+from py3fs.proto.messages import DirLayout
 from storage_service.file_chunk_store import FileChunkStore
 
 KiB = 1024
@@ -152,6 +153,9 @@ def make_tree(cluster: LocalCluster) -> None:
         async with client_for(cluster) as fs:
             await fs.mkdir("/tree/a/b", parents=True)
             await fs.mkdir("/tree/empty", 0o700)
+            await fs.setattr(
+                "/tree/empty", dir_layout=DirLayout(chunk_size=128 * KiB, stripe=1)
+            )
             await fs.write_file("/tree/a/one.bin", os.urandom(3000))
             await fs.write_file("/tree/a/b/two.bin", b"")
             await fs.write_file(
@@ -177,6 +181,8 @@ def test_dump_to_a_fresh_cluster_and_load_is_identical(
     assert json.loads(lines[0])["format"] == "py3fs-namespace-dump"
     kinds = {json.loads(line)["type"] for line in lines[1:]}
     assert kinds == {"dir", "file", "symlink", "link"}
+    recs = {r["path"]: r for r in map(json.loads, lines[1:])}
+    assert recs["/empty"]["layout"] == {"chunk_size": 128 * KiB, "stripe": 1}
 
     with running_cluster(tmp_path / "fresh") as fresh:
         py3fs(fresh, "mkdir", "/restored")
