@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from meta_service import gc, inodes
@@ -21,6 +22,7 @@ from py3fs.proto.messages import (
     ChainInfo,
     ChainTable,
     CloseReq,
+    DirLayout,
     InodeType,
     LinkReq,
     ListDirReq,
@@ -678,3 +680,58 @@ def test_mknod(store: MetaStore, kind: InodeType) -> None:
     store.unlink(PathReq(path="/n"))
     with pytest.raises(errors.NotFound):
         store.stat(PathReq(path="/n"))
+
+
+def test_directory_layout_is_inherited_and_checked(tmp_path: Path) -> None:
+    base = make_routing().info
+    # A second table over chains 3 and 4 only, as `create-chain-table` makes.
+    view = RoutingView(
+        msgspec.structs.replace(
+            base,
+            tables=[*base.tables, ChainTable(table_id=2, version=1, chains=[3, 4])],
+        )
+    )
+    db = SqliteDatabase(str(tmp_path / "meta.db"))
+    store = MetaStore(db, OpContext(routing=lambda: view), IdAllocator(db, batch=100))
+    store.ensure_root()
+    try:
+        store.mkdir(MkdirReq(path="/d"))
+        store.set_attr(SetAttrReq(path="/d", uid_new=1000, gid_new=1000))
+        create(store, "/d/old")
+        lay = DirLayout(chunk_size=65536, stripe=1, table_id=2)
+        with pytest.raises(errors.OperationNotPermitted):
+            store.set_attr(SetAttrReq(path="/d", uid=1001, dir_layout=lay))
+        with pytest.raises(errors.NotADirectory):
+            store.set_attr(SetAttrReq(path="/d/old", dir_layout=lay))
+        with pytest.raises(errors.InvalidArgument):
+            store.set_attr(SetAttrReq(path="/d", dir_layout=DirLayout(table_id=9)))
+        assert (
+            store.set_attr(SetAttrReq(path="/d", uid=1000, dir_layout=lay)).dir_layout
+            == lay
+        )
+        store.mkdir(MkdirReq(path="/d/sub"))
+        for path in ("/d/new", "/d/sub/new"):
+            node = create(store, path)
+            assert node.layout is not None
+            assert node.layout.chunk_size == 65536
+            assert node.layout.table_id == 2
+            assert len(node.layout.chains) == 1
+            assert node.layout.chains[0] in (3, 4)
+        # What the create asks for wins over the directory's layout.
+        node = create(store, "/d/explicit", chunk_size=4096, stripe=2)
+        assert node.layout is not None
+        assert (node.layout.chunk_size, sorted(node.layout.chains)) == (4096, [3, 4])
+        assert store.stat(PathReq(path="/d/sub")).dir_layout == lay
+        old = store.stat(PathReq(path="/d/old"))
+        assert old.layout is not None
+        assert old.layout.table_id == 1
+        # All zero clears it.
+        assert (
+            store.set_attr(SetAttrReq(path="/d", dir_layout=DirLayout())).dir_layout
+            is None
+        )
+        node = create(store, "/d/after")
+        assert node.layout is not None
+        assert len(node.layout.chains) == 4
+    finally:
+        db.close()
