@@ -37,6 +37,7 @@ from py3fs.proto import mgmt_pb2_grpc
 from py3fs.proto.messages import (
     MGMT_RPCS,
     CreateChainTableReq,
+    DecommissionReq,
     GetRoutingReq,
     HeartbeatReply,
     HeartbeatReq,
@@ -204,6 +205,11 @@ class MgmtServer(ServiceResource):
 
     async def create_chain_table(self, req: CreateChainTableReq) -> RoutingInfo:
         info = self.state.create_chain_table(req.replicas, req.table_id)
+        await self._persist()
+        return info
+
+    async def decommission(self, req: DecommissionReq) -> RoutingInfo:
+        info = self.state.decommission(req.node_id)
         await self._persist()
         return info
 

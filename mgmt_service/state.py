@@ -152,13 +152,10 @@ class MgmtState:
         in_chains = {t for c in self._chains.values() for t in c.targets}
         free: dict[int, list[int]] = {}
         for target in self._targets.values():
-            node = self._nodes.get(target.node_id)
             if (
                 target.target_id not in in_chains
                 and target.state == TargetState.SERVING
-                and node is not None
-                and node.up
-                and node.role == STORAGE
+                and self._placeable(target.node_id)
             ):
                 free.setdefault(target.node_id, []).append(target.target_id)
         chain_ids: list[int]
@@ -192,7 +189,109 @@ class MgmtState:
         self._bump()
         return self.routing()
 
+    def decommission(self, node_id: int) -> RoutingInfo:
+        """Drain storage node `node_id`: every chain holding one of its targets
+        gets a replacement target from another node (a spare, in no chain) at
+        its end, which waits, is resynced by its predecessor and serves; then
+        `_finish_drains` takes the node's target out of the chain. The node is
+        marked decommissioned and placed in no new chain. Raises NotFound for an
+        unknown storage node and InvalidArgument when a chain has no spare.
+        Calling it again resumes a drain."""
+        node = self._nodes.get(node_id)
+        if node is None or node.role != STORAGE:
+            raise errors.NotFound(f"no storage node {node_id}")
+        draining = [
+            c
+            for c in self._chains.values()
+            if any(self._targets[t].node_id == node_id for t in c.targets)
+        ]
+        in_chains = {t for c in self._chains.values() for t in c.targets}
+        spares = sorted(
+            t.target_id
+            for t in self._targets.values()
+            if t.target_id not in in_chains
+            and t.state == TargetState.SERVING
+            and self._placeable(t.node_id)
+            and t.node_id != node_id
+        )
+        plan: dict[int, int] = {}
+        for chain in draining:
+            if any(
+                self._targets[t].node_id != node_id
+                and self._targets[t].state != TargetState.SERVING
+                for t in chain.targets
+            ):
+                continue  # a replacement (or a recovery) is already under way
+            nodes = {self._targets[t].node_id for t in chain.targets}
+            pick = next(
+                (
+                    t
+                    for t in spares
+                    if self._targets[t].node_id not in nodes and t not in plan.values()
+                ),
+                None,
+            )
+            if pick is None:
+                raise errors.InvalidArgument(
+                    f"no spare target off chain {chain.chain_id}'s nodes to replace "
+                    f"node {node_id}'s target"
+                )
+            plan[chain.chain_id] = pick
+        self._nodes[node_id] = _replace(node, decommissioned=True)
+        for chain_id, target_id in plan.items():
+            chain = self._chains[chain_id]
+            # Waiting, not serving: its data is trusted only after a resync.
+            self._targets[target_id] = _replace(
+                self._targets[target_id], state=TargetState.WAITING
+            )
+            self._chains[chain_id] = _replace(
+                chain, version=chain.version + 1, targets=[*chain.targets, target_id]
+            )
+            logger.info(
+                "chain %d: target %d replaces node %d's", chain_id, target_id, node_id
+            )
+        self._recompute()
+        self._bump()
+        return self.routing()
+
     # ------------------------------------------------------------------ internals
+
+    def _placeable(self, node_id: int) -> bool:
+        node = self._nodes.get(node_id)
+        return (
+            node is not None
+            and node.up
+            and node.role == STORAGE
+            and not node.decommissioned
+        )
+
+    def _finish_drains(self) -> bool:
+        """Take decommissioned nodes' targets out of the chains whose other
+        targets all serve (the replacement finished its resync)."""
+        changed = False
+        for chain in list(self._chains.values()):
+            gone = [
+                t
+                for t in chain.targets
+                if self._nodes.get(self._targets[t].node_id) is not None
+                and self._nodes[self._targets[t].node_id].decommissioned
+            ]
+            rest = [t for t in chain.targets if t not in gone]
+            if not gone or not rest:
+                continue
+            if any(self._targets[t].state != TargetState.SERVING for t in rest):
+                continue
+            self._chains[chain.chain_id] = _replace(
+                chain, version=chain.version + 1, targets=rest
+            )
+            logger.info(
+                "chain %d version %d: decommissioned target(s) %s removed",
+                chain.chain_id,
+                chain.version + 1,
+                gone,
+            )
+            changed = True
+        return changed
 
     def _bump(self) -> None:
         self.version += 1
@@ -220,6 +319,7 @@ class MgmtState:
             last_heartbeat=self._wall(),
             pid=pid,
             http=http or (old.http if old is not None else ""),
+            decommissioned=old is not None and old.decommissioned,
         )
         self._nodes[node_id] = new
         if old is None:
@@ -305,6 +405,8 @@ class MgmtState:
                 ", ".join(f"{t}:{self._targets[t].state}" for t in order),
             )
             changed = True
+        changed |= self._finish_drains()
+        in_chains = {t for c in self._chains.values() for t in c.targets}
         for target in list(self._targets.values()):
             if target.target_id in in_chains:
                 continue

@@ -15,6 +15,7 @@ from py3fs.proto import mgmt_pb2_grpc
 from py3fs.proto.messages import (
     MGMT_RPCS,
     CreateChainTableReq,
+    DecommissionReq,
     GetRoutingReq,
     HeartbeatReply,
     HeartbeatReq,
@@ -73,6 +74,10 @@ class MgmtClient:
     async def create_chain_table(self, replicas: int, table_id: int = 1) -> RoutingView:
         req = CreateChainTableReq(replicas=replicas, table_id=table_id)
         return RoutingView(await self._call("CreateChainTable", req, RoutingInfo))
+
+    async def decommission(self, node_id: int) -> RoutingView:
+        req = DecommissionReq(node_id=node_id)
+        return RoutingView(await self._call("Decommission", req, RoutingInfo))
 
     async def aclose(self) -> None:
         for client in self._clients:

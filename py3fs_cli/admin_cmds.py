@@ -1,5 +1,6 @@
-"""Operator commands: `py3fs admin list-nodes|list-targets|list-chains|set-layout`,
-`py3fs fsck`, `py3fs dump`, `py3fs load` and `py3fs gc`.
+"""Operator commands: `py3fs admin list-nodes|list-targets|list-chains`,
+`py3fs admin set-layout|decommission`, `py3fs fsck`, `py3fs dump`,
+`py3fs load` and `py3fs gc`.
 
 All of them work through the client layer (routing from mgmtd, namespace from
 meta, chunks through the data plane), against the cluster named by `--cluster`.
@@ -69,7 +70,7 @@ def list_nodes(cluster_file: str | None, as_json: bool) -> None:
             "node_id": n.node_id,
             "role": n.role,
             "address": n.address,
-            "state": "up" if n.up else "down",
+            "state": "decommissioned" if n.decommissioned else "up" if n.up else "down",
             "heartbeat_age_s": round(now - n.last_heartbeat, 1)
             if n.last_heartbeat
             else None,
@@ -177,6 +178,57 @@ def create_chain_table(
 
     view = _run(cluster_file, go)
     click.echo(f"chain table: {len(view.chains)} chains of {replicas} targets")
+
+
+def draining(view: RoutingView, node_id: int) -> list[int]:
+    """Chains that still hold a target of `node_id`."""
+    return sorted(
+        c.chain_id
+        for c in view.chains.values()
+        if any(
+            t in view.targets and view.targets[t].node_id == node_id for t in c.targets
+        )
+    )
+
+
+@admin.command("decommission")
+@cluster_option
+@click.option(
+    "--wait",
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the drain (0: start it and return).",
+)
+@click.argument("node_id", type=int)
+def decommission(cluster_file: str | None, wait: float, node_id: int) -> None:
+    """Drain storage node NODE_ID: each chain holding one of its targets gets a
+    spare target of another node, resynced from the chain, and then drops the
+    node's target. The node is placed in no new chain."""
+
+    async def go(fs: Client) -> list[int]:
+        view = await fs.mgmt.decommission(node_id)
+        deadline = time.monotonic() + wait
+        while (left := draining(view, node_id)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            view = await fs.mgmt.routing()
+        return left
+
+    try:
+        left = _run(cluster_file, go)
+    except errors.Py3fsError as exc:
+        raise click.ClickException(
+            f"cannot decommission node {node_id}: {exc}"
+        ) from None
+    if left and wait:
+        raise click.ClickException(
+            f"node {node_id} still holds targets of chains {left} after {wait:g}s "
+            "(the drain goes on; run the command again to wait)"
+        )
+    click.echo(
+        f"node {node_id}: drained, in no chain"
+        if not left
+        else f"node {node_id}: draining chains {left}"
+    )
 
 
 def pick_table(view: RoutingView, replicas: int) -> int:

@@ -54,6 +54,9 @@ class NodeInfo(Msg):
     last_heartbeat: float = 0.0
     pid: int = 0
     http: str = ""  # host:port of its /metrics and /healthz ("" if none)
+    # `py3fs admin decommission`: its targets are being (or were) drained into
+    # replacements on other nodes; it is placed in no new chain.
+    decommissioned: bool = False
 
 
 class TargetInfo(Msg):
@@ -132,11 +135,16 @@ class CreateChainTableReq(Msg):
     table_id: int = 1
 
 
+class DecommissionReq(Msg):
+    node_id: int
+
+
 MGMT_RPCS: Final[dict[str, tuple[type[Msg], type[Msg]]]] = {
     "RegisterNode": (RegisterNodeReq, RoutingInfo),
     "Heartbeat": (HeartbeatReq, HeartbeatReply),
     "GetRouting": (GetRoutingReq, RoutingInfo),
     "CreateChainTable": (CreateChainTableReq, RoutingInfo),
+    "Decommission": (DecommissionReq, RoutingInfo),
 }
 
 

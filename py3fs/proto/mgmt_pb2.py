@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from py3fs.proto import envelope_pb2 as py3fs_dot_proto_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16py3fs/proto/mgmt.proto\x12\npy3fs.mgmt\x1a\x1apy3fs/proto/envelope.proto2\xbd\x01\n\x04Mgmt\x12,\n\x0cRegisterNode\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12)\n\tHeartbeat\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12*\n\nGetRouting\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12\x30\n\x10\x43reateChainTable\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Replyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16py3fs/proto/mgmt.proto\x12\npy3fs.mgmt\x1a\x1apy3fs/proto/envelope.proto2\xeb\x01\n\x04Mgmt\x12,\n\x0cRegisterNode\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12)\n\tHeartbeat\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12*\n\nGetRouting\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12\x30\n\x10\x43reateChainTable\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Reply\x12,\n\x0c\x44\x65\x63ommission\x12\x0e.py3fs.Request\x1a\x0c.py3fs.Replyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'py3fs.proto.mgmt_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MGMT']._serialized_start=67
-  _globals['_MGMT']._serialized_end=256
+  _globals['_MGMT']._serialized_end=302
 # @@protoc_insertion_point(module_scope)

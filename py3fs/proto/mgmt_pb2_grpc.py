@@ -54,6 +54,11 @@ class MgmtStub:
                 request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
                 response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
                 _registered_method=True)
+        self.Decommission = channel.unary_unary(
+                '/py3fs.mgmt.Mgmt/Decommission',
+                request_serializer=py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+                response_deserializer=py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+                _registered_method=True)
 
 
 class MgmtServicer:
@@ -83,6 +88,12 @@ class MgmtServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decommission(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MgmtServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +114,11 @@ def add_MgmtServicer_to_server(servicer, server):
             ),
             'CreateChainTable': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateChainTable,
+                    request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
+                    response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
+            ),
+            'Decommission': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decommission,
                     request_deserializer=py3fs_dot_proto_dot_envelope__pb2.Request.FromString,
                     response_serializer=py3fs_dot_proto_dot_envelope__pb2.Reply.SerializeToString,
             ),
@@ -213,6 +229,33 @@ class Mgmt:
             request,
             target,
             '/py3fs.mgmt.Mgmt/CreateChainTable',
+            py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
+            py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decommission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/py3fs.mgmt.Mgmt/Decommission',
             py3fs_dot_proto_dot_envelope__pb2.Request.SerializeToString,
             py3fs_dot_proto_dot_envelope__pb2.Reply.FromString,
             options,

@@ -301,3 +301,61 @@ def test_set_layout_is_inherited_by_new_files_and_directories(
             assert await fs.read_file("/lay/after.bin") == data
 
     asyncio.run(cleared())
+
+
+def test_decommission_drains_a_node_by_resync(tmp_path: Path) -> None:
+    # 4 storage nodes of one target, 3 replicas: one chain and one spare target.
+    with running_cluster(tmp_path / "decom", storage=4, targets=1) as cluster:
+        files = {f"/d/{i}.bin": os.urandom(150 * KiB + i) for i in range(6)}
+
+        async def write() -> tuple[int, list[int]]:
+            async with client_for(cluster) as fs:
+                await fs.mkdir("/d")
+                for path, data in files.items():
+                    await fs.write_file(path, data, chunk_size=64 * KiB)
+                view = await fs.mgmt.routing()
+                (chain,) = view.chains.values()
+                return view.targets[chain.targets[0]].node_id, chain.targets
+
+        victim, before = asyncio.run(write())
+        out = py3fs(cluster, "admin", "decommission", str(victim), "--wait", "120")
+        assert f"node {victim}: drained" in out.stdout
+
+        async def check() -> None:
+            async with client_for(cluster) as fs:
+                view = await fs.mgmt.routing()
+                (chain,) = view.chains.values()
+                assert len(chain.targets) == 3
+                assert all(view.targets[t].node_id != victim for t in chain.targets)
+                assert set(before) - set(chain.targets) == {before[0]}
+                assert view.serving_targets(chain.chain_id) == chain.targets
+                assert view.nodes[victim].decommissioned
+                for path, data in files.items():
+                    assert await fs.read_file(path) == data
+                # Every replica holds the same chunks, byte for byte (CRCs).
+                held = [
+                    sorted(
+                        (c.chunk_id, c.length, c.crc)
+                        for c in await list_chunks(fs, view, t)
+                    )
+                    for t in chain.targets
+                ]
+                assert len(held[0]) >= len(files) * 3
+                assert held[1] == held[0]
+                assert held[2] == held[0]
+                # The chain takes writes without the node.
+                await fs.write_file("/d/after.bin", b"x" * 100_000)
+                assert await fs.read_file("/d/after.bin") == b"x" * 100_000
+
+        asyncio.run(check())
+        nodes = json.loads(py3fs(cluster, "admin", "list-nodes", "--json").stdout)
+        assert {n["node_id"]: n["state"] for n in nodes}[victim] == "decommissioned"
+        # No spare left: a second decommission is refused clearly.
+        other = next(
+            n["node_id"]
+            for n in nodes
+            if n["role"] == "storage" and n["node_id"] != victim
+        )
+        refused = py3fs(cluster, "admin", "decommission", str(other), check=False)
+        assert refused.returncode != 0
+        assert "no spare target" in refused.stderr
