@@ -244,6 +244,10 @@ class MgmtState:
             self._targets[target_id] = _replace(
                 self._targets[target_id], state=TargetState.WAITING
             )
+            # It syncs only once its node reports it online, i.e. has seen it
+            # join the chain (a free target reports up to date), as a target
+            # coming back waits a round.
+            self._local[target_id] = LocalState.UPTODATE
             self._chains[chain_id] = _replace(
                 chain, version=chain.version + 1, targets=[*chain.targets, target_id]
             )

@@ -267,3 +267,43 @@ def test_restored_state_gives_nodes_a_grace_period(clock: FakeClock) -> None:
     clock.now += TIMEOUT + 1
     assert second.expire() == [1, 2, 3]
     assert second.version == first.version + 1
+
+
+def test_decommission_replaces_targets_through_resync(state: MgmtState) -> None:
+    register_storage(state)
+    state.create_chain_table(3)
+    with pytest.raises(errors.InvalidArgument, match="no spare target"):
+        state.decommission(1)  # every target is in a chain: nothing to drain into
+    assert not RoutingView(state.routing()).nodes[1].decommissioned
+    state.register(
+        RegisterNodeReq(
+            node_id=4,
+            role="storage",
+            address="127.0.0.1:9004",
+            targets=storage_targets(4),
+        )
+    )
+    with pytest.raises(errors.NotFound):
+        state.decommission(99)
+    view = RoutingView(state.decommission(1))
+    assert view.nodes[1].decommissioned
+    for chain in view.chains.values():
+        # The node's target still serves while the replacement waits at the end.
+        assert len(chain.targets) == 4
+        assert view.targets[chain.targets[-1]].node_id == 4
+        assert view.targets[chain.targets[-1]].state == TargetState.WAITING
+    beat(state, 4, LocalState.ONLINE)  # node 4 saw the routing: resync starts
+    view = RoutingView(state.routing())
+    assert {view.targets[t].state for t in storage_targets(4)} == {TargetState.SYNCING}
+    assert all(len(c.targets) == 4 for c in view.chains.values())
+    beat(state, 4, LocalState.UPTODATE)  # resync done
+    view = RoutingView(state.routing())
+    for chain in view.chains.values():
+        assert len(chain.targets) == 3
+        assert {view.targets[t].node_id for t in chain.targets} == {2, 3, 4}
+        assert view.serving_targets(chain.chain_id) == chain.targets
+    # Heartbeats keep the mark, and the node is placed in no new table.
+    beat(state, 1)
+    assert RoutingView(state.routing()).nodes[1].decommissioned
+    with pytest.raises(errors.InvalidArgument):
+        state.create_chain_table(2, table_id=2)
