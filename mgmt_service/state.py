@@ -216,12 +216,9 @@ class MgmtState:
         )
         plan: dict[int, int] = {}
         for chain in draining:
-            if any(
-                self._targets[t].node_id != node_id
-                and self._targets[t].state != TargetState.SERVING
-                for t in chain.targets
-            ):
-                continue  # a replacement (or a recovery) is already under way
+            want = chain.replicas or len(chain.targets)
+            if len(self._live_targets(chain, node_id)) >= want:
+                continue  # its replacement is already there (a resumed drain)
             nodes = {self._targets[t].node_id for t in chain.targets}
             pick = next(
                 (
@@ -249,7 +246,10 @@ class MgmtState:
             # coming back waits a round.
             self._local[target_id] = LocalState.UPTODATE
             self._chains[chain_id] = _replace(
-                chain, version=chain.version + 1, targets=[*chain.targets, target_id]
+                chain,
+                version=chain.version + 1,
+                targets=[*chain.targets, target_id],
+                replicas=chain.replicas or len(chain.targets),
             )
             logger.info(
                 "chain %d: target %d replaces node %d's", chain_id, target_id, node_id
@@ -269,24 +269,32 @@ class MgmtState:
             and not node.decommissioned
         )
 
+    def _live_targets(self, chain: ChainInfo, leaving: int = 0) -> list[int]:
+        """The chain's targets on nodes that stay (not decommissioned, not
+        `leaving`)."""
+        out = []
+        for t in chain.targets:
+            node = self._nodes.get(self._targets[t].node_id)
+            if node is None or not (node.decommissioned or node.node_id == leaving):
+                out.append(t)
+        return out
+
     def _finish_drains(self) -> bool:
-        """Take decommissioned nodes' targets out of the chains whose other
-        targets all serve (the replacement finished its resync)."""
+        """Take decommissioned nodes' targets out of the draining chains once
+        the targets that stay are as many as the chain had and all serve (the
+        replacement finished its resync)."""
         changed = False
         for chain in list(self._chains.values()):
-            gone = [
-                t
-                for t in chain.targets
-                if self._nodes.get(self._targets[t].node_id) is not None
-                and self._nodes[self._targets[t].node_id].decommissioned
-            ]
-            rest = [t for t in chain.targets if t not in gone]
-            if not gone or not rest:
+            if not chain.replicas:
                 continue
-            if any(self._targets[t].state != TargetState.SERVING for t in rest):
+            rest = self._live_targets(chain)
+            gone = [t for t in chain.targets if t not in rest]
+            if len(rest) < chain.replicas or any(
+                self._targets[t].state != TargetState.SERVING for t in rest
+            ):
                 continue
             self._chains[chain.chain_id] = _replace(
-                chain, version=chain.version + 1, targets=rest
+                chain, version=chain.version + 1, targets=rest, replicas=0
             )
             logger.info(
                 "chain %d version %d: decommissioned target(s) %s removed",

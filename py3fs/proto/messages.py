@@ -76,6 +76,9 @@ class ChainInfo(Msg):
     chain_id: int
     version: int
     targets: list[int]  # head first
+    # While a decommission drains it: how many targets it keeps once the drained
+    # ones leave (0: not draining).
+    replicas: int = 0
 
 
 class ChainTable(Msg):

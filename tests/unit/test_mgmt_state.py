@@ -292,6 +292,10 @@ def test_decommission_replaces_targets_through_resync(state: MgmtState) -> None:
         assert len(chain.targets) == 4
         assert view.targets[chain.targets[-1]].node_id == 4
         assert view.targets[chain.targets[-1]].state == TargetState.WAITING
+    # Again (a resumed drain): no second replacement.
+    assert all(len(c.targets) == 4 for c in state.decommission(1).chains)
+    beat(state, 2)  # other nodes' heartbeats do not end the drain early
+    assert all(len(c.targets) == 4 for c in state.routing().chains)
     beat(state, 4, LocalState.ONLINE)  # node 4 saw the routing: resync starts
     view = RoutingView(state.routing())
     assert {view.targets[t].state for t in storage_targets(4)} == {TargetState.SYNCING}
@@ -302,6 +306,7 @@ def test_decommission_replaces_targets_through_resync(state: MgmtState) -> None:
         assert len(chain.targets) == 3
         assert {view.targets[t].node_id for t in chain.targets} == {2, 3, 4}
         assert view.serving_targets(chain.chain_id) == chain.targets
+        assert chain.replicas == 0  # drain over
     # Heartbeats keep the mark, and the node is placed in no new table.
     beat(state, 1)
     assert RoutingView(state.routing()).nodes[1].decommissioned
