@@ -20,7 +20,7 @@ from client.config import ClientConfig, load_client_config
 from client.meta_client import MetaClient
 from client.routing_cache import RoutingCache
 from client.storage_client import StorageClient
-from py3fs import errors
+from py3fs import auth, errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import (
     AppendReq,
@@ -77,6 +77,7 @@ class Client:
             self.client_id,
             uid=config.uid,
             gid=config.gid,
+            token=config.token or auth.find_token(config.token_file),
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
             session_lease=config.session_lease,

@@ -15,6 +15,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from meta_service.config import MetaConfig
 from meta_service.gc import GcWorker
 from meta_service.id_alloc import IdAllocator
@@ -23,6 +25,7 @@ from meta_service.recovery import SessionReaper
 from meta_service.store import MetaStore
 from py3fs import errors
 from py3fs.app import ServiceResource
+from py3fs.auth import Authenticator
 from py3fs.dataplane import DataClient
 from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
@@ -72,7 +75,7 @@ class MetaServer(ServiceResource):
         )
         self._store = MetaStore(db, ctx, IdAllocator(db, cfg.id_batch))
         await asyncio.to_thread(self._store.ensure_root)
-        self._rpc = MsgServer(MetaService, self)
+        self._rpc = MsgServer(MetaService, _Authenticated(self, Authenticator(db)))
         self.address = await self._rpc.start(cfg.host, cfg.port)
         self._mgmt = MgmtClient(cfg.mgmt)
         try:
@@ -209,6 +212,31 @@ class MetaServer(ServiceResource):
         with contextlib.suppress(errors.Py3fsError):
             await self.refresh_routing()  # capacity numbers come from fresh reports
         return await asyncio.to_thread(self.store.stat_fs, req)
+
+
+class _Authenticated:
+    """The handlers of `server`, each first replacing the identity a request
+    claims with the one its token proves (py3fs.auth)."""
+
+    def __init__(self, server: MetaServer, auth: Authenticator) -> None:
+        self._server = server
+        self._auth = auth
+
+    def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
+        handler = getattr(self._server, name)
+        auth = self._auth
+
+        async def call(req: Msg) -> Msg:
+            if isinstance(req, MetaReq):
+                user = auth.user(req.token)
+                if user is not None and not user.act_for_others:
+                    req = msgspec.structs.replace(
+                        req, uid=user.uid, gid=user.gid, groups=list(user.groups)
+                    )
+            result: Msg = await handler(req)
+            return result
+
+        return call
 
 
 _INLINE_READS = frozenset({"stat", "stat_inode", "readlink"})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from py3fs import errors
+from py3fs import auth, errors
 from py3fs.etcd_local import (
     EtcdMember,
     endpoints_of,
@@ -83,6 +83,30 @@ class LocalCluster:
         return self.data_dir / "cluster.toml"
 
     @property
+    def admin_token_file(self) -> Path:
+        """The admin's token (0600): clients of the user who ran `up` find it
+        through the cluster file; nobody else can read it."""
+        return self.data_dir / "admin.token"
+
+    def _ensure_admin(self) -> None:
+        """Create the admin user on first `up` (which turns authentication on)
+        and keep its token file; a later `up` reuses both."""
+        from py3fs.kv.registry import open_database
+
+        token = ""
+        if self.admin_token_file.exists():
+            token = self.admin_token_file.read_text().strip()
+        with open_database(self.kv_url) as db:
+            users = {u.name: u for u in auth.list_users(db)}
+            admin = users.get(auth.ADMIN)
+            if token and admin is not None and admin.token_sha256 == auth.digest(token):
+                return
+            token = auth.add_user(
+                db, auth.ADMIN, 0, 0, act_for_others=True, replace=True
+            )
+        auth.write_token_file(self.admin_token_file, token)
+
+    @property
     def state_file(self) -> Path:
         return self.data_dir / "cluster.json"
 
@@ -110,6 +134,7 @@ class LocalCluster:
         self.cluster_file.write_text(
             "# Written by `py3fs cluster up`; clients read [client].\n"
             f"[client]\nmgmt = [{mgmt}]\n"
+            f'token_file = "{self.admin_token_file}"\n'
         )
         state = {
             "kv_url": self.kv_url,
@@ -273,6 +298,7 @@ class LocalCluster:
         self._plan_etcd(old)
         try:
             start_members(self.etcd, timeout)
+            self._ensure_admin()
             self._plan()
             # One by one: the first takes the lease, the others stand by.
             for p in self.mgmtds:

@@ -34,7 +34,9 @@ def running_cluster(data_dir: Path, **overrides: Any) -> Iterator[LocalCluster]:
 
 
 def client_for(cluster: LocalCluster, **overrides: Any) -> Client:
-    return Client(ClientConfig(mgmt=cluster.mgmt_addresses, **overrides))
+    fields: dict[str, Any] = {"token_file": str(cluster.admin_token_file)}
+    fields.update(overrides)
+    return Client(ClientConfig(mgmt=cluster.mgmt_addresses, **fields))
 
 
 async def list_chunks(

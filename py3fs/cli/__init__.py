@@ -10,7 +10,7 @@ import sys
 import click
 
 from py3fs import errors
-from py3fs.cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd
+from py3fs.cli import bench_cmd, cluster_cmds, file_cmds, mount_cmd, user_cmds
 
 
 class _Group(click.Group):
@@ -36,3 +36,4 @@ for command in file_cmds.COMMANDS:
     main.add_command(command)
 main.add_command(mount_cmd.mount)
 main.add_command(bench_cmd.bench)
+main.add_command(user_cmds.admin)

@@ -197,6 +197,9 @@ class MetaReq(Msg):
     groups: list[int] = []  # supplementary groups
     client_id: str = ""
     request_id: int = 0
+    # Who the client is (py3fs.auth): meta derives uid/gid/groups from it and
+    # keeps the claimed ones only for users that may act for others.
+    token: str = ""
 
 
 # Requests name their objects 3FS's `PathAt` way: `at` is an inode and `path`
