@@ -24,6 +24,7 @@ from py3fs import auth, errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import (
     AppendReq,
+    CapReq,
     CloseReq,
     DirEntry,
     Inode,
@@ -88,7 +89,12 @@ class Client:
             max_inflight=config.max_inflight,
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
+            capability=self._capability,
         )
+
+    async def _capability(self, inode: int, write: bool) -> tuple[bytes, float]:
+        reply = await self.meta.capability(CapReq(inode=inode, write=write))
+        return reply.cap, reply.ttl
 
     @classmethod
     def from_cluster(cls, path: str | None = None, **overrides: Any) -> Client:

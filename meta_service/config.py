@@ -13,6 +13,9 @@ class MetaConfig:
     mgmt: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 0
+    # The cluster secret (py3fs.caps): meta issues capabilities and signs GC's
+    # removes with it; "" = storage checks nothing.
+    secret_file: str = ""
     # tunables
     chunk_size: int = 4 * 1024 * 1024
     heartbeat_interval: float = 1.0

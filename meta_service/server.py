@@ -21,9 +21,10 @@ from meta_service.config import MetaConfig
 from meta_service.gc import GcWorker
 from meta_service.id_alloc import IdAllocator
 from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import R, W, check_access
 from meta_service.recovery import SessionReaper
 from meta_service.store import MetaStore
-from py3fs import errors
+from py3fs import caps, errors
 from py3fs.app import ServiceResource
 from py3fs.auth import Authenticator
 from py3fs.dataplane import DataClient
@@ -33,7 +34,11 @@ from py3fs.kv.sqlite import SqliteDatabase
 from py3fs.mgmt_client import MgmtClient
 from py3fs.msgrpc import MsgServer
 from py3fs.proto.messages import (
+    CapReply,
+    CapReq,
     HeartbeatReq,
+    InodeReq,
+    InodeType,
     KvStageReq,
     MetaReq,
     Msg,
@@ -57,7 +62,8 @@ class MetaServer(ServiceResource):
         self._store: MetaStore | None = None
         self._rpc: MsgServer | None = None
         self._mgmt: MgmtClient | None = None
-        self._data = DataClient()
+        self._keys = caps.Keys.load(cfg.secret_file)
+        self._data = DataClient(keys=self._keys)  # GC's removes are signed
         self._registered = False
         self._tasks: asyncio.TaskGroup | None = None
         self._running: list[asyncio.Task[None]] = []
@@ -207,6 +213,21 @@ class MetaServer(ServiceResource):
 
     async def kv_page_stage(self, req: KvStageReq) -> Msg:
         return await self._with_routing_retry("kv_page_stage", req)
+
+    async def capability(self, req: CapReq) -> CapReply:
+        """A capability for the inode's chunks after the permission check an
+        open would make (read; write as well when asked)."""
+        node = await asyncio.to_thread(
+            self.store.stat_inode,
+            InodeReq(inode=req.inode, uid=req.uid, gid=req.gid, groups=req.groups),
+        )
+        if node.type != InodeType.FILE:
+            raise errors.InvalidArgument(f"inode {req.inode} is not a file")
+        check_access(node, req, R | W if req.write else R)
+        if self._keys is None:
+            return CapReply(cap=b"", ttl=caps.DEFAULT_TTL)
+        ttl = caps.DEFAULT_TTL
+        return CapReply(cap=self._keys.issue(req.inode, req.write, ttl), ttl=ttl)
 
     async def stat_fs(self, req: MetaReq) -> StatFsReply:
         with contextlib.suppress(errors.Py3fsError):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from py3fs import auth, errors
+from py3fs import auth, caps, errors
 from py3fs.etcd_local import (
     EtcdMember,
     endpoints_of,
@@ -87,6 +87,11 @@ class LocalCluster:
         """The admin's token (0600): clients of the user who ran `up` find it
         through the cluster file; nobody else can read it."""
         return self.data_dir / "admin.token"
+
+    @property
+    def secret_file(self) -> Path:
+        """The cluster secret (0600) services sign and check with (py3fs.caps)."""
+        return self.data_dir / "cluster.secret"
 
     def _ensure_admin(self) -> None:
         """Create the admin user on first `up` (which turns authentication on)
@@ -264,6 +269,8 @@ class LocalCluster:
                 str(p.node_id),
                 "--chunk-size",
                 spec.chunk_size,
+                "--secret-file",
+                str(self.secret_file),
                 *spec.extra.get("meta", []),
             ]
         for p in self.storages:
@@ -272,6 +279,8 @@ class LocalCluster:
                 mgmt,
                 "--node-id",
                 str(p.node_id),
+                "--secret-file",
+                str(self.secret_file),
                 "--data-dir",
                 str(self.data_dir / f"storage-{p.node_id}"),
                 "--targets",
@@ -298,6 +307,7 @@ class LocalCluster:
         self._plan_etcd(old)
         try:
             start_members(self.etcd, timeout)
+            caps.write_secret(self.secret_file)
             self._ensure_admin()
             self._plan()
             # One by one: the first takes the lease, the others stand by.

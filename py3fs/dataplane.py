@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from py3fs import errors, wire
+from py3fs import caps, errors, wire
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class DataClient:
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
         max_idle_per_peer: int = 32,
         connect_timeout: float = 5.0,
+        keys: caps.Keys | None = None,
     ) -> None:
         self._idle: dict[str, list[_ClientConn]] = {}
         self._ids = itertools.count(1)
@@ -54,6 +55,9 @@ class DataClient:
         self._max_idle = max_idle_per_peer
         self._connect_timeout = connect_timeout
         self._closed = False
+        # Services sign what only services may send (py3fs.caps); clients do
+        # not hold the key.
+        self._keys = keys
 
     async def _connect(self, address: str) -> _ClientConn:
         loop = asyncio.get_running_loop()
@@ -93,6 +97,8 @@ class DataClient:
         """
         if self._closed:
             raise errors.RPCUnavailable("data client closed")
+        if self._keys is not None and hasattr(body, "auth"):
+            body = self._keys.sign(body)
         idle = self._idle.setdefault(address, [])
         conn = idle.pop() if idle else await self._connect(address)
         loop = asyncio.get_running_loop()

@@ -42,7 +42,8 @@ a client may retry it. Codes are grouped by subsystem::
     │   ├── UnknownNode (5002)
     │   └── NoChainTable (5003, retryable)   cluster has no chains yet
     ├── AuthError (6000)
-    │   └── Unauthenticated (6001, EACCES)  no token, or one nobody holds
+    │   ├── Unauthenticated (6001, EACCES)  no token, or one nobody holds
+    │   └── CapabilityExpired (6002, retryable)  ask meta for a new one
     ├── ClientError (7000)
     │   └── RoutingUnavailable (7001, retryable)
     └── InjectedFault (9001)                 raised by an enabled fault point (tests)
@@ -272,6 +273,11 @@ class AuthError(Py3fsError):
 
 class Unauthenticated(AuthError):
     code = 6001
+
+
+class CapabilityExpired(AuthError):
+    code = 6002
+    retryable = True
 
 
 class ClientError(Py3fsError):

@@ -91,6 +91,10 @@ class WriteReq(Body):
     request_id: int
     update_ver: int = 0
     full_replace: bool = False
+    # A client's write (update_ver 0, not repair) carries meta's capability for
+    # the chunk's inode (py3fs.caps); a forward carries the node signature.
+    cap: bytes = b""
+    auth: bytes = b""
     # A full replace that rebuilds a chunk whose replicas may have diverged: a
     # remembered reply for this chunk at or below its version may describe a
     # write the rebuild did not keep, so retries are applied again.
@@ -115,6 +119,8 @@ class ReadIO(Body):
 class ReadReq(Body):
     ios: list[ReadIO]
     verify: bool = True
+    # Capabilities (py3fs.caps) covering every io's inode, one per inode.
+    caps: list[bytes] = []
 
 
 class ReadResult(Body):
@@ -140,6 +146,7 @@ class RemoveReq(Body):
     inode: int
     client_id: str
     request_id: int
+    auth: bytes = b""  # node signature: only meta's GC and chain peers remove
 
 
 class RemoveReply(Body):
@@ -182,6 +189,7 @@ class SyncChunkReq(Body):
     crc: int = 0
     chunk_chain_ver: int = 0
     remove: bool = False
+    auth: bytes = b""  # node signature (chain peers only)
 
 
 class SyncChunkReply(Body):
@@ -195,6 +203,7 @@ class SyncDoneReq(Body):
     chain_id: int
     chain_ver: int
     target_id: int
+    auth: bytes = b""  # node signature (chain peers only)
 
 
 class SyncDoneReply(Body):

@@ -21,6 +21,7 @@ from storage_service.config import StorageConfig
     "--fsync/--no-fsync", default=None, help="fsync chunk writes (default on)"
 )
 @click.option("--heartbeat-interval", help='e.g. "1s"')
+@click.option("--secret-file", help="cluster secret: check capabilities")
 @click.option("--ready-file", type=click.Path(dir_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--log-level", default="INFO")

@@ -11,6 +11,8 @@ class StorageConfig:
     node_id: int = 0
     data_dir: str = ""
     mgmt: list[str] = field(default_factory=list)
+    # The cluster secret (py3fs.caps); "" = accept requests unchecked.
+    secret_file: str = ""
     # Tunables.
     targets: int = 4
     host: str = "127.0.0.1"

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-from py3fs import errors, wire
+from py3fs import caps, errors, ids, wire
 from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient, DataServer, ServerConn
 from py3fs.mgmt_client import MgmtClient
@@ -32,7 +32,9 @@ class StorageServer(ServiceResource):
     def __init__(self, cfg: StorageConfig) -> None:
         self.cfg = cfg
         self.mgmt = MgmtClient(cfg.mgmt)
-        self.client = DataClient()
+        # Checks are on when the cluster has a secret (py3fs.caps).
+        self.keys = caps.Keys.load(cfg.secret_file)
+        self.client = DataClient(keys=self.keys)
         self.ctx = StorageContext(cfg, self.mgmt, self.client)
         self.resync = Resync(self.ctx)
         self.writes = WritePath(self.ctx, self.resync)
@@ -134,15 +136,49 @@ class StorageServer(ServiceResource):
 
     # -- data plane
 
+    def _authorize(self, body: wire.Body) -> None:
+        """Refuse what the sender may not do: client reads and writes need a
+        capability from meta for the chunk's inode; forwards, repairs, resync
+        and removes need a node signature (py3fs.caps)."""
+        keys = self.keys
+        if keys is None:
+            return
+        if isinstance(body, wire.WriteReq):
+            if body.update_ver == 0 and not body.repair:
+                inode, _ = ids.split_chunk_id(body.chunk_id)
+                keys.check(body.cap, inode, write=True)
+            else:
+                keys.verify(body)
+        elif isinstance(body, wire.ReadReq):
+            allowed: set[int] = set()
+            for io in body.ios:
+                inode, _ = ids.split_chunk_id(io.chunk_id)
+                if inode in allowed:
+                    continue
+                for raw in body.caps:
+                    try:
+                        keys.check(raw, inode, write=False)
+                    except errors.PermissionDenied:
+                        continue
+                    allowed.add(inode)
+                    break
+                else:
+                    keys.check(b"", inode, write=False)
+        elif isinstance(body, wire.RemoveReq | wire.SyncChunkReq | wire.SyncDoneReq):
+            keys.verify(body)
+
     async def _handle(self, frame: wire.Frame, conn: ServerConn) -> None:
         body = frame.body
         if isinstance(body, wire.WriteReq):
             payload = await conn.read_payload()
+            self._authorize(body)
             await conn.reply(M.WRITE_REPLY, await self.writes.write(body, payload))
         elif isinstance(body, wire.ReadReq):
+            self._authorize(body)
             reply, views = await self.reads.read(body)
             await conn.reply(M.READ_REPLY, reply, views)
         elif isinstance(body, wire.RemoveReq):
+            self._authorize(body)
             await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
         elif isinstance(body, wire.QueryChunkReq):
             await conn.reply(M.QUERY_CHUNK_REPLY, self.reads.query(body))
@@ -150,9 +186,11 @@ class StorageServer(ServiceResource):
             await conn.reply(M.LIST_CHUNKS_REPLY, self.reads.list_chunks(body))
         elif isinstance(body, wire.SyncChunkReq):
             payload = await conn.read_payload()
+            self._authorize(body)
             reply = await self.resync.sync_chunk(body, payload)
             await conn.reply(M.SYNC_CHUNK_REPLY, reply)
         elif isinstance(body, wire.SyncDoneReq):
+            self._authorize(body)
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
         elif isinstance(body, wire.TargetStatsReq):
             stats = await self.ctx.target_stats()

@@ -242,6 +242,19 @@ class OpenReq(MetaReq):
     lease: float = 0.0
 
 
+class CapReq(MetaReq):
+    """A data-plane capability (py3fs.caps) for `inode`: read, or read and
+    write; meta checks the caller's permission on the inode first."""
+
+    inode: int = 0
+    write: bool = False
+
+
+class CapReply(Msg):
+    cap: bytes
+    ttl: float  # seconds it stays valid
+
+
 class RenewReq(MetaReq):
     """The client (client_id) is alive: its leased write sessions last
     another `ttl` seconds."""
