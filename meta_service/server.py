@@ -83,7 +83,7 @@ class MetaServer(ServiceResource):
         await asyncio.to_thread(self._store.ensure_root)
         self._rpc = MsgServer(MetaService, _Authenticated(self, Authenticator(db)))
         self.address = await self._rpc.start(cfg.host, cfg.port)
-        self._mgmt = MgmtClient(cfg.mgmt)
+        self._mgmt = MgmtClient(cfg.mgmt, keys=self._keys)
         try:
             await self._register()
         except errors.Py3fsError as exc:

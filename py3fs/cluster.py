@@ -58,6 +58,9 @@ class ClusterSpec:
     chunk_size: str = "4MiB"
     # mgmtd processes (node ids 1..N): the first to take the lease is primary.
     mgmtd: int = 1
+    # Capabilities and node signatures on the data plane (py3fs.caps); off
+    # only to measure what they cost (benchmarks/caps_cost.py).
+    capabilities: bool = True
     # Extra command-line arguments per role ("mgmtd", "meta", "storage").
     extra: dict[str, list[str]] = field(default_factory=dict)
 
@@ -92,6 +95,11 @@ class LocalCluster:
     def secret_file(self) -> Path:
         """The cluster secret (0600) services sign and check with (py3fs.caps)."""
         return self.data_dir / "cluster.secret"
+
+    def _secret_args(self) -> list[str]:
+        if not self.spec.capabilities:
+            return []
+        return ["--secret-file", str(self.secret_file)]
 
     def _ensure_admin(self) -> None:
         """Create the admin user on first `up` (which turns authentication on)
@@ -237,6 +245,7 @@ class LocalCluster:
                     str(MGMT_NODE + i),
                     "--heartbeat-timeout",
                     spec.heartbeat_timeout,
+                    *self._secret_args(),
                     *extra.get("mgmtd", []),
                 ],
                 self.run_dir,
@@ -269,8 +278,7 @@ class LocalCluster:
                 str(p.node_id),
                 "--chunk-size",
                 spec.chunk_size,
-                "--secret-file",
-                str(self.secret_file),
+                *self._secret_args(),
                 *spec.extra.get("meta", []),
             ]
         for p in self.storages:
@@ -279,8 +287,7 @@ class LocalCluster:
                 mgmt,
                 "--node-id",
                 str(p.node_id),
-                "--secret-file",
-                str(self.secret_file),
+                *self._secret_args(),
                 "--data-dir",
                 str(self.data_dir / f"storage-{p.node_id}"),
                 "--targets",
@@ -326,7 +333,9 @@ class LocalCluster:
             raise
 
     async def _create_chains(self, timeout: float) -> None:
-        mgmt = MgmtClient(self.mgmt_addresses)
+        mgmt = MgmtClient(
+            self.mgmt_addresses, keys=caps.Keys.load(str(self.secret_file))
+        )
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -31,9 +31,9 @@ M = wire.MsgType
 class StorageServer(ServiceResource):
     def __init__(self, cfg: StorageConfig) -> None:
         self.cfg = cfg
-        self.mgmt = MgmtClient(cfg.mgmt)
         # Checks are on when the cluster has a secret (py3fs.caps).
         self.keys = caps.Keys.load(cfg.secret_file)
+        self.mgmt = MgmtClient(cfg.mgmt, keys=self.keys)
         self.client = DataClient(keys=self.keys)
         self.ctx = StorageContext(cfg, self.mgmt, self.client)
         self.resync = Resync(self.ctx)

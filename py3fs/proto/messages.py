@@ -104,6 +104,7 @@ class RegisterNodeReq(Msg):
     address: str
     targets: list[int] = []
     pid: int = 0
+    auth: bytes = b""  # node signature (py3fs.caps): only cluster services
 
 
 class HeartbeatReq(Msg):
@@ -112,6 +113,7 @@ class HeartbeatReq(Msg):
     address: str
     targets: list[TargetReport] = []
     pid: int = 0
+    auth: bytes = b""  # node signature (py3fs.caps)
 
 
 class HeartbeatReply(Msg):
@@ -128,6 +130,7 @@ class GetRoutingReq(Msg):
 class CreateChainTableReq(Msg):
     replicas: int
     table_id: int = 1
+    auth: bytes = b""  # node signature (py3fs.caps): the cluster's admin tools
 
 
 MGMT_RPCS: Final[dict[str, tuple[type[Msg], type[Msg]]]] = {
