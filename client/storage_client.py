@@ -63,7 +63,7 @@ class StorageClient:
         self._routing = routing
         # Storage serves a client's read or write only with meta's capability
         # for the inode (py3fs.caps); cached until a minute before it expires.
-        self._capability = capability
+        self.capability = capability
         self._caps: dict[tuple[int, bool], tuple[float, bytes]] = {}
         self._client_id = client_id
         self._data = DataClient(max_idle_per_peer=max_inflight)
@@ -103,7 +103,7 @@ class StorageClient:
     async def cap(self, inode: int, write: bool) -> bytes:
         """A capability for `inode` (b"" when there is no source: tests, or
         a cluster without a secret, whose storage checks nothing)."""
-        if self._capability is None:
+        if self.capability is None:
             return b""
         now = time.monotonic()
         hit = self._caps.get((inode, write))
@@ -111,7 +111,7 @@ class StorageClient:
             hit = self._caps.get((inode, True))  # a write cap also reads
         if hit is not None and hit[0] > now:
             return hit[1]
-        raw, ttl = await self._capability(inode, write)
+        raw, ttl = await self.capability(inode, write)
         if len(self._caps) > 65536:
             self._caps.clear()
         self._caps[(inode, write)] = (now + max(ttl - 60.0, ttl / 2), raw)

@@ -119,8 +119,10 @@ class ReadIO(Body):
 class ReadReq(Body):
     ios: list[ReadIO]
     verify: bool = True
-    # Capabilities (py3fs.caps) covering every io's inode, one per inode.
+    # Capabilities (py3fs.caps) covering every io's inode, one per inode; a
+    # storage node repairing from a peer signs instead (`auth`).
     caps: list[bytes] = []
+    auth: bytes = b""
 
 
 class ReadResult(Body):

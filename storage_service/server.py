@@ -150,6 +150,9 @@ class StorageServer(ServiceResource):
             else:
                 keys.verify(body)
         elif isinstance(body, wire.ReadReq):
+            if body.auth:
+                keys.verify(body)
+                return
             allowed: set[int] = set()
             for io in body.ios:
                 inode, _ = ids.split_chunk_id(io.chunk_id)
