@@ -217,7 +217,11 @@ class FileChunkStore(ChunkStore):
 
     def _load(self) -> None:
         """Scan the directory: cache every chunk's header, drop stale pending files."""
-        os.makedirs(self.root, exist_ok=True)
+        # Chunk data is other users' file contents: only the storage service's
+        # user may list or read it (directories 0700, files 0600), also for a
+        # directory an older version created wider.
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
         self._device = os.stat(self.root).st_dev
         self._chunks.clear()
         for sub in os.scandir(self.root):
@@ -396,11 +400,11 @@ class FileChunkStore(ChunkStore):
         try:
             chunk_dir = os.path.dirname(path)
             if not os.path.isdir(chunk_dir):
-                os.makedirs(chunk_dir, exist_ok=True)
+                os.makedirs(chunk_dir, mode=0o700, exist_ok=True)
                 if self.fsync:
                     # The new directory's entry must survive a crash too.
                     _fsync_dir(self.root)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _write_all(fd, [pack_header(info), *parts])
                 if self.fsync:
