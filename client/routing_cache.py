@@ -2,15 +2,26 @@
 
 Concurrent refreshes are coalesced: callers that find a refresh under way wait for
 it instead of asking mgmtd again.
+
+While mgmtd is away (restarting, failing over), the last routing keeps being
+served: chains rarely change in a few seconds, and a target that did change
+answers with a retryable error that sends the caller back here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+from py3fs import errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.routing import RoutingView
+
+logger = logging.getLogger(__name__)
+# After a failed fetch, how long `get` keeps serving the old routing before
+# asking mgmtd again.
+RETRY_AFTER = 1.0
 
 
 class RoutingCache:
@@ -32,6 +43,13 @@ class RoutingCache:
         async with self._lock:
             if self._view is not None and self._view is not stale:
                 return self._view
-            self._view = await self._mgmt.routing()
+            try:
+                self._view = await self._mgmt.routing()
+            except errors.Py3fsError as exc:
+                if self._view is None:
+                    raise
+                logger.info("mgmtd unreachable (%s): using the last routing", exc)
+                self._fetched = time.monotonic() - self._max_age + RETRY_AFTER
+                return self._view
             self._fetched = time.monotonic()
             return self._view
