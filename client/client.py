@@ -43,6 +43,7 @@ from py3fs.proto.messages import (
     StatFsReply,
     SymlinkReq,
     SyncReq,
+    WhoAmIReply,
 )
 
 _MODES = {
@@ -206,6 +207,10 @@ class Client:
         if length < old.length and node.layout is not None:
             await self.storage.truncate(node.inode, node.layout, length, old.length)
         return node
+
+    async def whoami(self) -> WhoAmIReply:
+        """The uid, gid and groups meta derives from this client's token."""
+        return await self.meta.whoami(MetaReq())
 
     async def statfs(self) -> StatFsReply:
         return await self.meta.stat_fs(MetaReq())

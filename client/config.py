@@ -26,6 +26,9 @@ class ClientConfig:
     # `py3fs cluster up` points this at the admin token it wrote (0600), so the
     # user who started the cluster needs no step; others cannot read it.
     token_file: str = ""
+    # `py3fs rm` moves into the caller's trash for this many days (0: deletes
+    # at once); meta deletes expired entries (py3fs.trash).
+    trash_days: float = 7.0
     max_inflight: int = 32
     retry_timeout: float = 60.0
     call_timeout: float = 30.0

@@ -16,6 +16,8 @@ class MetaConfig:
     # The cluster secret (py3fs.caps): meta issues capabilities and signs GC's
     # removes with it; "" = storage checks nothing.
     secret_file: str = ""
+    # How often meta empties expired trash entries (py3fs.trash).
+    trash_interval: float = 60.0
     # tunables
     chunk_size: int = 4 * 1024 * 1024
     heartbeat_interval: float = 1.0

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from meta_service import trash
 from meta_service.config import MetaConfig
 from meta_service.gc import GcWorker
 from meta_service.id_alloc import IdAllocator
@@ -45,6 +46,8 @@ from py3fs.proto.messages import (
     OpenReq,
     RegisterNodeReq,
     StatFsReply,
+    TrashDirReply,
+    WhoAmIReply,
 )
 from py3fs.proto.services import MetaService
 from py3fs.routing import RoutingView
@@ -113,6 +116,9 @@ class MetaServer(ServiceResource):
             self._tasks.create_task(self._heartbeat_loop()),
             self._tasks.create_task(gc.run()),
             self._tasks.create_task(reaper.run()),
+            self._tasks.create_task(
+                trash.expire_loop(self._store, cfg.trash_interval, self._clock)
+            ),
         ]
 
     async def aclose(self) -> None:
@@ -228,6 +234,13 @@ class MetaServer(ServiceResource):
             return CapReply(cap=b"", ttl=caps.DEFAULT_TTL)
         ttl = caps.DEFAULT_TTL
         return CapReply(cap=self._keys.issue(req.inode, req.write, ttl), ttl=ttl)
+
+    async def whoami(self, req: MetaReq) -> WhoAmIReply:
+        return WhoAmIReply(uid=req.uid, gid=req.gid, groups=list(req.groups))
+
+    async def trash_dir(self, req: MetaReq) -> TrashDirReply:
+        path = await asyncio.to_thread(trash.user_dir, self.store, req)
+        return TrashDirReply(path=path)
 
     async def stat_fs(self, req: MetaReq) -> StatFsReply:
         with contextlib.suppress(errors.Py3fsError):

@@ -258,6 +258,18 @@ class CapReply(Msg):
     ttl: float  # seconds it stays valid
 
 
+class WhoAmIReply(Msg):
+    """The identity meta derived from the caller's token (py3fs.auth)."""
+
+    uid: int
+    gid: int
+    groups: list[int] = []
+
+
+class TrashDirReply(Msg):
+    path: str  # the caller's trash directory (py3fs.trash), made if missing
+
+
 class RenewReq(MetaReq):
     """The client (client_id) is alive: its leased write sessions last
     another `ttl` seconds."""
