@@ -8,7 +8,14 @@
 mount (or the local directory). A column whose tool or mount is missing is
 skipped with a note. Prints bandwidth (MB/s) and IOPS per job and direction,
 and the ratios USRBIO/FUSE and USRBIO/local (the goal: sequential read through
-USRBIO at least 2x the FUSE figure).
+USRBIO at least 2x the FUSE figure), then the settings every column ran with.
+
+Every column runs at the same depth (`--iodepth`, default: the job file's
+global iodepth, else 1) and without a client page cache: USRBIO keeps that many
+ios in flight per job; fio opens with O_DIRECT (direct=1) and uses
+ioengine=psync at depth 1, libaio above it (buffered libaio would complete each
+io in the submitting call, so only O_DIRECT keeps several in flight). Server
+page caches are not dropped here; benchmarks/peers.py runs cold-cache reads.
 """
 
 from __future__ import annotations
@@ -24,24 +31,55 @@ import tempfile
 from typing import Any
 
 PY3FS_ONLY = ("chunk_size",)
+# Set by this script on every side, so a job file cannot make them differ.
+FORCED = ("ioengine", "iodepth", "direct", "fallocate")
 
 
-def fio_job_text(text: str, root: str) -> str:
-    """The job file for fio: paths under `root`, py3fs-only keys dropped."""
+def job_iodepth(text: str) -> int:
+    m = re.search(r"^\s*iodepth\s*=\s*(\d+)", text, re.M)
+    return int(m.group(1)) if m else 1
+
+
+def fio_engine(iodepth: int) -> str:
+    return "psync" if iodepth == 1 else "libaio"
+
+
+def _rewrite(text: str, forced: list[str], drop: tuple[str, ...]) -> str:
+    out = []
+    for line in text.splitlines():
+        if line.split("=", 1)[0].strip() in drop:
+            continue
+        out.append(line)
+        if re.fullmatch(r"\s*\[global\]\s*", line):
+            out.extend(forced)
+    if not any(re.fullmatch(r"\s*\[global\]\s*", line) for line in out):
+        out = ["[global]", *forced, *out]
+    return "\n".join(out) + "\n"
+
+
+def usrbio_job_text(text: str, iodepth: int) -> str:
+    """The job file for `py3fs bench`: the same depth as fio's."""
+    return _rewrite(text, [f"iodepth={iodepth}"], ("iodepth",))
+
+
+def fio_job_text(text: str, root: str, iodepth: int = 1) -> str:
+    """The job file for fio: paths under `root`, py3fs-only keys dropped, and
+    the engine, depth and O_DIRECT forced as the module docstring says."""
     out = []
     for line in text.splitlines():
         key = line.split("=", 1)[0].strip()
-        if key in PY3FS_ONLY:
-            continue
         if key in ("directory", "filename"):
             value = line.split("=", 1)[1].strip()
             line = f"{key}={root.rstrip('/')}/{value.lstrip('/')}"
         out.append(line)
-        if re.fullmatch(r"\s*\[global\]\s*", line):
-            # fio preallocates with fallocate, which a FUSE mount may refuse.
-            out.append("fallocate=none")
-            out.append("ioengine=psync")
-    return "\n".join(out) + "\n"
+    forced = [
+        # fio preallocates with fallocate, which a FUSE mount may refuse.
+        "fallocate=none",
+        f"ioengine={fio_engine(iodepth)}",
+        f"iodepth={iodepth}",
+        "direct=1",
+    ]
+    return _rewrite("\n".join(out), forced, PY3FS_ONLY + FORCED)
 
 
 def _dirs(text: str, root: str) -> None:
@@ -49,10 +87,10 @@ def _dirs(text: str, root: str) -> None:
         os.makedirs(os.path.join(root, m.group(1).lstrip("/")), exist_ok=True)
 
 
-def run_fio(text: str, root: str, mount: bool) -> dict[str, Any]:
+def run_fio(text: str, root: str, iodepth: int) -> dict[str, Any]:
     _dirs(text, root)
     with tempfile.NamedTemporaryFile("w", suffix=".fio", delete=False) as f:
-        f.write(fio_job_text(text, root))
+        f.write(fio_job_text(text, root, iodepth))
     try:
         out = subprocess.run(
             ["fio", "--output-format=json", f.name],
@@ -65,11 +103,16 @@ def run_fio(text: str, root: str, mount: bool) -> dict[str, Any]:
     return json.loads(out.stdout[out.stdout.index("{") :])  # type: ignore[no-any-return]
 
 
-def run_usrbio(jobfile: str, cluster: str | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "py3fs", "bench", jobfile, "--output-format=json"]
+def run_usrbio(text: str, cluster: str | None, iodepth: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".fio", delete=False) as f:
+        f.write(usrbio_job_text(text, iodepth))
+    cmd = [sys.executable, "-m", "py3fs", "bench", f.name, "--output-format=json"]
     if cluster:
         cmd += ["--cluster", cluster]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -95,22 +138,28 @@ def main() -> None:
     ap.add_argument("--cluster", default=os.environ.get("PY3FS_CLUSTER"))
     ap.add_argument("--mount", help="a py3fs FUSE mount of the same cluster")
     ap.add_argument("--local", help="a local directory (default: a temp dir)")
+    ap.add_argument(
+        "--iodepth",
+        type=int,
+        help="ios in flight per job on every side (default: the job file's)",
+    )
     args = ap.parse_args()
     with open(args.jobfile) as f:
         text = f.read()
+    depth = args.iodepth or job_iodepth(text)
     notes = []
     cols: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
     have_fio = shutil.which("fio") is not None
     if not have_fio:
         notes.append("fio is not installed: FUSE and local columns skipped")
     if have_fio and args.mount and os.path.ismount(args.mount):
-        cols["fuse"] = figures(run_fio(text, args.mount, True))
+        cols["fuse"] = figures(run_fio(text, args.mount, depth))
     elif have_fio:
         notes.append("no --mount given (or not mounted): FUSE column skipped")
-    cols["usrbio"] = figures(run_usrbio(args.jobfile, args.cluster))
+    cols["usrbio"] = figures(run_usrbio(text, args.cluster, depth))
     if have_fio:
         with tempfile.TemporaryDirectory(dir=args.local) as local:
-            cols["local"] = figures(run_fio(text, local, False))
+            cols["local"] = figures(run_fio(text, local, depth))
     names = list(cols)
     head = f"{'job':<14}{'dir':<6}" + "".join(f"{n + ' MB/s':>14}" for n in names)
     head += "".join(f"{n + ' IOPS':>14}" for n in names)
@@ -125,6 +174,11 @@ def main() -> None:
             den = cols[b].get(key, (0, 0))[0]
             row += f"{cols[a][key][0] / den:>15.2f}x" if den else f"{'-':>16}"
         print(row)
+    print(
+        f"settings: iodepth={depth} per job on every side; fio ioengine="
+        f"{fio_engine(depth)} direct=1 fallocate=none; usrbio iodepth={depth}"
+        " (no client page cache on any side)"
+    )
     for note in notes:
         print(f"note: {note}")
 

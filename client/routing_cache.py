@@ -46,9 +46,12 @@ class RoutingCache:
             try:
                 self._view = await self._mgmt.routing()
             except errors.Py3fsError as exc:
-                if self._view is None:
+                # DESIGN §6: served from the cache while mgmtd is unreachable
+                # (or between primaries); `get` asks again after RETRY_AFTER,
+                # so ops do not each wait out a failing fetch.
+                if self._view is None or not exc.retryable:
                     raise
-                logger.info("mgmtd unreachable (%s): using the last routing", exc)
+                logger.warning("routing refresh failed, using cached view: %s", exc)
                 self._fetched = time.monotonic() - self._max_age + RETRY_AFTER
                 return self._view
             self._fetched = time.monotonic()

@@ -35,6 +35,7 @@ from client import Client
 from kv_cache import safetensors_format as fmt
 from kv_cache.buffers import byte_view
 from py3fs import errors
+from py3fs.faults import fault_point
 
 logger = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -140,6 +141,7 @@ async def save_state_dict(
             )
 
     await asyncio.gather(*(write(f, s) for f, s in zip(names, shards, strict=True)))
+    fault_point("checkpoint.save.shards_written")
     index = {
         "metadata": {"total_size": total, **(metadata or {})},
         "weight_map": weight_map,
@@ -277,6 +279,7 @@ class CheckpointManager:
         self._active.add(tmp_name)
         try:
             await self.client.mkdir(tmp, parents=True)
+            fault_point("checkpoint.save.dir_made")
             meta = {"step": str(step), **(metadata or {})}
             await save_state_dict(
                 self.client,
@@ -287,6 +290,7 @@ class CheckpointManager:
                 concurrency=self.concurrency,
                 chunk_size=self.chunk_size,
             )
+            fault_point("checkpoint.save.index_written")
             try:
                 await self.client.rename(tmp, self.step_path(step))
             except errors.NotEmpty:
@@ -294,6 +298,7 @@ class CheckpointManager:
         finally:
             self._active.discard(tmp_name)
         logger.info("checkpoint %s committed", self.step_path(step))
+        fault_point("checkpoint.save.committed")
         await self.apply_retention()
         return self.step_path(step)
 
@@ -376,6 +381,7 @@ class CheckpointManager:
                 await self.client.rename(self.step_path(step), hidden)
             except errors.NotFound:
                 continue  # another manager removed it
+            fault_point("checkpoint.retention.hidden")
             await self.client.remove(hidden, recursive=True)
         return doomed
 

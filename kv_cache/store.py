@@ -32,6 +32,7 @@ from typing import Any
 from client import Client
 from kv_cache.buffers import byte_view
 from py3fs import errors
+from py3fs.faults import fault_point
 from py3fs.proto.messages import (
     KvEntry,
     KvEvictReply,
@@ -251,6 +252,7 @@ class KVCacheStore:
             KvStageReq(store=self.name, count=len(keys))
         )
         files = staged.files
+        fault_point("kvcache.put.staged")
 
         async def write(i: int) -> None:
             f, v = files[i], views[i]
@@ -259,6 +261,7 @@ class KVCacheStore:
                 await self.client.storage.write(f.inode, f.layout, 0, v)
 
         await asyncio.gather(*(write(i) for i in range(len(keys))))
+        fault_point("kvcache.put.written")  # bytes on storage, not published
         pages = [
             KvPageNew(key=k, inode=f.inode, length=v.nbytes)
             for k, f, v in zip(keys, files, views, strict=True)

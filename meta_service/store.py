@@ -26,6 +26,7 @@ from meta_service.ops import (
 from meta_service.ops import setattr as setattr_op
 from meta_service.ops.context import OpContext
 from py3fs import ids
+from py3fs.faults import fault_point
 from py3fs.kv.base import Database, Transaction
 from py3fs.proto.messages import (
     AppendReply,
@@ -185,9 +186,11 @@ class MetaStore:
         return self.db.run(lambda tr: open_close.renew(tr, self.ctx, req))
 
     def rename(self, req: RenameReq) -> Empty:
-        return self._mutate(
+        reply = self._mutate(
             META.rename, req, lambda tr, _: rename.rename(tr, self.ctx, req)
         )
+        fault_point("meta.rename.committed")  # committed, reply not sent
+        return reply
 
     def unlink(self, req: PathReq) -> Empty:
         return self._mutate(
@@ -237,17 +240,21 @@ class MetaStore:
         return self._read(lambda tr: kvcache.stats(tr, req))
 
     def kv_page_stage(self, req: KvStageReq) -> KvStageReply:
-        return self._mutate(
+        reply = self._mutate(
             META.kv_page_stage,
             req,
             lambda tr, new_id: kvcache.stage(tr, self.ctx, req, new_id),
             max(0, min(req.count, kvcache.MAX_BATCH)),
         )
+        fault_point("meta.kv_stage.committed")
+        return reply
 
     def kv_page_put(self, req: KvPutReq) -> KvPutReply:
-        return self._mutate(
+        reply = self._mutate(
             META.kv_page_put, req, lambda tr, _: kvcache.put(tr, self.ctx, req)
         )
+        fault_point("meta.kv_put.committed")
+        return reply
 
     def kv_page_lookup(self, req: KvLookupReq) -> KvLookupReply:
         def fn(tr: Transaction) -> KvLookupReply:

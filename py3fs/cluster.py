@@ -63,6 +63,10 @@ class ClusterSpec:
     capabilities: bool = True
     # Extra command-line arguments per role ("mgmtd", "meta", "storage").
     extra: dict[str, list[str]] = field(default_factory=dict)
+    # Process name ("etcd-1", "mgmtd-1", "meta-11", "storage-21") -> [network
+    # namespace, address]: run it in that namespace, bound to that address
+    # (partition tests). Processes not named run on 127.0.0.1.
+    net: dict[str, list[str]] = field(default_factory=dict)
 
     def kv_url(self) -> str:
         return self.kv or f"sqlite://{(self.data_dir / 'kv.db').resolve()}"
@@ -222,12 +226,25 @@ class LocalCluster:
         # A restarted etcd must keep its peer ports: members find each other by
         # the URLs stored in their data.
         ports = [ports_from_args(m.args) for m in old.etcd] if old else []
+        names = [f"etcd-{i + 1}" for i in range(ETCD_MEMBERS)]
+        placed = all(n in self.spec.net for n in names)
         self.etcd = plan_members(
             self.data_dir / "etcd",
             self.run_dir,
             ETCD_MEMBERS,
             ports=ports or None,
+            hosts=[self.spec.net[n][1] for n in names] if placed else None,
         )
+        for m in self.etcd:
+            self._place(m, bind=False)
+
+    def _place(self, proc: ServiceProc, bind: bool = True) -> None:
+        """Run `proc` in its network namespace on its own address, if it has one."""
+        if proc.name in self.spec.net:
+            netns, host = self.spec.net[proc.name]
+            proc.prefix = ["ip", "netns", "exec", netns]
+            if bind:
+                proc.args = [*proc.args, "--host", host]
 
     def _plan(self) -> None:
         spec = self.spec
@@ -253,6 +270,8 @@ class LocalCluster:
             for i in range(max(spec.mgmtd, 1))
         ]
         self.mgmtd = self.mgmtds[0]
+        for p in self.mgmtds:
+            self._place(p)
         self.metas = [
             ServiceProc("meta", META_BASE + i, "meta_service", [], self.run_dir)
             for i in range(spec.meta)
@@ -295,6 +314,8 @@ class LocalCluster:
                 "--fsync" if spec.fsync else "--no-fsync",
                 *spec.extra.get("storage", []),
             ]
+        for p in [*self.metas, *self.storages]:
+            self._place(p)
 
     def running(self) -> list[ServiceProc]:
         return [p for p in self.procs if p.running()]

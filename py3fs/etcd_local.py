@@ -125,33 +125,41 @@ def plan_members(
     ports: list[tuple[int, int]] | None = None,
     binary: str | None = None,
     extra: list[str] | None = None,
+    hosts: list[str] | None = None,
 ) -> list[EtcdMember]:
     """Members etcd-1..etcd-<size> with data in data_root/etcd-<n>. `ports` are
     (client, peer) pairs; a restarted cluster must reuse its peer ports, which
-    etcd keeps in its membership."""
+    etcd keeps in its membership. `hosts` gives each member an address of its
+    own (default: all on 127.0.0.1); members on their own addresses use etcd's
+    standard ports unless `ports` says otherwise."""
     binary = binary or find_etcd()
     if binary is None:
         raise ServiceStartError(
             f"etcd not found (apt-get install etcd-server, or set ${ETCD_ENV})"
         )
+    hosts = hosts or ["127.0.0.1"] * size
+    if ports is None and len(set(hosts)) == size:
+        ports = [(2379, 2380)] * size
     if ports is None:
         flat = free_ports(2 * size)
         ports = [(flat[2 * i], flat[2 * i + 1]) for i in range(size)]
     names = [f"etcd-{i + 1}" for i in range(len(ports))]
     initial = ",".join(
-        f"{name}=http://127.0.0.1:{peer}"
-        for name, (_, peer) in zip(names, ports, strict=True)
+        f"{name}=http://{host}:{peer}"
+        for name, host, (_, peer) in zip(names, hosts, ports, strict=True)
     )
     token = f"py3fs-{uuid.uuid4().hex[:12]}"
     members = []
-    for i, (name, (client, peer)) in enumerate(zip(names, ports, strict=True)):
+    for i, (name, host, (client, peer)) in enumerate(
+        zip(names, hosts, ports, strict=True)
+    ):
         args = [
             "--name", name,
             "--data-dir", str(data_root / name),
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--listen-client-urls", f"http://{host}:{client}",
+            "--advertise-client-urls", f"http://{host}:{client}",
+            "--listen-peer-urls", f"http://{host}:{peer}",
+            "--initial-advertise-peer-urls", f"http://{host}:{peer}",
             "--initial-cluster", initial,
             "--initial-cluster-token", token,
             "--initial-cluster-state", "new",
@@ -165,7 +173,7 @@ def plan_members(
                 module=binary,
                 args=args,
                 run_dir=run_dir,
-                address=f"127.0.0.1:{client}",
+                address=f"{host}:{client}",
                 client_port=client,
                 peer_port=peer,
             )

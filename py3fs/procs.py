@@ -40,6 +40,10 @@ class ServiceProc:
     args: list[str]
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    # Prepended to the command, e.g. ["ip", "netns", "exec", NS] to run the
+    # service in a network namespace (partition tests); must exec the command
+    # so the pid stays the service's.
+    prefix: list[str] = field(default_factory=list)
     popen: subprocess.Popen[bytes] | None = None
     address: str = ""
     pid: int = 0
@@ -69,7 +73,7 @@ class ServiceProc:
         self.ready_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as log:
             self.popen = subprocess.Popen(
-                self.command(),
+                [*self.prefix, *self.command()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

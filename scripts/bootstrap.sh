@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Make ./.venv with py3fs and everything its tests use (idempotent, quiet when done).
 # System packages come from Debian's apt (with sudo when not root): FUSE 3 for the
-# mount, fio for the benchmarks, etcd for the etcd KV backend, python3-venv.
+# mount, fio for the benchmarks, etcd for the etcd KV backend, python3-venv,
+# iproute2 + nftables for the partition tests (network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-APT_PACKAGES=(python3-venv python3-pip python3-dev gcc pkg-config fuse3 libfuse3-dev fio etcd-server rsync)
+APT_PACKAGES=(python3-venv python3-pip python3-dev gcc pkg-config fuse3 libfuse3-dev fio etcd-server rsync iproute2 nftables)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

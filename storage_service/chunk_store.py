@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from py3fs import errors, ids
+from py3fs.faults import fault_point
 from py3fs.wire import crc32c
 
 logger = logging.getLogger(__name__)
@@ -429,6 +430,9 @@ class FileChunkStore(ChunkStore):
     def _commit(self, staged: Staged) -> None:
         try:
             os.replace(staged.tmp_path, staged.path)
+            # Readers opening the chunk now get the new version, while the
+            # cached ChunkInfo (what QUERY_CHUNK answers) still says the old one.
+            fault_point("storage.chunk_commit.renamed")
             if self.fsync:
                 _fsync_dir(os.path.dirname(staged.path))
         except OSError as exc:

@@ -92,6 +92,10 @@ class ReadPath:
             logger.debug("tail query for %s failed: %s", io.chunk_id.hex(), exc)
             return False
         assert isinstance(meta, wire.ChunkMeta)
+        if meta.pending_ver > committed:
+            # The tail may be mid-commit: its new file can already be read there
+            # while its committed version (cached) still says ours.
+            return False
         return craq.read_decision(committed, committed + 1, False, meta.committed_ver)
 
     def query(self, req: wire.QueryChunkReq) -> wire.ChunkMeta:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import re
 import time
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import FAST, list_chunks, running_cluster
+from lincheck import READ, WRITE, Op
 
 from client import Client
+from py3fs import errors
 from py3fs.cluster import LocalCluster
 from py3fs.procs import ServiceProc
 from py3fs.proto.messages import TargetState
@@ -176,3 +179,88 @@ class Writer:
         back = await self.fs.read_file(self.path)
         assert len(back) == len(self.model), self.path
         assert back == bytes(self.model), f"{self.path}: acknowledged data lost"
+
+
+# ------------------------------------------------ register histories (lincheck)
+
+FILES = 4
+CLIENTS = 3
+SIZE = 64  # bytes per value
+
+
+def value(text: str) -> bytes:
+    return text.encode().ljust(SIZE, b".")
+
+
+class RegisterWorkload:
+    """CLIENTS clients, each writing and reading random files, one op at a
+    time, recording every op with its invoke/complete time."""
+
+    def __init__(
+        self, clients: list[Client], prefix: str = "/f", first_id: int = 0
+    ) -> None:
+        self.clients = clients
+        self.prefix = prefix
+        # Client numbers in values and ops start here, so workloads of other
+        # processes on the same files write values of their own.
+        self.first_id = first_id
+        self.ops: list[Op] = []
+        self.failed = 0
+        self.failures: list[tuple[float, float]] = []  # (start, end) of errors
+        self.stop = asyncio.Event()
+
+    async def setup(self) -> dict[int, bytes]:
+        initial = {f: value(f"init-{f}") for f in range(FILES)}
+        for f, v in initial.items():
+            await self.clients[0].write_file(f"{self.prefix}{f}", v)
+        return initial
+
+    async def worker(self, n: int) -> None:
+        fs = self.clients[n]
+        rng = random.Random(n)
+        wf = [await fs.open(f"{self.prefix}{f}", "r+b") for f in range(FILES)]
+        rf = [await fs.open(f"{self.prefix}{f}", "rb") for f in range(FILES)]
+        seq = 0
+        try:
+            while not self.stop.is_set():
+                f = rng.randrange(FILES)
+                start = time.monotonic()
+                if rng.random() < 0.5:
+                    seq += 1
+                    v = value(f"c{self.first_id + n}-{seq}")
+                    try:
+                        await wf[f].pwrite(v, 0)
+                        end = time.monotonic()
+                    except errors.Py3fsError:
+                        self.failed += 1
+                        self.failures.append((start, time.monotonic()))
+                        end = math.inf  # may or may not have taken effect
+                    self.ops.append(
+                        Op(WRITE, f, v, start, end, client=self.first_id + n)
+                    )
+                else:
+                    try:
+                        got = await rf[f].pread(SIZE, 0)
+                    except errors.Py3fsError:
+                        self.failed += 1
+                        self.failures.append((start, time.monotonic()))
+                        continue
+                    self.ops.append(
+                        Op(READ, f, got, start, time.monotonic(), self.first_id + n)
+                    )
+        finally:
+            for h in wf + rf:
+                await h.close()
+
+    async def final_reads(self) -> None:
+        """Every client reads every file once more after the workload stopped:
+        an acknowledged write that was lost shows up as a stale final read."""
+        for n, fs in enumerate(self.clients):
+            for f in range(FILES):
+                start = time.monotonic()
+                got = await fs.read_file(f"{self.prefix}{f}")
+                self.ops.append(Op(READ, f, got, start, time.monotonic(), n))
+
+    def done_after(self, t0: float) -> int:
+        """Operations that completed after `t0` (the workload made progress)."""
+        return sum(1 for op in self.ops if t0 < op.end < math.inf)

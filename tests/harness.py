@@ -21,9 +21,9 @@ FAST = {
 
 @contextmanager
 def running_cluster(data_dir: Path, **overrides: Any) -> Iterator[LocalCluster]:
-    """Start a local cluster (no fsync: tests check replication, not disks) and
-    always stop it."""
-    fields: dict[str, Any] = {"fsync": False, "extra": FAST}
+    """Start a local cluster with the shipped durability (storage fsyncs as
+    `py3fs cluster up` does) and always stop it."""
+    fields: dict[str, Any] = {"extra": FAST}
     fields.update(overrides)
     cluster = LocalCluster(ClusterSpec(data_dir=data_dir, **fields))
     try:

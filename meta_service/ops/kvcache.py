@@ -28,6 +28,7 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.open_close import make_layout
 from meta_service.ops.unlink import drop_link
 from py3fs import errors
+from py3fs.faults import fault_point
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
     Inode,
@@ -204,6 +205,8 @@ def put(tr: Transaction, ctx: OpContext, req: KvPutReq) -> KvPutReply:
             page.inode,
             InodeType.FILE,
         )
+        # Moved into pages/ but not yet indexed: must never be seen committed.
+        fault_point("meta.kv_put.moved")
         entry = PageEntry(inode=page.inode, length=page.length, atime=now, ctime=now)
         kvindex.put_page(tr, req.store, page.key, entry)
         kvindex.count(tr, req.store, +1, page.length)

@@ -9,6 +9,7 @@ from meta_service.ops import lookup, unlink
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
 from py3fs import errors, ids
+from py3fs.faults import fault_point
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import Empty, Inode, InodeType, RenameReq
 
@@ -67,7 +68,9 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
         unlink.check_sticky(dst_dir, replaced, req)
     now = ctx.now_ns()
     dentries.remove(tr, src_dir.inode, src_name)
+    fault_point("meta.rename.src_unlinked")
     dentries.put(tr, dst_dir.inode, dst_name, src.inode, src.type)
+    fault_point("meta.rename.dst_linked")
     parent = dst_dir.inode if is_dir else node.parent
     inodes.store(tr, msgspec.structs.replace(node, parent=parent, ctime=now))
     # Parents' times and subdirectory counts: a directory moving between

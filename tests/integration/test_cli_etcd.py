@@ -20,7 +20,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def test_cluster_up_with_etcd(workdir: Path) -> None:
     try:
-        out = py3fs("cluster", "up", "--kv", "etcd", "--no-fsync", cwd=workdir).stdout
+        out = py3fs("cluster", "up", "--kv", "etcd", cwd=workdir).stdout
         assert "KV store:     etcd://127.0.0.1:" in out
         rows = json.loads(py3fs("cluster", "status", "--json", cwd=workdir).stdout)
         roles = sorted(r["role"] for r in rows)
@@ -40,7 +40,7 @@ def test_cluster_up_with_etcd(workdir: Path) -> None:
         assert "stopped 9 process" in py3fs("cluster", "down", cwd=workdir).stdout
         rows = json.loads(py3fs("cluster", "status", "--json", cwd=workdir).stdout)
         assert {r["state"] for r in rows} == {"stopped"}
-        py3fs("cluster", "up", "--kv", "etcd", "--no-fsync", cwd=workdir)
+        py3fs("cluster", "up", "--kv", "etcd", cwd=workdir)
         assert py3fs("ls", "/d", cwd=workdir).stdout.split() == ["a.bin"]
         py3fs("get", "/d/a.bin", str(workdir / "again.bin"), cwd=workdir)
         assert (workdir / "again.bin").read_bytes() == payload

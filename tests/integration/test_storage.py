@@ -66,7 +66,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 args=[
                     *("--mgmt", mgmtd.address, "--node-id", str(node)),
                     *("--data-dir", str(tmp / f"storage-{node}"), "--targets", "4"),
-                    *("--no-fsync", "--heartbeat-interval", "200ms"),
+                    *("--heartbeat-interval", "200ms"),
                 ],
                 run_dir=tmp,
             )
