@@ -25,3 +25,10 @@ class StorageConfig:
     forward_timeout: float = 30.0
     # Replies remembered per node to answer retried writes without reapplying them.
     dedup_entries: int = 65536
+    # Bounds on what clients may hold (py3fs.dataplane.DataServer): open
+    # connections, seconds a connection may sit between frames and to deliver
+    # a frame's payload, payload bytes in memory across all connections.
+    max_connections: int = 4096
+    idle_timeout: float = 600.0
+    payload_timeout: float = 60.0
+    payload_budget_bytes: int = 1 << 30

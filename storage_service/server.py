@@ -46,7 +46,16 @@ class StorageServer(ServiceResource):
 
     async def _start(self) -> None:
         await self.ctx.open()
-        self._data = DataServer(self._handle, self.cfg.host, self.cfg.port)
+        cfg = self.cfg
+        self._data = DataServer(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            max_connections=cfg.max_connections,
+            idle_timeout=cfg.idle_timeout,
+            payload_timeout=cfg.payload_timeout,
+            payload_budget=cfg.payload_budget_bytes,
+        )
         await self._data.__aenter__()
         self.address = self._data.address
         self._tasks = asyncio.TaskGroup()
@@ -173,8 +182,9 @@ class StorageServer(ServiceResource):
     async def _handle(self, frame: wire.Frame, conn: ServerConn) -> None:
         body = frame.body
         if isinstance(body, wire.WriteReq):
-            payload = await conn.read_payload()
+            # Refused before its payload is allocated or received.
             self._authorize(body)
+            payload = await conn.read_payload()
             await conn.reply(M.WRITE_REPLY, await self.writes.write(body, payload))
         elif isinstance(body, wire.ReadReq):
             self._authorize(body)
@@ -188,8 +198,8 @@ class StorageServer(ServiceResource):
         elif isinstance(body, wire.ListChunksReq):
             await conn.reply(M.LIST_CHUNKS_REPLY, self.reads.list_chunks(body))
         elif isinstance(body, wire.SyncChunkReq):
-            payload = await conn.read_payload()
             self._authorize(body)
+            payload = await conn.read_payload()
             reply = await self.resync.sync_chunk(body, payload)
             await conn.reply(M.SYNC_CHUNK_REPLY, reply)
         elif isinstance(body, wire.SyncDoneReq):

@@ -94,6 +94,16 @@ class WritePath:
         async with self.ctx.locks.hold((req.target_id, req.chunk_id)):
             if recall and (hit := self._recall(dedup, req.target_id)) is not None:
                 return hit
+            if (
+                is_head
+                and req.full_replace
+                and not payload.nbytes
+                and store.get(req.chunk_id) is None
+                and not store.pending_version(req.chunk_id)
+            ):
+                # Truncating a chunk that does not exist: nothing to empty. An
+                # inflated length must not make one empty file per chunk slot.
+                return wire.WriteReply(chunk_ver=0, length=0, crc=0)
             if is_head:
                 reply = await self._head_write(store, routing, req, payload, succ)
             else:
