@@ -22,6 +22,7 @@ from client import Client, ClientConfig
 from py3fs import auth, errors
 from py3fs.cluster import LocalCluster
 from py3fs.kv.registry import open_database
+from py3fs.proto.messages import CloseReq, SyncReq
 
 SECRET = b"root only" * 100
 
@@ -167,3 +168,27 @@ def test_token_file_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert auth.find_token(str(f)) == "p3t_abc"
     monkeypatch.setenv(auth.TOKEN_ENV, "p3t_env")
     assert auth.find_token(str(f)) == "p3t_env"
+
+
+async def test_sync_and_close_on_others_files_refused(cluster: LocalCluster) -> None:
+    """Before, any client could set any file's length with Sync/Close (2^40),
+    with no session and no permission."""
+    async with client_for(cluster) as admin:
+        await admin.write_file("/len-victim", b"v" * 100)
+        node = await admin.stat("/len-victim")
+        await admin.mkdir("/dave", mode=0o777)
+    token = add_user(cluster, "dave", 1003, 1003)
+    async with user_client(cluster, token) as dave:
+        with pytest.raises(errors.PermissionDenied):
+            await dave.meta.sync(SyncReq(inode=node.inode, length=1 << 40))
+        with pytest.raises(errors.PermissionDenied):
+            await dave.meta.close(
+                CloseReq(inode=node.inode, session_id="guess", length=1 << 40)
+            )
+        # Dave's own file: his session (and his permission) let him.
+        await dave.write_file("/dave/f", b"d")
+        async with await dave.open("/dave/f", "ab") as f:
+            await f.write(b"more")
+        assert (await dave.stat("/dave/f")).length == 5
+    async with client_for(cluster) as admin:
+        assert (await admin.stat("/len-victim")).length == 100
