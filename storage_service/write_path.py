@@ -255,6 +255,13 @@ class WritePath:
             and not full
             and (repair or routing.targets[succ].state == TargetState.SYNCING)
         ):
+            # The client's checksum covers only its bytes: check them before
+            # they are folded into a whole chunk with a checksum of our own,
+            # or a corrupt payload would be accepted on every replica.
+            if await asyncio.to_thread(wire.crc32c, data) != crc:
+                raise errors.ChecksumMismatch(
+                    f"write payload for chunk {req.chunk_id.hex()} fails its checksum"
+                )
             whole = await self._whole_content(store, req.chunk_id, offset, data)
             offset, data, full = 0, memoryview(whole), True
             crc = await asyncio.to_thread(wire.crc32c, whole)
