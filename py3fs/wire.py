@@ -133,6 +133,9 @@ class ReadResult(Body):
     length: int
     chunk_ver: int = 0
     message: str = ""
+    # The chunk's checksum when the read returned the whole chunk (a repair
+    # checks what it received against it); 0 otherwise.
+    crc: int = 0
 
 
 class ReadReply(Body):

@@ -307,6 +307,9 @@ class Resync:
                 chunk_size=MAX_CHUNK_SIZE,
                 chain_ver=chain.version,
                 full_replace=True,
+                # What arrived must be what the peer holds (its checksum),
+                # not merely what we received.
+                data_crc=result.crc,
             )
         logger.info(
             "repaired chunk %s on target %d from target %d (version %d)",
