@@ -10,11 +10,11 @@ same run writes and reads the same bytes with one local file (os.pwrite /
 os.preadv; reads hit a warm page cache, so they are the ceiling of this
 machine's memory path, not a disk). Prints GB/s, pages/s and the settings.
 
-Durability is the same on both sides: with `--fsync` (the default, as py3fs
-ships: storage fsyncs every write before it acknowledges) the local file is
-fsynced after every batch, so each put is on disk when it returns; with
-`--no-fsync` neither side syncs. With `--cluster`, say which one that cluster
-runs (`py3fs cluster up` defaults to fsync).
+Durability is the same on both sides. By default (as py3fs ships) a put is
+acknowledged once every replica holds it in memory and neither side syncs; with
+`--fsync` storage fsyncs every write before it acknowledges and the local file is
+fsynced after every batch, so each put is on disk when it returns. With
+`--cluster`, say which one that cluster runs (`py3fs cluster up --fsync`).
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def main() -> None:
     ap.add_argument(
         "--fsync",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="storage fsyncs every write and the local file every batch "
-        "(default, as shipped); --no-fsync: neither side syncs",
+        default=False,
+        help="storage fsyncs every write and the local file every batch; "
+        "default (as shipped): neither side syncs",
     )
     ap.add_argument("--cluster", help="use this running cluster's cluster.toml")
     ap.add_argument("--json", action="store_true")

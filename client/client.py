@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from client.config import ClientConfig, load_client_config
+from client.file_io import FileIO, ReadAhead
 from client.meta_client import MetaClient
 from client.routing_cache import RoutingCache
 from client.storage_client import StorageClient
@@ -92,6 +93,8 @@ class Client:
             call_timeout=config.call_timeout,
             capability=self._capability,
         )
+        # File data: the one inode-level API every layer above uses.
+        self.files = FileIO(self)
 
     async def _capability(self, inode: int, write: bool) -> tuple[bytes, float]:
         reply = await self.meta.capability(CapReq(inode=inode, write=write))
@@ -205,7 +208,7 @@ class Client:
         old = await self.stat(path)
         node = await self.setattr(path, length=length)
         if length < old.length and node.layout is not None:
-            await self.storage.truncate(node.inode, node.layout, length, old.length)
+            await self.files.truncate(node.inode, node.layout, length, old.length)
         return node
 
     async def whoami(self) -> WhoAmIReply:
@@ -232,7 +235,7 @@ class Client:
         )
         reply = await self.meta.open(req)
         if reply.truncated_from and reply.inode.layout is not None:
-            await self.storage.truncate(
+            await self.files.truncate(
                 reply.inode.inode, reply.inode.layout, 0, reply.truncated_from
             )
         return File(self, path, flags, reply)
@@ -256,6 +259,8 @@ class File:
         self.inode = reply.inode
         self.session_id = reply.session_id
         self._written_end = -1
+        self._unflushed = False  # written since the last flush to disk
+        self._ahead = ReadAhead(client.files)
         self.closed = False
         self.pos = self.inode.length if flags & os.O_APPEND else 0
 
@@ -315,26 +320,15 @@ class File:
         view = memoryview(buf).cast("B")
         if offset + view.nbytes > self.length and not self.writable:
             await self.refresh()
-        n = max(0, min(view.nbytes, self.length - offset))
-        if n:
-            assert self.inode.layout is not None
-            missing = await self._client.storage.read(
-                self.inode.inode, self.inode.layout, offset, view[:n]
-            )
-            if missing and not self.session_id:
-                await self._check_not_removed()
-        return n
-
-    async def _check_not_removed(self) -> None:
-        """Missing chunks are holes, unless the file was unlinked and its chunks
-        collected while we held it open for reading only (meta keeps a file's
-        data for its write sessions, not its readers)."""
-        try:
-            node = await self._client.stat_inode(self.inode.inode)
-        except errors.NotFound:
-            node = None
-        if node is None or node.nlink == 0:
-            raise errors.NotFound(f"{self.path} was removed while open for reading")
+        assert self.inode.layout is not None
+        return await self._ahead.read(
+            self.inode.inode,
+            self.inode.layout,
+            offset,
+            view,
+            length=self.length,
+            session=bool(self.session_id),
+        )
 
     async def pread(self, size: int, offset: int) -> bytes:
         buf = bytearray(max(0, size))
@@ -361,10 +355,12 @@ class File:
         view = memoryview(data).cast("B")
         if view.nbytes:
             assert self.inode.layout is not None
-            await self._client.storage.write(
+            await self._ahead.invalidate()
+            await self._client.files.write(
                 self.inode.inode, self.inode.layout, offset, view
             )
             self._written_end = max(self._written_end, offset + view.nbytes)
+            self._unflushed = True
         return view.nbytes
 
     async def write(self, data: Any) -> int:
@@ -373,6 +369,14 @@ class File:
         n = await self.pwrite(data, self.pos)
         self.pos += n
         return n
+
+    async def flush_data(self) -> None:
+        """Put what this handle wrote on disk on every replica (a write returns
+        once every replica holds it in memory; see StorageConfig.fsync)."""
+        if self._unflushed:
+            assert self.inode.layout is not None
+            await self._client.files.flush(self.inode.layout)
+            self._unflushed = False
 
     async def append(self, data: Any) -> int:
         """Write at the end of the file, atomically with respect to every other
@@ -390,9 +394,10 @@ class File:
         return n
 
     async def fsync(self) -> None:
-        """Make the length of what was written durable in meta (data already is:
-        a write returns once every replica has it)."""
+        """Make what was written durable: the data on every replica's disk, the
+        length in meta."""
         self._check(write=True)
+        await self.flush_data()
         req = SyncReq(inode=self.inode.inode, length=self._written_end)
         self.inode = await self._client.meta.sync(req)
 
@@ -400,6 +405,8 @@ class File:
         if self.closed:
             return
         self.closed = True
+        await self._ahead.aclose()
+        await self.flush_data()
         if self.session_id:
             req = CloseReq(
                 inode=self.inode.inode,

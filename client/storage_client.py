@@ -326,9 +326,9 @@ class StorageClient:
 
         await asyncio.gather(
             *(
-                one_frame(target, group[i : i + MAX_IOS_PER_FRAME])
+                one_frame(target, frame)
                 for target, group in groups.items()
-                for i in range(0, len(group), MAX_IOS_PER_FRAME)
+                for frame in _frames(group)
             )
         )
 
@@ -411,6 +411,27 @@ class StorageClient:
 
     # ---------------------------------------------------------------- admin
 
+    async def flush(self, layout: Layout) -> None:
+        """Put everything written to the file's chains on disk on every replica
+        (fsync/close); one FLUSH per storage node, concurrently."""
+        view = await self._routing.get()
+        by_node: dict[str, list[int]] = {}
+        for chain_id in set(layout.chains):
+            # A target out of service gets a full resync before it serves again.
+            for target in view.serving_targets(chain_id):
+                address = view.target_address(target)
+                by_node.setdefault(address, []).append(target)
+
+        async def one(address: str, targets: list[int]) -> None:
+            await self._data.call(
+                address,
+                wire.MsgType.FLUSH,
+                wire.FlushReq(target_ids=targets),
+                timeout=self._call_timeout,
+            )
+
+        await _gather(one(a, t) for a, t in by_node.items())
+
     async def call(
         self, address: str, mtype: wire.MsgType, body: wire.Body
     ) -> tuple[wire.Body, bytearray | None]:
@@ -436,3 +457,20 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _frames(group: list[_Io]) -> list[list[_Io]]:
+    """Split a target's ios into frames of at most MAX_IOS_PER_FRAME ios and
+    MAX_READ_BYTES bytes (what a storage server accepts in one READ)."""
+    frames: list[list[_Io]] = [[]]
+    size = 0
+    for io in group:
+        if frames[-1] and (
+            len(frames[-1]) == MAX_IOS_PER_FRAME
+            or size + io.piece.length > wire.MAX_READ_BYTES
+        ):
+            frames.append([])
+            size = 0
+        frames[-1].append(io)
+        size += io.piece.length
+    return [f for f in frames if f]

@@ -9,13 +9,18 @@ O_APPEND: each append has meta reserve its range at the end of the file (the
 length grows in the same transaction that reads it), then writes there, so
 appends never overlap, from this daemon or from any other client.
 
-Sequential writes: the kernel sends at most 1 MiB per write, and storage
-rewrites a whole chunk for a write that does not replace it from its start.
-So a handle gathers contiguous writes and sends them when they reach a chunk
-boundary (a full-chunk write is a plain replace), when a write is not
-contiguous, and before any read, truncate, flush, fsync or release of the
-inode. A storage failure on gathered data is reported by the next of those
-(close or fsync), as on NFS.
+Write-behind: the kernel sends at most 1 MiB per write. A handle gathers
+contiguous writes and sends them, in the background, when they reach a chunk
+boundary (one request per chunk, and chunks on different chains in parallel),
+with at most WRITE_BEHIND bytes in flight per inode; a send waits for an
+earlier one that overlaps it, so writes land in order. Gathered and in-flight
+writes are finished before any read, truncate, flush, fsync or release of the
+inode, and a non-contiguous write finishes them first. A storage failure on
+them is reported by the next write, flush, fsync or close, as on NFS.
+
+Page cache: an open keeps the kernel's cached pages of the file (keep_cache)
+when its mtime and length are what this daemon saw at the previous open: no
+client closed it after writing in between (close-to-open consistency).
 
 Unlinked-but-open files: meta keeps the chunks of an unlinked file while it has
 write sessions, but read-only opens have none (as in 3FS). Before this daemon
@@ -40,6 +45,8 @@ from py3fs.proto.messages import Inode, OpenReq
 
 logger = logging.getLogger(__name__)
 _META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
+WRITE_BEHIND = 32 * 1024 * 1024  # bytes of acknowledged writes in flight per inode
+_SEEN_MAX = 65536  # inodes whose (mtime, length) at open is remembered
 
 
 @dataclass
@@ -52,14 +59,49 @@ class FileHandle:
     pending_at: int = 0
     pending: bytearray = field(default_factory=bytearray)
     # A failed send of writes the kernel was already told succeeded; reported by
-    # this handle's next fsync/flush/release (like the kernel's errseq).
+    # this handle's next write/fsync/flush/release (like the kernel's errseq).
     error: BaseException | None = None
+    # Sends under way: (start, end, task), awaited by flush_pending.
+    inflight: list[tuple[int, int, asyncio.Task[None]]] = field(default_factory=list)
+    keep_cache: bool = False
 
     @property
     def length(self) -> int:
         return max(self.file.length, self.pending_at + len(self.pending))
 
+    @property
+    def inflight_bytes(self) -> int:
+        return sum(end - start for start, end, _ in self.inflight)
+
+    async def _send(self, data: bytearray, start: int) -> None:
+        try:
+            await self.file.pwrite(data, start)
+        except Exception as exc:
+            self.error = self.error or exc
+
+    async def send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
+        """Send `data` at `start` in the background, after any in-flight send of
+        `peers` (this inode's handles) that overlaps it; waits while more than
+        WRITE_BEHIND bytes are in flight."""
+        end = start + len(data)
+        for peer in peers:
+            for s, e, task in list(peer.inflight):
+                if s < end and start < e:
+                    await asyncio.shield(task)
+        task = asyncio.ensure_future(self._send(data, start))
+        self.inflight.append((start, end, task))
+        while self._reap() and self.inflight_bytes > WRITE_BEHIND:
+            await asyncio.shield(self.inflight[0][2])
+
+    def _reap(self) -> bool:
+        """Forget finished sends; whether any is still running. (Awaiting a
+        finished task does not yield to the loop, so a wait loop must drop them
+        itself or it spins.)"""
+        self.inflight = [x for x in self.inflight if not x[2].done()]
+        return bool(self.inflight)
+
     async def flush_pending(self) -> None:
+        """Send what is gathered and wait for every send of this handle."""
         if self.pending:
             data, self.pending = self.pending, bytearray()
             try:
@@ -67,6 +109,8 @@ class FileHandle:
             except Exception as exc:
                 self.error = exc
                 raise
+        while self._reap():
+            await asyncio.shield(self.inflight[0][2])
 
     def raise_error(self) -> None:
         if self.error is not None:
@@ -91,6 +135,8 @@ class OpenFiles:
         self._fhs = itertools.count(1)
         self._handles: dict[int, FileHandle] = {}
         self._inodes: dict[int, InodeState] = {}
+        # inode -> (mtime, length) at its last open here (see keep_cache)
+        self._seen: dict[int, tuple[float, int]] = {}
 
     def get(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
@@ -138,6 +184,14 @@ class OpenFiles:
         handle = FileHandle(
             next(self._fhs), node.inode, file, bool(flags & os.O_APPEND)
         )
+        stamp = (node.mtime, node.length)
+        handle.keep_cache = self._seen.get(node.inode) == stamp and not (
+            flags & os.O_TRUNC
+        )
+        self._seen.pop(node.inode, None)
+        self._seen[node.inode] = stamp
+        if len(self._seen) > _SEEN_MAX:
+            del self._seen[next(iter(self._seen))]
         # A release during the awaits above may have dropped the state: look again.
         state = self._inodes.setdefault(node.inode, state)
         self._handles[handle.fh] = handle
@@ -218,7 +272,21 @@ class OpenFiles:
         buf = bytearray(n)
         layout = handle.file.inode.layout
         assert layout is not None
-        await self._client.storage.read(handle.ino, layout, offset, memoryview(buf))
+        state = self._inodes.get(handle.ino)
+        await self._client.files.read(
+            handle.ino,
+            layout,
+            offset,
+            buf,
+            length=length,
+            # Any write session on the inode (ours or a pin) keeps its chunks.
+            session=bool(
+                state
+                and (
+                    state.pin or any(h.file.session_id for h in state.handles.values())
+                )
+            ),
+        )
         return buf
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -234,9 +302,11 @@ class OpenFiles:
     async def _gather(self, handle: FileHandle, offset: int, data: bytes) -> int:
         layout = handle.file.inode.layout
         assert layout is not None
+        handle.raise_error()
         chunk = layout.chunk_size
         if handle.pending and offset != handle.pending_at + len(handle.pending):
             await handle.flush_pending()
+            handle.raise_error()
         if not handle.pending:
             handle.pending_at = offset
         handle.pending += data
@@ -247,13 +317,9 @@ class OpenFiles:
             head = handle.pending[:cut]
             handle.pending = handle.pending[cut:]
             start, handle.pending_at = handle.pending_at, handle.pending_at + cut
-            try:
-                await handle.file.pwrite(head, start)
-            except Exception as exc:
-                # Earlier writes gathered in `head` were acknowledged already.
-                handle.pending = bytearray()
-                handle.error = exc
-                raise
+            state = self._inodes.get(handle.ino)
+            peers = list(state.handles.values()) if state else [handle]
+            await handle.send(head, start, peers)
         return len(data)
 
     async def sync(self, fh: int) -> None:
@@ -289,7 +355,7 @@ class OpenFiles:
 
     async def _drop_tail(self, node: Inode, length: int, old_length: int) -> None:
         assert node.layout is not None
-        await self._client.storage.truncate(node.inode, node.layout, length, old_length)
+        await self._client.files.truncate(node.inode, node.layout, length, old_length)
         state = self._inodes.get(node.inode)
         if state is not None:
             for handle in state.handles.values():

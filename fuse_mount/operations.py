@@ -360,7 +360,8 @@ class Operations(DirectoryOps, pyfuse3.Operations):
     # ------------------------------------------------------------ files
 
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False)
+        keep = self.files.get(fh).keep_cache
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep)
 
     @fuse_errors
     async def open(

@@ -1,12 +1,21 @@
 """An SGLang HiCache storage backend over a py3fs `KVCacheStore`.
 
-`Py3fsHiCacheStorage` has the methods of SGLang's `HiCacheStorage`
+`Py3fsHiCacheStorage` implements SGLang's `HiCacheStorage`
 (python/sglang/srt/mem_cache/hicache_storage.py): `get`/`set`/`exists`,
 `batch_get`/`batch_set`/`batch_exists`, the zero-copy `batch_get_v1`/
 `batch_set_v1` that move pages between storage and the host KV pool,
-`register_mem_pool_host`, `clear` and `get_stats`. It does not import sglang:
-SGLang objects (the storage config, the host pool) are used by duck typing, so
-an engine passes its own and py3fs needs nothing from it.
+`register_mem_pool_host`, `clear` and `get_stats`. When sglang is importable it
+subclasses `HiCacheStorage`, so SGLang loads it as a dynamic backend:
+
+    python -m sglang.launch_server ... --enable-hierarchical-cache \
+        --hicache-storage-backend dynamic \
+        --hicache-storage-backend-extra-config '{"backend_name": "py3fs",
+            "module_path": "kv_cache.hicache", "class_name": "Py3fsHiCacheStorage",
+            "cluster": "/etc/py3fs/cluster.toml", "store_name": "deepseek-v3"}'
+
+SGLang then calls `Py3fsHiCacheStorage(storage_config, kwargs)`. Without sglang
+it is a plain class with the same methods (SGLang's objects are used by duck
+typing), so py3fs needs nothing from SGLang.
 
 Keys are SGLang's page hash strings, suffixed like HiCacheFile's (model name,
 and the TP rank for non-MLA models, whose ranks hold different heads). Errors
@@ -20,22 +29,31 @@ import hashlib
 import logging
 from typing import Any
 
-from client import ClientConfig
+from client import ClientConfig, load_client_config
 from kv_cache.sync import SyncKVCacheStore
 from py3fs import errors
+
+try:  # SGLang's base class when SGLang is installed; plain object otherwise.
+    from sglang.srt.mem_cache.hicache_storage import HiCacheStorage as _Base
+except ImportError:  # pragma: no cover - depends on the environment
+    _Base = object  # type: ignore[assignment,misc]
 
 logger = logging.getLogger(__name__)
 MAX_RAW_KEY = 100
 
 
-class Py3fsHiCacheStorage:
-    """`storage_config` is SGLang's HiCacheStorageConfig (or None); `page_bytes`
-    is the size of one flat page of the host pool (0: taken from the pool when
-    one is registered before the first write)."""
+class Py3fsHiCacheStorage(_Base):  # type: ignore[misc,valid-type]
+    """`storage_config` is SGLang's HiCacheStorageConfig (or None). `kwargs`
+    is the dict SGLang's dynamic loader passes second; its keys, then
+    `storage_config.extra_config`'s, then the keyword arguments, configure the
+    store: `store_name`, `page_bytes` (one flat page of the host pool; 0: taken
+    from the pool SGLang registers), `capacity_bytes`, and the cluster as
+    `cluster` (a cluster file) or `mgmt` (addresses)."""
 
     def __init__(
         self,
         storage_config: Any = None,
+        kwargs: dict[str, Any] | None = None,
         *,
         name: str = "hicache",
         page_bytes: int = 0,
@@ -45,7 +63,10 @@ class Py3fsHiCacheStorage:
         **store_kw: Any,
     ) -> None:
         cfg = storage_config
-        extra = (getattr(cfg, "extra_config", None) or {}) if cfg else {}
+        opts = {
+            **((getattr(cfg, "extra_config", None) or {}) if cfg else {}),
+            **(kwargs or {}),
+        }
         model = (getattr(cfg, "model_name", None) or "") if cfg else ""
         self.suffix = "_" + model.replace("/", "-")
         if cfg is not None and not getattr(cfg, "is_mla_model", False):
@@ -54,13 +75,37 @@ class Py3fsHiCacheStorage:
             self.suffix += f"_{cfg.pp_size}_{cfg.pp_rank}"
         self.zero_copy = bool(getattr(cfg, "is_page_first_layout", True))
         self.mem_pool_host: Any = None
-        self.store = store or SyncKVCacheStore(
+        if client_config is None and opts.get("mgmt"):
+            mgmt = opts["mgmt"]
+            client_config = ClientConfig(mgmt=[mgmt] if isinstance(mgmt, str) else mgmt)
+        elif client_config is None:
+            client_config = load_client_config(opts.get("cluster"))
+        self._open_args = (
             client_config,
-            extra.get("store_name", name),
-            page_bytes,
-            int(extra.get("capacity_bytes", capacity_bytes)),
-            **store_kw,
+            opts.get("store_name", name),
+            int(opts.get("page_bytes", page_bytes)),
+            int(opts.get("capacity_bytes", capacity_bytes)),
         )
+        self._store_kw = store_kw
+        self._store = store
+        if store is None and self._open_args[2]:
+            self._store = self._open()
+
+    def _open(self) -> SyncKVCacheStore:
+        config, name, page_bytes, capacity = self._open_args
+        return SyncKVCacheStore(config, name, page_bytes, capacity, **self._store_kw)
+
+    @property
+    def store(self) -> SyncKVCacheStore:
+        """The store, opened on first use: SGLang's dynamic loader makes the
+        backend before it registers the host pool that gives the page size."""
+        if self._store is None:
+            if not self._open_args[2]:
+                raise errors.InvalidArgument(
+                    "py3fs HiCache backend: no page_bytes and no host pool yet"
+                )
+            self._store = self._open()
+        return self._store
 
     # ------------------------------------------------------------ helpers
 
@@ -72,6 +117,14 @@ class Py3fsHiCacheStorage:
 
     def register_mem_pool_host(self, mem_pool_host: Any) -> None:
         self.mem_pool_host = mem_pool_host
+        if not self._open_args[2] and self._store is None:
+            page = mem_pool_host.get_data_page(0, flat=True)
+            nbytes = (
+                memoryview(page).nbytes
+                if not hasattr(page, "numel")
+                else (page.numel() * page.element_size())
+            )
+            self._open_args = (*self._open_args[:2], nbytes, self._open_args[3])
 
     def _new_page(self) -> Any:
         import torch
@@ -206,4 +259,5 @@ class Py3fsHiCacheStorage:
         return self.store.metrics
 
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()

@@ -215,8 +215,13 @@ class KVCacheStore:
             )
         if page.length:
             assert page.layout is not None
-            await self.client.storage.read(
-                page.inode, page.layout, 0, view[: page.length]
+            await self.client.files.read(
+                page.inode,
+                page.layout,
+                0,
+                view[: page.length],
+                length=page.length,
+                session=True,  # a leased page is not collected under us
             )
         self._metrics["bytes_read"] += page.length
 
@@ -258,7 +263,7 @@ class KVCacheStore:
             f, v = files[i], views[i]
             if v.nbytes:
                 assert f.layout is not None
-                await self.client.storage.write(f.inode, f.layout, 0, v)
+                await self.client.files.write(f.inode, f.layout, 0, v)
 
         await asyncio.gather(*(write(i) for i in range(len(keys))))
         fault_point("kvcache.put.written")  # bytes on storage, not published

@@ -53,7 +53,7 @@ class ClusterSpec:
     targets: int = 4
     replicas: int = 3
     kv: str = ""  # a KV URL, "etcd" (local etcd members), or "": sqlite in data_dir
-    fsync: bool = True
+    fsync: bool = False  # fsync every chunk write (else on client fsync/close)
     heartbeat_timeout: str = "10s"
     chunk_size: str = "4MiB"
     # mgmtd processes (node ids 1..N): the first to take the lease is primary.

@@ -31,6 +31,9 @@ HEADER = struct.Struct("<4sBBHQIII")
 HEADER_SIZE: Final = HEADER.size
 MAX_BODY: Final = 4 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024 + 4096
+# The most data one READ may ask for (its ios' lengths summed): the reply must fit
+# a payload, and a server checks it before allocating anything.
+MAX_READ_BYTES: Final = 64 * 1024 * 1024
 # Payloads up to this size are copied next to the header so one send carries both.
 _COALESCE: Final = 64 * 1024
 
@@ -61,6 +64,8 @@ class MsgType(IntEnum):
     SYNC_CHUNK_REPLY = 23
     SYNC_DONE = 24
     SYNC_DONE_REPLY = 25
+    FLUSH = 26
+    FLUSH_REPLY = 27
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -215,6 +220,17 @@ class SyncDoneReply(Body):
     pass
 
 
+class FlushReq(Body):
+    """Put every update these targets have acknowledged on disk (a client's
+    fsync/close; writes are acknowledged from the page cache by default)."""
+
+    target_ids: list[int]
+
+
+class FlushReply(Body):
+    chunks: int  # how many chunks had to be flushed
+
+
 class TargetStatsReq(Body):
     pass
 
@@ -251,6 +267,8 @@ BODY_TYPES: Final[dict[MsgType, type[Body]]] = {
     MsgType.SYNC_CHUNK_REPLY: SyncChunkReply,
     MsgType.SYNC_DONE: SyncDoneReq,
     MsgType.SYNC_DONE_REPLY: SyncDoneReply,
+    MsgType.FLUSH: FlushReq,
+    MsgType.FLUSH_REPLY: FlushReply,
 }
 REPLY_OF: Final[dict[MsgType, MsgType]] = {
     MsgType.PING: MsgType.PONG,
@@ -262,6 +280,7 @@ REPLY_OF: Final[dict[MsgType, MsgType]] = {
     MsgType.LIST_CHUNKS: MsgType.LIST_CHUNKS_REPLY,
     MsgType.SYNC_CHUNK: MsgType.SYNC_CHUNK_REPLY,
     MsgType.SYNC_DONE: MsgType.SYNC_DONE_REPLY,
+    MsgType.FLUSH: MsgType.FLUSH_REPLY,
 }
 _TYPE_OF_BODY: Final = {cls: t for t, cls in BODY_TYPES.items() if t != MsgType.PONG}
 _ENCODER = msgspec.msgpack.Encoder()

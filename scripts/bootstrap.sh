@@ -33,3 +33,21 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
     touch "$stamp"
 fi
+
+# SGLang and LMCache for their integration tests (tests/integration/test_sglang_
+# hicache.py, test_lmcache_plugin.py). Their full installs pin CUDA torch builds, so
+# they go in without dependencies, plus what their HiCache / connector import paths
+# need; torch stays the pinned CPU build. PY3FS_SKIP_ML_INTEGRATIONS=1 skips this.
+ML_INTEGRATIONS=(sglang==0.5.23 lmcache==0.5.6 triton==3.9.0 numba==0.68.1 llvmlite==0.50.0)
+ML_IMPORT_DEPS=(orjson psutil pybase64 requests pillow packaging starlette pydantic
+    pyzmq ipython aiohttp transformers dill anyio cachetools prometheus_client
+    py-cpuinfo aiofile caio cryptography cffi)
+ml_stamp=.venv/.py3fs-ml-integrations
+if [ "${PY3FS_SKIP_ML_INTEGRATIONS:-0}" != 1 ] &&
+    { [ ! -f "$ml_stamp" ] || [ scripts/bootstrap.sh -nt "$ml_stamp" ]; }; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        "${ML_INTEGRATIONS[@]}"
+    .venv/bin/python -m pip install -q --disable-pip-version-check \
+        -c <(echo "torch==2.13.0") "${ML_IMPORT_DEPS[@]}"
+    touch "$ml_stamp"
+fi

@@ -18,7 +18,9 @@ from storage_service.config import StorageConfig
 @click.option("--host")
 @click.option("--port", type=int)
 @click.option(
-    "--fsync/--no-fsync", default=None, help="fsync chunk writes (default on)"
+    "--fsync/--no-fsync",
+    default=None,
+    help="fsync every chunk write before acking it (default: on client fsync/close)",
 )
 @click.option("--heartbeat-interval", help='e.g. "1s"')
 @click.option("--secret-file", help="cluster secret: check capabilities")

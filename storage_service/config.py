@@ -17,7 +17,10 @@ class StorageConfig:
     targets: int = 4
     host: str = "127.0.0.1"
     port: int = 0
-    fsync: bool = True
+    # Durability: False (the default) acknowledges a write once every replica has
+    # it in its page cache and puts it on disk at the client's fsync/close (FLUSH),
+    # as HDFS's hsync; True puts every write on disk before acknowledging it.
+    fsync: bool = False
     heartbeat_interval: float = 1.0
     # How long startup keeps retrying registration while mgmtd is not up yet.
     register_timeout: float = 60.0

@@ -37,6 +37,13 @@ class ReadPath:
         self.resync = resync
 
     async def read(self, req: wire.ReadReq) -> tuple[wire.ReadReply, list[memoryview]]:
+        """Answer every io; raises FrameTooLarge, before reading or allocating
+        anything, if the ios ask for more than MAX_READ_BYTES together."""
+        asked = sum(max(min(io.length, wire.MAX_READ_BYTES), 0) for io in req.ios)
+        if asked > wire.MAX_READ_BYTES:
+            raise errors.FrameTooLarge(
+                f"read of {asked} bytes over {wire.MAX_READ_BYTES} in one request"
+            )
         done = await asyncio.gather(*(self._one(io, req.verify) for io in req.ios))
         results = [r for r, _ in done]
         return wire.ReadReply(results=results), [v for _, v in done if v.nbytes]

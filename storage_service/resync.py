@@ -156,10 +156,13 @@ class Resync:
                     except errors.ChecksumMismatch:
                         self.schedule_repair(local, cid)
                         raise
+                    # The digest stands for the content; the receiver checks
+                    # the payload itself against its CRC32C.
+                    crc = await asyncio.to_thread(wire.crc32c, data)
                     req = msgspec.structs.replace(
                         req,
                         version=info.version,
-                        crc=info.crc,
+                        crc=crc,
                         chunk_chain_ver=info.chain_ver,
                     )
                     await ctx.client.call(

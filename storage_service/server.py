@@ -205,6 +205,9 @@ class StorageServer(ServiceResource):
         elif isinstance(body, wire.SyncDoneReq):
             self._authorize(body)
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
+        elif isinstance(body, wire.FlushReq):
+            flushed = await self.ctx.flush(body.target_ids)
+            await conn.reply(M.FLUSH_REPLY, wire.FlushReply(chunks=flushed))
         elif isinstance(body, wire.TargetStatsReq):
             stats = await self.ctx.target_stats()
             await conn.reply(M.TARGET_STATS_REPLY, wire.TargetStatsReply(stats))

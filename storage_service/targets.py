@@ -21,8 +21,9 @@ from py3fs.dataplane import DataClient
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import ChainInfo, LocalState, TargetReport, TargetState
 from py3fs.routing import RoutingView
-from storage_service.chunk_store import FileChunkStore, StoreStats
+from storage_service.chunk_store import StoreStats
 from storage_service.config import StorageConfig
+from storage_service.file_chunk_store import FileChunkStore
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,12 @@ class StorageContext:
         await asyncio.gather(*(s.load() for s in self.stores.values()))
         total = sum(len(s.list_chunks()) for s in self.stores.values())
         logger.info("opened %d targets holding %d chunks", len(self.stores), total)
+
+    async def flush(self, target_ids: list[int]) -> int:
+        """Flush the named targets of this node (others are ignored); returns how
+        many chunks were flushed."""
+        stores = [self.stores[t] for t in set(target_ids) if t in self.stores]
+        return sum(await asyncio.gather(*(s.sync() for s in stores)))
 
     def store(self, target_id: int) -> FileChunkStore:
         try:

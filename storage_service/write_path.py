@@ -1,31 +1,27 @@
-"""CRAQ writes and removes on this node's targets.
+"""CRAQ writes and removes on this node's targets: the I/O around the replica
+state machine of `chain_replication.replica`, which makes every decision.
 
-The head (a request with `update_ver` 0) locks the chunk, assigns the next version,
-stages the new content while forwarding the update to its successor, and commits
-once the successor acks; every other target does the same with the version it was
-given, and the tail commits straight away. Version rules live in
-`chain_replication.craq`.
+The head (a request with `update_ver` 0) locks the chunk, gets the next version
+from the state machine, stages the new content while forwarding the update to its
+successor, and commits once the successor acks; every other target does the same
+with the version it was given, and the tail commits straight away.
 
 If a forward fails or an ack shows the successor holding different content, the
-head cannot know what the rest of the chain committed, so it marks the chunk
-"dirty": its next update goes down the chain as a full-chunk replace under a version
-no one has used, which brings every replica back to the same content.
-
-Every target remembers the reply to each (client, request, chunk) it applied, not
-only the head: after a head failover the client retries at the new head, which
-may already hold the write through the chain and must not apply it again.
-A successor that is `syncing` gets every update as a full replace, since its copy
-of the chunk may be anything until the resync reaches it.
+state machine marks the chunk dirty and the head's next update goes down the
+chain as a full-chunk replace under a version no one has used. Every target
+remembers the reply to each (client, request, chunk) it applied, so a retry at a
+new head after a failover is answered, not applied again. A successor that is
+`syncing` gets every update as a full replace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from chain_replication import craq
+from chain_replication.replica import ReplicaState
 from py3fs import errors, wire
 from py3fs.proto.messages import TargetState
 from py3fs.routing import RoutingView
@@ -65,11 +61,8 @@ class WritePath:
     def __init__(self, ctx: StorageContext, resync: Resync) -> None:
         self.ctx = ctx
         self.resync = resync
-        self._done: OrderedDict[tuple[str, int, bytes], wire.WriteReply] = OrderedDict()
-        self._last_assigned: dict[_Key, int] = {}
-        self._dirty: set[_Key] = set()
-        # Version of the last repair rebuild of each chunk (see WriteReq.repair).
-        self._repaired: dict[_Key, int] = {}
+        entries = ctx.cfg.dedup_entries if ctx is not None else 65536
+        self.state: ReplicaState[wire.WriteReply] = ReplicaState(entries)
 
     # -- writes
 
@@ -89,10 +82,10 @@ class WritePath:
             )
         dedup = (req.client_id, req.request_id, req.chunk_id)
         recall = is_head and bool(req.request_id)
-        if recall and (hit := self._recall(dedup, req.target_id)) is not None:
+        if recall and (hit := self.state.recall(req.target_id, dedup)) is not None:
             return hit
         async with self.ctx.locks.hold((req.target_id, req.chunk_id)):
-            if recall and (hit := self._recall(dedup, req.target_id)) is not None:
+            if recall and (hit := self.state.recall(req.target_id, dedup)) is not None:
                 return hit
             if (
                 is_head
@@ -110,26 +103,8 @@ class WritePath:
                 reply = await self._chain_write(store, routing, req, payload, succ)
             if req.request_id:
                 # Remembered on every replica, consulted only as head (above).
-                self._remember(dedup, reply)
+                self.state.remember(dedup, reply, reply.chunk_ver)
         return reply
-
-    def _recall(
-        self, key: tuple[str, int, bytes], target: int
-    ) -> wire.WriteReply | None:
-        reply = self._done.get(key)
-        if reply is None:
-            return None
-        if reply.chunk_ver < self._repaired.get((target, key[2]), 0):
-            # A repair rebuilt the chunk after this write: it may be gone.
-            del self._done[key]
-            return None
-        self._done.move_to_end(key)
-        return reply
-
-    def _remember(self, key: tuple[str, int, bytes], reply: wire.WriteReply) -> None:
-        self._done[key] = reply
-        while len(self._done) > self.ctx.cfg.dedup_entries:
-            self._done.popitem(last=False)
 
     async def _head_write(
         self,
@@ -142,36 +117,30 @@ class WritePath:
         key = (req.target_id, req.chunk_id)
         for _attempt in range(3):
             info = store.get(req.chunk_id)
-            version = craq.head_version(
-                info.version if info else 0, self._last_assigned.get(key, 0)
+            plan = self.state.head_plan(
+                key, info.version if info else 0, succ is not None, req.full_replace
             )
-            offset, data, crc, full = (
-                req.offset,
-                payload,
-                req.data_crc,
-                req.full_replace,
-            )
-            # A dirty chunk goes down the chain whole (see the module docstring).
-            repair = key in self._dirty and succ is not None and not full
-            # Once forwarded, a successor may commit this version whatever happens here.
-            self._last_assigned[key] = version
             try:
                 reply = await self._apply(
-                    store, routing, req, succ, offset, data, crc, version, full, repair
+                    store,
+                    routing,
+                    req,
+                    succ,
+                    req.offset,
+                    payload,
+                    req.data_crc,
+                    plan.version,
+                    req.full_replace,
+                    plan.whole,
                 )
             except _Diverged as exc:
                 logger.warning("chunk %s diverged: %s", req.chunk_id.hex(), exc)
-                self._dirty.add(key)
-                self._last_assigned[key] = max(version, exc.ack_ver)
+                self.state.head_diverged(key, plan.version, exc.ack_ver)
                 continue
             except BaseException:
-                if succ is not None:
-                    self._dirty.add(key)
-                else:
-                    self._last_assigned.pop(key, None)
+                self.state.head_failed(key, forwarded=succ is not None)
                 raise
-            self._dirty.discard(key)
-            self._last_assigned.pop(key, None)
+            self.state.head_committed(key)
             return reply
         raise errors.ChunkNotCommitted(
             f"chunk {req.chunk_id.hex()}: replicas disagree; retry"
@@ -201,12 +170,12 @@ class WritePath:
     ) -> wire.WriteReply:
         info = store.get(req.chunk_id)
         me = routing.targets.get(req.target_id)
-        action = craq.decide(
+        action = self.state.replica_plan(
             info.version if info else 0,
             req.update_ver,
             req.full_replace,
             syncing=me is not None and me.state == TargetState.SYNCING,
-        )
+        ).action
         if action is craq.Action.ALREADY_DONE:
             return _reply(info)
         if action is craq.Action.MISSING_UPDATE:
@@ -249,11 +218,9 @@ class WritePath:
     ) -> wire.WriteReply:
         """Stage locally while the successor applies; commit when both are done."""
         if repair:
-            self._repaired[(req.target_id, req.chunk_id)] = version
-        if (
-            succ is not None
-            and not full
-            and (repair or routing.targets[succ].state == TargetState.SYNCING)
+            self.state.will_rebuild((req.target_id, req.chunk_id), version)
+        if succ is not None and self.state.forward_whole(
+            full, repair, routing.targets[succ].state == TargetState.SYNCING
         ):
             # The client's checksum covers only its bytes: check them before
             # they are folded into a whole chunk with a checksum of our own,
@@ -293,13 +260,11 @@ class WritePath:
             await store.abort(staged)
             raise acked
         assert isinstance(acked, wire.WriteReply)
-        check = craq.check_ack(
+        check = self.state.check_ack(
             version,
             staged.info.crc,
             staged.info.length,
-            acked.chunk_ver,
-            acked.crc,
-            acked.length,
+            (acked.chunk_ver, acked.crc, acked.length),
         )
         if not check.ok:
             await store.abort(staged)
@@ -373,8 +338,5 @@ class WritePath:
             removed, _ = await asyncio.gather(
                 local, self._forward(routing, succ, wire.MsgType.REMOVE, fwd, [])
             )
-        for key in keys:
-            self._last_assigned.pop(key, None)
-            self._dirty.discard(key)
-            self._repaired.pop(key, None)
+        self.state.removed(keys)
         return wire.RemoveReply(removed=removed)

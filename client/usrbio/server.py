@@ -226,7 +226,7 @@ class UsrbioServer:
         async def run(part: list[tuple[int, ReadItem]]) -> None:
             async with sem:
                 try:
-                    failed = await self._client_or_fail().storage.read_batch(
+                    failed = await self._client_or_fail().files.read_batch(
                         [it for _, it in part]
                     )
                 except Exception:
@@ -276,11 +276,11 @@ class UsrbioServer:
         return self._client
 
     async def _write_batch(self, ring: RingConsumer, batch: list[Sqe]) -> None:
-        """Writes to one chunk run one after another (each is a read-modify-write
-        of the chunk on every replica, so concurrent ones only contend); writes
-        to different chunks run in parallel. Back-to-back writes to one chunk are
-        joined into one: a sequential writer's 1 MiB pieces then cost one chunk
-        update instead of a growing read-modify-write each."""
+        """Writes to one chunk run one after another (the chain's head
+        serializes updates of a chunk anyway, so concurrent ones only contend);
+        writes to different chunks run in parallel. Back-to-back writes to one
+        chunk are joined into one: a sequential writer's 1 MiB pieces then cost
+        one chunk update (one round trip down the chain) instead of several."""
         since = time.monotonic()
         ends: dict[int, int] = {}
         held: list[tuple[int, int]] = []
@@ -320,7 +320,7 @@ class UsrbioServer:
         try:
             node = await self._inode(inode, 0, since)
             assert node.layout is not None
-            await self._client_or_fail().storage.write(inode, node.layout, start, data)
+            await self._client_or_fail().files.write(inode, node.layout, start, data)
         except errors.Py3fsError as exc:
             return -exc.errno
         except Exception:

@@ -36,7 +36,12 @@ def cluster() -> None:
     help="KV store URL, or 'etcd' to run a local 3-member etcd "
     "(default: sqlite in DATA_DIR).",
 )
-@click.option("--fsync/--no-fsync", default=True, show_default=True)
+@click.option(
+    "--fsync/--no-fsync",
+    default=False,
+    show_default=True,
+    help="fsync every chunk write before acking (else on client fsync/close)",
+)
 @click.option("--chunk-size", default="4MiB", show_default=True)
 @click.option("--heartbeat-timeout", default="10s", show_default=True)
 def up(

@@ -17,16 +17,17 @@ from fault_tools import KiB, check_replicas, fault_cluster, fresh_routing
 from harness import client_for, mint_capabilities
 
 from client.storage_client import ReadItem
-from py3fs import errors, ids, wire
+from py3fs import errors, ids
 from py3fs.cluster import STORAGE_BASE
 from py3fs.proto.messages import Layout
-from storage_service.chunk_store import HEADER_SIZE, FileChunkStore, unpack_header
+from storage_service.chunk_format import content_digest, unpack_meta
+from storage_service.file_chunk_store import FileChunkStore
 
 
 def chunk_file(data_dir: Path, target: int, chunk_id: bytes) -> Path:
     node = target // 100
     root = data_dir / f"storage-{node}" / f"target-{target}"
-    return Path(FileChunkStore(str(root)).path(chunk_id))
+    return Path(FileChunkStore(str(root)).data_path(chunk_id))
 
 
 async def test_flipped_bytes_are_served_around_and_repaired(tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ async def test_flipped_bytes_are_served_around_and_repaired(tmp_path: Path) -> N
             bad = chain.targets[1]
             path = chunk_file(cluster.data_dir, bad, cid)
             raw = bytearray(path.read_bytes())
-            for i in range(HEADER_SIZE + 1000, HEADER_SIZE + 1010):
+            for i in range(1000, 1010):
                 raw[i] ^= 0xFF
             path.write_bytes(raw)
 
@@ -53,11 +54,11 @@ async def test_flipped_bytes_are_served_around_and_repaired(tmp_path: Path) -> N
             async with asyncio.timeout(15):
                 while True:
                     raw = bytearray(path.read_bytes())
-                    if raw[HEADER_SIZE:] == data:
+                    if raw == data:
                         break
                     await asyncio.sleep(0.05)
-            info = unpack_header(raw[:HEADER_SIZE])
-            assert info.crc == wire.crc32c(data)
+            meta = unpack_meta(path.with_suffix(".m").read_bytes())
+            assert meta.info.crc == content_digest(data)
             await check_replicas(fs)
             print(
                 f"\ncorrupt replica {bad} repaired {time.monotonic() - start:.2f}s "
@@ -166,7 +167,7 @@ async def test_batch_read_falls_back_around_corrupt_replicas(tmp_path: Path) -> 
             for bad in chain.targets[:2]:  # only the tail keeps good data
                 path = chunk_file(cluster.data_dir, bad, cid)
                 raw = bytearray(path.read_bytes())
-                raw[HEADER_SIZE + 10] ^= 0xFF
+                raw[10] ^= 0xFF
                 path.write_bytes(raw)
             bufs = [bytearray(4 * KiB) for _ in range(24)]
             items = [

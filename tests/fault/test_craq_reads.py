@@ -1,11 +1,12 @@
 """CRAQ's apportioned query, made deterministic with a delay point: the tail is
-held between renaming a new chunk version into place (readers there already get
-it) and recording it as committed (what it answers when asked). A read of the
-dirty chunk at the head in that window must not return the old version: once
-anyone has read the new version, the old one is gone for good.
+held after applying a new chunk version (data and block table on disk) and before
+recording it as committed (what it answers when asked). A read of the dirty chunk
+at the head must never return the old version once anyone has read the new one.
 
-Found by the linearizability checker (tests/lincheck.py) with fsync on, where
-the tail's directory fsync opens this window on every commit."""
+Found by the linearizability checker (tests/lincheck.py) on the format-1 engine,
+where the tail served a renamed-in version before recording it; the format-2
+engine holds readers of a rewritten chunk at a gate until the commit is recorded,
+and these tests keep both halves of that promise."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from nscheck import check_namespace, check_no_orphan_chunks
 from py3fs import errors, faults, ids, wire
 from py3fs.routing import RoutingView
 
-HOLD = 3.0  # s the tail sits between rename and commit bookkeeping
+HOLD = 3.0  # s the tail sits between applying a version and recording it
+APPLIED = "storage.chunk_commit.after_apply"
 OLD, NEW = b"O" * 64, b"N" * 64
 
 
@@ -69,9 +71,7 @@ async def test_head_read_while_tail_mid_commit(tmp_path: Path) -> None:
             # (nothing changed while it was down, so its resync commits nothing).
             proc = storage_proc(cluster, view.targets[tail].node_id)
             await asyncio.to_thread(proc.stop)
-            proc.env[faults.ENV] = faults.env_value(
-                **{"storage.chunk_commit.renamed": f"delay:{HOLD}"}
-            )
+            proc.env[faults.ENV] = faults.env_value(**{APPLIED: f"delay:{HOLD}"})
             try:
                 await asyncio.to_thread(cluster.restart, proc)
             finally:
@@ -83,12 +83,14 @@ async def test_head_read_while_tail_mid_commit(tmp_path: Path) -> None:
 
             async with await fs.open("/r", "r+b") as f:
                 write = asyncio.create_task(f.pwrite(NEW, 0))
-                # The tail serves the new version as soon as it is renamed in.
-                async with asyncio.timeout(HOLD):
-                    while await read_at(fs, view, tail, chain_id, cid) != NEW:
-                        await asyncio.sleep(0.01)
+                await asyncio.sleep(HOLD / 3)  # the write reaches the held tail
                 assert not write.done(), "the write was acknowledged too early"
-                # Now the head, still dirty, must not hand out the old version.
+                tail_read = asyncio.create_task(read_at(fs, view, tail, chain_id, cid))
+                # Until some reader has seen NEW, the head may answer OLD or refuse.
+                while not tail_read.done():
+                    await asyncio.sleep(0.05)
+                assert await tail_read == NEW
+                # Now the head, perhaps still dirty, must not hand out the old one.
                 try:
                     got = await read_at(fs, view, head, chain_id, cid)
                 except errors.ChunkNotCommitted:
@@ -100,10 +102,11 @@ async def test_head_read_while_tail_mid_commit(tmp_path: Path) -> None:
             await fs.aclose()
 
 
-async def test_tail_crash_between_rename_and_commit(tmp_path: Path) -> None:
-    """The tail dies right after renaming the new version into place (before
-    its bookkeeping and its ack): the client's write still completes (retried
-    on the shortened chain), and once the tail is back and resynced every
+async def test_tail_crash_at_the_commit_point(tmp_path: Path) -> None:
+    """The tail dies right after moving the staged version to its redo file
+    (the commit point, before applying it and before its ack): the client's write
+    still completes (retried on the shortened chain), and once the tail is back
+    and resynced every
     replica holds the acknowledged version, with no orphan chunk."""
     with fault_cluster(tmp_path, targets=1) as cluster:
         fs = client_for(cluster)
@@ -116,7 +119,7 @@ async def test_tail_crash_between_rename_and_commit(tmp_path: Path) -> None:
             proc = storage_proc(cluster, view.targets[tail].node_id)
             await asyncio.to_thread(proc.stop)
             proc.env[faults.ENV] = faults.env_value(
-                **{"storage.chunk_commit.renamed": "crash"}
+                **{"storage.chunk_commit.after_stage": "crash"}
             )
             try:
                 await asyncio.to_thread(cluster.restart, proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
@@ -10,6 +11,7 @@ from harness import list_chunks
 from client import Client
 from py3fs import ids, wire
 from py3fs.cluster import LocalCluster
+from storage_service.chunk_format import content_digest
 
 MiB = 1024 * 1024
 
@@ -27,7 +29,7 @@ async def test_256mib_file_roundtrip_replicated(
     assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
     del back
 
-    # Every chunk is on all three targets of its chain with the same CRC32C.
+    # Every chunk is on all three targets of its chain with the same digest.
     layout = node.layout
     assert layout is not None
     view = await fs.routing.refresh()
@@ -45,10 +47,10 @@ async def test_256mib_file_roundtrip_replicated(
     for i in range(nchunks):
         cid = ids.chunk_id(node.inode, i)
         chain = view.chain(layout.chains[i % len(layout.chains)])
-        want = wire.crc32c(memoryview(data)[i * size : (i + 1) * size])
+        want = content_digest(memoryview(data)[i * size : (i + 1) * size])
         replicas = [by_target[t].get(cid) for t in chain.targets]
         assert all(r is not None for r in replicas), f"chunk {i} missing a replica"
-        assert {r.crc for r in replicas if r} == {want}, f"chunk {i} CRC differs"
+        assert {r.crc for r in replicas if r} == {want}, f"chunk {i} digest differs"
         assert len({r.committed_ver for r in replicas if r}) == 1
 
     # Reads at and past EOF come back short.
@@ -108,3 +110,42 @@ async def test_truncated_bytes_never_come_back(fs: Client) -> None:
     back = await fs.read_file("/trunc2.bin")
     assert back[:3] == b"AAA"
     assert back[3:] == bytes(5 * MiB - 3)
+
+
+async def test_sequential_read_ahead_stays_coherent(fs: Client) -> None:
+    """Sequential reads are served from a background window; a write through
+    the handle, a seek and a short tail still read exactly the file."""
+    data = bytearray(os.urandom(21 * MiB + 123))
+    await fs.write_file("/ahead.bin", data, chunk_size=1 * MiB, stripe=3)
+    async with await fs.open("/ahead.bin", "r+b") as f:
+        head = await f.read(3 * MiB)  # two reads in a row start the window
+        head += await f.read(3 * MiB)
+        assert head == data[: 6 * MiB]
+        patch = os.urandom(5000)
+        await f.pwrite(patch, 6 * MiB + 10)  # inside the window fetched
+        data[6 * MiB + 10 : 6 * MiB + 5010] = patch
+        rest = bytearray()
+        while chunk := await f.read(700 * 1024):
+            rest += chunk
+        assert rest == data[6 * MiB :]
+        f.seek(MiB)
+        assert await f.read(MiB) == data[MiB : 2 * MiB]
+        assert await f.read(MiB) == data[2 * MiB : 3 * MiB]
+
+
+async def test_concurrent_reads_of_one_handle(fs: Client) -> None:
+    """Many tasks reading one open file at once (as the checkpoint loader does)
+    neither trip over the read-ahead window nor get another task's bytes."""
+    data = os.urandom(9 * MiB + 77)
+    await fs.write_file("/shared-read.bin", data, chunk_size=1 * MiB)
+    async with await fs.open("/shared-read.bin") as f:
+        await f.read(MiB)
+        await f.read(MiB)  # a sequential stream: the window is being fetched
+
+        async def one(i: int) -> bytes:
+            return await f.pread(300_000, i * 290_000)
+
+        got = await asyncio.gather(*(one(i) for i in range(30)))
+        for i, part in enumerate(got):
+            assert part == data[i * 290_000 : i * 290_000 + 300_000]
+        assert await f.read(MiB) == data[2 * MiB : 3 * MiB]

@@ -17,6 +17,7 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.procs import ServiceProc
 from py3fs.proto.messages import ChainInfo
 from py3fs.routing import RoutingView
+from storage_service.chunk_format import content_digest
 
 M = wire.MsgType
 CS = 4 << 20  # chunk size: 4 MiB
@@ -172,7 +173,11 @@ async def test_write_replicates_to_every_target(
         cid = ids.chunk_id(1000 + n, 0)
         data = bytes([n]) * CS
         reply = await write(dc, view, chain, cid, 0, data)
-        assert (reply.chunk_ver, reply.length, reply.crc) == (1, CS, wire.crc32c(data))
+        assert (reply.chunk_ver, reply.length, reply.crc) == (
+            1,
+            CS,
+            content_digest(data),
+        )
         for target in chain.targets:
             result, got = await read(dc, view, target, cid)
             assert (result.code, result.length, result.chunk_ver) == (0, CS, 1)
@@ -197,7 +202,9 @@ async def test_partial_overwrite_and_gap(dc: DataClient, view: RoutingView) -> N
         assert result.chunk_ver == 3
         result, got = await read(dc, view, target, cid, offset=195)
         assert got == b"\0" * 5 + b"z"
-    assert (await replicas_agree(dc, view, chain, 2000))[0].crc == wire.crc32c(expected)
+    assert (await replicas_agree(dc, view, chain, 2000))[0].crc == content_digest(
+        expected
+    )
 
 
 async def test_concurrent_writes_serialize(dc: DataClient, view: RoutingView) -> None:
@@ -271,7 +278,7 @@ async def test_head_repairs_diverged_replicas(
     assert body.chunk_ver == 2
     reply = await write(dc, view, chain, cid, 8, b"good")
     expected = b"a" * 8 + b"good" + b"a" * 52
-    assert (reply.chunk_ver, reply.crc) == (3, wire.crc32c(expected))
+    assert (reply.chunk_ver, reply.crc) == (3, content_digest(expected))
     for target in chain.targets:
         result, got = await read(dc, view, target, cid)
         assert (result.chunk_ver, got) == (3, expected)
@@ -340,6 +347,42 @@ async def test_target_stats(dc: DataClient, view: RoutingView) -> None:
     assert stat.chunk_count == len(metas) >= 1
     assert stat.used_bytes == sum(m.length for m in metas)
     assert stat.total_bytes >= stat.free_bytes > 0
+
+
+async def test_flush_puts_acked_writes_on_disk(
+    dc: DataClient, view: RoutingView
+) -> None:
+    """Writes are acknowledged from memory (no --fsync); FLUSH flushes the chunks
+    written since the last one, on the targets named, and only those."""
+    chain = chain_n(view, 2)
+    for i in range(3):
+        await write(dc, view, chain, ids.chunk_id(8500, i), 0, b"x" * 100)
+    counts = []
+    for _ in range(2):
+        for target in chain.targets:
+            body, _ = await dc.call(
+                view.target_address(target), M.FLUSH, wire.FlushReq([target])
+            )
+            assert isinstance(body, wire.FlushReply)
+            counts.append(body.chunks)
+    # Earlier tests' writes to this chain count too.
+    assert all(n >= 3 for n in counts[:3])
+    assert counts[3:] == [0, 0, 0]
+
+
+async def test_read_asking_too_much_is_refused_before_allocating(
+    dc: DataClient, view: RoutingView
+) -> None:
+    chain = chain_n(view, 0)
+    tail = chain.targets[-1]
+    cid = ids.chunk_id(8600, 0)
+    await write(dc, view, chain, cid, 0, b"small")
+    # 20 ios of one chunk, each announcing 64 MiB: a tiny frame asking 1.3 GB.
+    io = wire.ReadIO(tail, cid, 0, 64 << 20, chain.chain_id, chain.version)
+    with pytest.raises(errors.FrameTooLarge):
+        await dc.call(view.target_address(tail), M.READ, wire.ReadReq([io] * 20))
+    _, got = await read(dc, view, tail, cid)
+    assert got == b"small"
 
 
 # ---------------------------------------------------------------- bad input

@@ -134,10 +134,13 @@ class MemoryPageStore:
 
 
 def _decode_all_layers(cache: paged.PagedKVCache, seqs: list[int], q: torch.Tensor):
+    # The plugin's choice (FlashMLA's kernel where it is built) on CUDA; the kernel
+    # takes CUDA tensors only, so CPU caches use the reference.
+    mla = flash_mla if q.is_cuda else reference
     table, lens = cache.block_table(seqs), cache.cache_seqlens(seqs)
-    meta, splits = flash_mla.get_mla_metadata(lens, q.shape[1] * q.shape[2], 1)
+    meta, splits = mla.get_mla_metadata(lens, q.shape[1] * q.shape[2], 1)
     return [
-        flash_mla.flash_mla_with_kvcache(
+        mla.flash_mla_with_kvcache(
             q, cache.layer(layer), table, lens, DV, meta, splits
         )[0]
         for layer in range(cache.num_layers)

@@ -1,0 +1,197 @@
+"""The one inode-level file API: how every layer above `client` moves file data.
+
+`client.File`, the FUSE mount's handles, the USRBIO agent and the KV cache all
+read and write through `FileIO` (`Client.files`), knowing a file only by what
+Open/Create return: its inode number, its layout, its length. The policy for
+what is not there lives here once:
+- a hole (a chunk never written, or bytes past a chunk's end) reads as zeros;
+- a missing chunk of a file read without a write session may instead mean the
+  file was removed and its chunks collected (meta keeps data only for write
+  sessions): then the read fails with NotFound instead of returning zeros.
+Chunk I/O runs in parallel over the file's chains (`StorageClient`); a write
+returns once every replica holds it, and `flush` puts it on disk. `ReadAhead`
+serves a sequential reader from a window fetched in the background (the next
+chunks, on other chains, arrive while the caller works on the current ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from client.storage_client import ReadItem
+from py3fs import errors
+from py3fs.proto.messages import Layout
+
+if TYPE_CHECKING:
+    from client.client import Client
+
+__all__ = ["FileIO", "ReadAhead", "ReadItem"]
+
+
+class FileIO:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def read(
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        dest: Any,
+        *,
+        length: int,
+        session: bool = False,
+    ) -> int:
+        """Fill `dest` from `offset` of a file of `length` bytes; returns how many
+        bytes that is (short at the end). Raises NotFound if chunks are missing
+        because the file was removed while held without a write `session`."""
+        view = memoryview(dest).cast("B")
+        n = max(0, min(view.nbytes, length - offset))
+        if n:
+            missing = await self._client.storage.read(inode, layout, offset, view[:n])
+            if missing and not session:
+                await self._check_not_removed(inode)
+        return n
+
+    async def _check_not_removed(self, inode: int) -> None:
+        try:
+            node = await self._client.stat_inode(inode)
+        except errors.NotFound:
+            node = None
+        if node is None or node.nlink == 0:
+            raise errors.NotFound(f"inode {inode} was removed while open for reading")
+
+    async def read_batch(self, items: Sequence[ReadItem]) -> list[BaseException | None]:
+        """Many reads (each `dest` clamped to the file's length by the caller), one
+        frame per storage target; per item None or the error that failed it."""
+        return await self._client.storage.read_batch(items)
+
+    async def write(self, inode: int, layout: Layout, offset: int, data: Any) -> int:
+        """Write `data` at `offset`; returns its length once every replica has it."""
+        view = memoryview(data).cast("B")
+        if view.nbytes:
+            await self._client.storage.write(inode, layout, offset, view)
+        return view.nbytes
+
+    async def flush(self, layout: Layout) -> None:
+        """Put what was written to the file's chains on disk on every replica."""
+        await self._client.storage.flush(layout)
+
+    async def truncate(
+        self, inode: int, layout: Layout, length: int, old_length: int
+    ) -> None:
+        """Drop the bytes in [length, old_length), so extending reads zeros there."""
+        await self._client.storage.truncate(inode, layout, length, old_length)
+
+
+class ReadAhead:
+    """Sequential read-ahead for one open file: once a read continues the one
+    before it, the `window` bytes after it are kept fetched in the background,
+    in pieces of `window / 2`, and reads are served from them. Any other read,
+    a write through the same handle (`invalidate`) or `aclose` drops them.
+    Reads that overlap in time (several tasks reading one file at once) are not
+    a sequential stream: while one read is under way, others go straight to
+    storage and leave the window alone."""
+
+    def __init__(self, files: FileIO, window: int = 8 << 20) -> None:
+        self._files = files
+        self.window = window
+        self._next = -1  # where a sequential reader's next read starts
+        # (start, buffer, task filling it and returning how many bytes it holds)
+        self._segs: list[tuple[int, bytearray, asyncio.Task[int]]] = []
+        self._busy = False
+
+    async def read(
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        dest: Any,
+        *,
+        length: int,
+        session: bool,
+    ) -> int:
+        """As `FileIO.read`, from the fetched window when it holds the range."""
+        if self._busy:
+            return await self._files.read(
+                inode, layout, offset, dest, length=length, session=session
+            )
+        self._busy = True
+        try:
+            return await self._read(inode, layout, offset, dest, length, session)
+        finally:
+            self._busy = False
+
+    async def _read(
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        dest: Any,
+        length: int,
+        session: bool,
+    ) -> int:
+        view = memoryview(dest).cast("B")
+        sequential = offset == self._next
+        if not sequential:
+            await self.invalidate()
+        n = 0
+        while self._segs and n < view.nbytes:
+            start, buf, task = self._segs[0]
+            pos = offset + n
+            try:
+                got = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we are being cancelled, not the prefetch
+                got = 0  # dropped by a write meanwhile: read directly
+            except Exception:
+                got = 0  # the direct read below reports the error, if any
+            if not start <= pos < start + got:
+                break
+            take = min(start + got - pos, view.nbytes - n)
+            view[n : n + take] = buf[pos - start : pos - start + take]
+            n += take
+            if pos + take >= start + got:
+                self._segs.pop(0)
+        if n < view.nbytes:
+            n += await self._files.read(
+                inode, layout, offset + n, view[n:], length=length, session=session
+            )
+        self._next = offset + n
+        while self._segs and self._segs[0][0] + len(self._segs[0][1]) <= self._next:
+            await self._drop(self._segs.pop(0))
+        if sequential and n:
+            end = (
+                self._segs[-1][0] + len(self._segs[-1][1]) if self._segs else self._next
+            )
+            piece = max(self.window // 2, 1)
+            while end < min(self._next + self.window, length):
+                buf = bytearray(min(piece, length - end))
+                task = asyncio.ensure_future(
+                    self._files.read(
+                        inode, layout, end, buf, length=length, session=session
+                    )
+                )
+                self._segs.append((end, buf, task))
+                end += len(buf)
+        return n
+
+    @staticmethod
+    async def _drop(seg: tuple[int, bytearray, asyncio.Task[int]]) -> None:
+        task = seg[2]
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed prefetch is not an error
+
+    async def invalidate(self) -> None:
+        segs, self._segs = self._segs, []
+        self._next = -1
+        for seg in segs:
+            await self._drop(seg)
+
+    async def aclose(self) -> None:
+        await self.invalidate()

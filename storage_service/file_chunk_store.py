@@ -1,0 +1,555 @@
+"""The on-disk chunk engine of one storage target (format 2, see chunk_format).
+
+A target is a directory; an inode's chunks live in `<inode hex>/` so they list
+and remove as one directory. Each chunk is `<name>.d` (data) + `<name>.m` (block
+table). An update:
+
+1. stage: the payload goes to `<name>.p` with the new block table; an append (a
+   write at or past the committed length) instead writes its bytes straight into
+   `<name>.d` past the committed length, where no read looks, and `<name>.p`
+   holds only the table. Committed bytes are not touched.
+2. commit: rename `<name>.p` to `<name>.r` (the commit point), write the payload
+   into `<name>.d` (only the bytes written, never the whole chunk), rewrite
+   `<name>.m`, unlink `<name>.r`.
+
+On load, a `.p` is an uncommitted pending version and is dropped; a `.r` newer
+than `<name>.m` is replayed (idempotent), so a crash anywhere leaves each write
+wholly old or wholly new. Reads that overlap an overwrite's apply wait for it
+(a per-chunk gate), so they never mix old and new bytes.
+
+Durability: with `fsync=False` (the default) an update reaches the page cache
+when it is acknowledged and the disk on `sync()` (a client's fsync/close); with
+`fsync=True` every update is on disk before it is acknowledged.
+All disk I/O runs in worker threads; block tables are cached in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from py3fs import errors, ids
+from py3fs.faults import fault_point
+from py3fs.wire import crc32c
+from storage_service.chunk_files import (
+    convert_v1,
+    fsync_path,
+    pwrite_all,
+    replay,
+    unlink,
+    write_meta,
+)
+from storage_service.chunk_format import (
+    BLOCK_SIZE,
+    DATA_SUFFIX,
+    META_SUFFIX,
+    PENDING_SUFFIX,
+    REDO_SUFFIX,
+    STAGE_FULL,
+    STAGE_INPLACE,
+    TMP_SUFFIX,
+    ChunkInfo,
+    ChunkMeta,
+    make_meta,
+    pack_stage,
+    plan_update,
+    unpack_meta,
+    verify_blocks,
+)
+from storage_service.chunk_store import (
+    AFTER_APPLY,
+    AFTER_STAGE,
+    MID_APPLY,
+    STAGE_WRITTEN,
+    ChunkStore,
+    Staged,
+    StoreStats,
+    check_write,
+    read_window,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    meta: ChunkMeta
+    offset: int
+    payload: memoryview  # empty when it was appended in place
+    flags: int
+    base: str
+
+
+class _Gate:
+    """Readers of one chunk vs. an apply that rewrites committed bytes."""
+
+    def __init__(self) -> None:
+        self.readers = 0
+        self.writer: asyncio.Future[None] | None = None
+        self.drained: asyncio.Event | None = None
+
+
+class FileChunkStore(ChunkStore):
+    """Chunks under `root`, format 2. Call `await load()` first."""
+
+    def __init__(self, root: str, *, fsync: bool = False) -> None:
+        self.root = root
+        self.fsync = fsync
+        self._chunks: dict[int, dict[bytes, ChunkMeta]] = {}
+        # Chunks whose files fail to parse: listed, unreadable until replaced.
+        self._damaged: dict[bytes, ChunkInfo] = {}
+        self._pending: dict[bytes, int] = {}
+        self._gates: dict[bytes, _Gate] = {}
+        self._unsynced: set[bytes] = set()
+        self._device = 0  # st_dev of root, read once by load()
+
+    # -- layout
+
+    def _dir(self, inode: int) -> str:
+        return os.path.join(self.root, f"{inode:016x}")
+
+    def base(self, chunk_id: bytes) -> str:
+        """The path of a chunk without suffix (format 1 kept its file there)."""
+        inode, _ = ids.split_chunk_id(chunk_id)
+        return os.path.join(self._dir(inode), ids.chunk_file_name(chunk_id))
+
+    def data_path(self, chunk_id: bytes) -> str:
+        return self.base(chunk_id) + DATA_SUFFIX
+
+    def meta_path(self, chunk_id: bytes) -> str:
+        return self.base(chunk_id) + META_SUFFIX
+
+    # -- loading and recovery
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        """Scan the directory: drop pending versions, replay committed ones,
+        convert format-1 chunks, cache every block table."""
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        # Chunk data is other users' file contents: a root an older version
+        # made wider becomes 0700 too.
+        os.chmod(self.root, 0o700)
+        self._device = os.stat(self.root).st_dev
+        self._chunks.clear()
+        self._damaged.clear()
+        for sub in os.scandir(self.root):
+            if not sub.is_dir():
+                continue
+            bases: dict[str, set[str]] = {}
+            for entry in os.scandir(sub.path):
+                base, dot, suffix = entry.name.partition(".")
+                bases.setdefault(base, set()).add(dot + suffix)
+            for base, suffixes in bases.items():
+                try:
+                    cid = ids.parse_chunk_file_name(base)
+                except ValueError:
+                    logger.warning("ignoring stray files %s.*", os.path.join(sub, base))
+                    continue
+                self._recover(cid, os.path.join(sub.path, base), suffixes)
+
+    def _recover(self, cid: bytes, base: str, suffixes: set[str]) -> None:
+        for junk in (TMP_SUFFIX, META_SUFFIX + TMP_SUFFIX, PENDING_SUFFIX):
+            if junk in suffixes:
+                unlink(base + junk)
+        meta: ChunkMeta | None = None
+        if META_SUFFIX in suffixes:
+            try:
+                with open(base + META_SUFFIX, "rb") as fh:
+                    meta = unpack_meta(fh.read())
+            except errors.ChecksumMismatch as exc:
+                if REDO_SUFFIX not in suffixes:
+                    self._mark_damaged(cid, base, str(exc))
+                    return
+        elif "" in suffixes:
+            try:
+                meta = convert_v1(base)
+            except errors.ChecksumMismatch as exc:
+                self._mark_damaged(cid, base, str(exc))
+                return
+        if REDO_SUFFIX in suffixes:
+            meta = replay(base, meta)
+        if "" in suffixes and META_SUFFIX in suffixes:
+            unlink(base)  # a format-1 file already converted
+        if meta is None:
+            unlink(base + DATA_SUFFIX)  # an append that never committed
+            return
+        if meta.info.length and not os.path.exists(base + DATA_SUFFIX):
+            self._mark_damaged(cid, base, "data file missing")
+            return
+        self._set(cid, meta)
+
+    def _mark_damaged(self, cid: bytes, base: str, why: str) -> None:
+        try:
+            size = os.stat(base + DATA_SUFFIX).st_size
+        except FileNotFoundError:
+            size = 0
+        logger.warning("chunk %s is damaged (%s); it reads as corrupt", base, why)
+        self._damaged[cid] = ChunkInfo(0, size, 0, 0)
+        inode, _ = ids.split_chunk_id(cid)
+        self._chunks.setdefault(inode, {})
+
+    def _set(self, chunk_id: bytes, meta: ChunkMeta) -> None:
+        inode, _ = ids.split_chunk_id(chunk_id)
+        self._chunks.setdefault(inode, {})[chunk_id] = meta
+        self._damaged.pop(chunk_id, None)
+
+    def _meta(self, chunk_id: bytes) -> ChunkMeta | None:
+        inode, _ = ids.split_chunk_id(chunk_id)
+        return self._chunks.get(inode, {}).get(chunk_id)
+
+    # -- metadata
+
+    def get(self, chunk_id: bytes) -> ChunkInfo | None:
+        meta = self._meta(chunk_id)
+        return meta.info if meta else self._damaged.get(chunk_id)
+
+    def pending_version(self, chunk_id: bytes) -> int:
+        return self._pending.get(chunk_id, 0)
+
+    def list_chunks(self, inode: int = 0) -> list[tuple[bytes, ChunkInfo]]:
+        if inode:
+            items = [(c, m.info) for c, m in self._chunks.get(inode, {}).items()]
+        else:
+            items = [
+                (c, m.info)
+                for chunks in self._chunks.values()
+                for c, m in chunks.items()
+            ]
+        items += [
+            (c, info)
+            for c, info in self._damaged.items()
+            if not inode or ids.split_chunk_id(c)[0] == inode
+        ]
+        return sorted(items)
+
+    async def stats(self) -> StoreStats:
+        used = count = 0
+        for chunks in self._chunks.values():
+            count += len(chunks)
+            used += sum(meta.info.length for meta in chunks.values())
+        st = await asyncio.to_thread(os.statvfs, self.root)
+        return StoreStats(
+            used,
+            count,
+            st.f_bavail * st.f_frsize,
+            st.f_blocks * st.f_frsize,
+            self._device,
+        )
+
+    # -- the read gate
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, chunk_id: bytes) -> AsyncIterator[None]:
+        gate = self._gates.get(chunk_id)
+        while gate is not None and gate.writer is not None:
+            await asyncio.shield(gate.writer)
+            gate = self._gates.get(chunk_id)
+        if gate is None:
+            gate = self._gates[chunk_id] = _Gate()
+        gate.readers += 1
+        try:
+            yield
+        finally:
+            gate.readers -= 1
+            if gate.readers == 0:
+                if gate.drained is not None:
+                    gate.drained.set()
+                elif gate.writer is None:
+                    del self._gates[chunk_id]
+
+    @contextlib.asynccontextmanager
+    async def _rewriting(self, chunk_id: bytes) -> AsyncIterator[None]:
+        """Exclusive against readers (updates are serialized by the caller)."""
+        gate = self._gates.setdefault(chunk_id, _Gate())
+        gate.writer = asyncio.get_running_loop().create_future()
+        try:
+            if gate.readers:
+                gate.drained = asyncio.Event()
+                await gate.drained.wait()
+            yield
+        finally:
+            gate.writer.set_result(None)
+            gate.writer = None
+            gate.drained = None
+            if gate.readers == 0:
+                self._gates.pop(chunk_id, None)
+
+    # -- reads
+
+    async def read(
+        self, chunk_id: bytes, offset: int, length: int, verify: bool = True
+    ) -> tuple[ChunkInfo, memoryview]:
+        async with self._reading(chunk_id):
+            meta = self._meta(chunk_id)
+            if meta is None:
+                if chunk_id in self._damaged:
+                    raise errors.ChecksumMismatch(
+                        f"chunk {chunk_id.hex()} is damaged on disk"
+                    )
+                raise errors.ChunkNotFound(f"chunk {chunk_id.hex()} not found")
+            start, end = read_window(meta.info.length, offset, length)
+            if start == end:
+                return meta.info, memoryview(b"")
+            return await asyncio.to_thread(
+                self._read, chunk_id, meta, start, end, verify
+            )
+
+    def _read(
+        self, chunk_id: bytes, meta: ChunkMeta, start: int, end: int, verify: bool
+    ) -> tuple[ChunkInfo, memoryview]:
+        length = meta.info.length
+        lo, hi = start, end
+        if verify:
+            # Whole blocks: their checksums cover them, not the range.
+            lo = start // BLOCK_SIZE * BLOCK_SIZE
+            hi = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length)
+        buf = bytearray(hi - lo)
+        try:
+            fd = os.open(self.data_path(chunk_id), os.O_RDONLY)
+            try:
+                got = os.preadv(fd, [buf], lo)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            if self._meta(chunk_id) is None:  # removed while we were reading
+                raise errors.ChunkNotFound(f"chunk {chunk_id.hex()} removed") from None
+            raise errors.ChecksumMismatch(
+                f"chunk {chunk_id.hex()}: data file missing"
+            ) from None
+        except OSError as exc:
+            raise errors.from_oserror(exc) from None
+        if got != len(buf):
+            raise errors.ChecksumMismatch(
+                f"chunk {chunk_id.hex()}: data file ends at {lo + got}, length {length}"
+            )
+        view = memoryview(buf)
+        if verify:
+            verify_blocks(meta.crcs, lo // BLOCK_SIZE, view, length, chunk_id.hex())
+        return meta.info, view[start - lo : end - lo]
+
+    def _old_block(
+        self, fd: int, chunk_id: bytes, meta: ChunkMeta, block: int
+    ) -> memoryview:
+        start = block * BLOCK_SIZE
+        end = min(start + BLOCK_SIZE, meta.info.length)
+        got = memoryview(os.pread(fd, end - start, start))
+        if got.nbytes != end - start:
+            raise errors.ChecksumMismatch(f"chunk {chunk_id.hex()}: data file short")
+        verify_blocks(meta.crcs, block, got, meta.info.length, chunk_id.hex())
+        return got
+
+    # -- updates
+
+    async def stage(
+        self,
+        chunk_id: bytes,
+        offset: int,
+        data: Any,
+        *,
+        version: int,
+        chunk_size: int,
+        chain_ver: int,
+        full_replace: bool = False,
+        data_crc: int | None = None,
+    ) -> Staged:
+        payload = memoryview(data).cast("B")
+        check_write(chunk_size, offset, payload.nbytes)
+        if chunk_id in self._damaged and not full_replace:
+            raise errors.ChecksumMismatch(f"chunk {chunk_id.hex()} is damaged on disk")
+        self._pending[chunk_id] = version
+        try:
+            return await asyncio.to_thread(
+                self._stage,
+                chunk_id,
+                offset,
+                payload,
+                version,
+                chain_ver,
+                full_replace,
+                data_crc,
+            )
+        except BaseException:
+            self._pending.pop(chunk_id, None)
+            raise
+
+    def _stage(
+        self,
+        chunk_id: bytes,
+        offset: int,
+        payload: memoryview,
+        version: int,
+        chain_ver: int,
+        full: bool,
+        data_crc: int | None,
+    ) -> Staged:
+        if data_crc is not None and crc32c(payload) != data_crc:
+            raise errors.ChecksumMismatch("write payload checksum mismatch")
+        old = self._meta(chunk_id)
+        old_len = old.info.length if old else 0
+        base = self.base(chunk_id)
+        inplace = not full and offset >= old_len
+        try:
+            chunk_dir = os.path.dirname(base)
+            if not os.path.isdir(chunk_dir):
+                os.makedirs(chunk_dir, mode=0o700, exist_ok=True)
+                if self.fsync:
+                    fsync_path(self.root, directory=True)
+            fd = os.open(base + DATA_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if inplace:
+                    if os.fstat(fd).st_size > old_len:
+                        # Bytes of an aborted append: a gap must read as zeros.
+                        os.ftruncate(fd, old_len)
+                    pwrite_all(fd, [payload], offset)
+                    if not payload.nbytes and offset > old_len:
+                        os.ftruncate(fd, offset)  # an empty write that extends
+                    if self.fsync:
+                        os.fdatasync(fd)
+                length, crcs = plan_update(
+                    old,
+                    offset,
+                    payload,
+                    full,
+                    lambda block: self._old_block(fd, chunk_id, old, block),  # type: ignore[arg-type]
+                )
+            finally:
+                os.close(fd)
+            meta = make_meta(version, length, chain_ver, crcs)
+            flags = (STAGE_FULL if full else 0) | (STAGE_INPLACE if inplace else 0)
+            stored = memoryview(b"") if inplace else payload
+            crc = data_crc if data_crc is not None else crc32c(stored)
+            head = pack_stage(version, offset, crc, flags, meta, payload.nbytes)
+            fd = os.open(
+                base + PENDING_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+            )
+            try:
+                pwrite_all(fd, [head, stored], 0)
+                if self.fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            unlink(base + PENDING_SUFFIX)
+            raise errors.from_oserror(exc) from None
+        fault_point(STAGE_WRITTEN)
+        return Staged(chunk_id, meta.info, _Plan(meta, offset, stored, flags, base))
+
+    async def commit(self, staged: Staged) -> ChunkInfo:
+        plan: _Plan = staged.plan
+        try:
+            if plan.flags & STAGE_INPLACE:
+                # Committed bytes stay as they are: readers need not wait.
+                await asyncio.to_thread(self._commit, plan)
+                self._set(staged.chunk_id, plan.meta)
+            else:
+                async with self._rewriting(staged.chunk_id):
+                    await asyncio.to_thread(self._commit, plan)
+                    self._set(staged.chunk_id, plan.meta)
+        finally:
+            if self._pending.get(staged.chunk_id) == staged.info.version:
+                del self._pending[staged.chunk_id]
+        if not self.fsync:
+            self._unsynced.add(staged.chunk_id)
+        return staged.info
+
+    def _commit(self, plan: _Plan) -> None:
+        base = plan.base
+        try:
+            os.rename(base + PENDING_SUFFIX, base + REDO_SUFFIX)
+            if self.fsync:
+                fsync_path(os.path.dirname(base), directory=True)
+        except OSError as exc:
+            unlink(base + PENDING_SUFFIX)
+            raise errors.from_oserror(exc) from None
+        fault_point(AFTER_STAGE)
+        # From here the update is committed: an error leaves the redo for load().
+        try:
+            if not plan.flags & STAGE_INPLACE:
+                fd = os.open(base + DATA_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    pwrite_all(fd, [plan.payload], plan.offset)
+                    if plan.flags & STAGE_FULL:
+                        os.ftruncate(fd, plan.meta.info.length)
+                    if self.fsync:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            fault_point(MID_APPLY)
+            write_meta(base, plan.meta, sync=self.fsync)
+        except OSError as exc:
+            raise errors.from_oserror(exc) from None
+        fault_point(AFTER_APPLY)
+        unlink(base + REDO_SUFFIX)
+        if plan.flags & STAGE_FULL:
+            unlink(base)  # a format-1 file this replaces
+
+    async def abort(self, staged: Staged) -> None:
+        if self._pending.get(staged.chunk_id) == staged.info.version:
+            del self._pending[staged.chunk_id]
+        await asyncio.to_thread(unlink, staged.plan.base + PENDING_SUFFIX)
+
+    async def sync(self) -> int:
+        chunks, self._unsynced = self._unsynced, set()
+        try:
+            await asyncio.to_thread(self._sync, chunks)
+        except BaseException:
+            self._unsynced |= chunks
+            raise
+        return len(chunks)
+
+    def _sync(self, chunks: set[bytes]) -> None:
+        dirs = set()
+        for cid in chunks:
+            base = self.base(cid)
+            for suffix in (DATA_SUFFIX, META_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    fsync_path(base + suffix)
+            dirs.add(os.path.dirname(base))
+        for path in dirs:
+            with contextlib.suppress(FileNotFoundError):
+                fsync_path(path, directory=True)
+        if dirs:
+            fsync_path(self.root, directory=True)
+
+    async def remove_inode(self, inode: int) -> int:
+        gone = self._chunks.pop(inode, {})
+        damaged = [c for c in self._damaged if ids.split_chunk_id(c)[0] == inode]
+        for cid in damaged:
+            del self._damaged[cid]
+        self._unsynced -= set(gone) | set(damaged)
+        await asyncio.to_thread(self._remove_dir, self._dir(inode))
+        return len(gone) + len(damaged)
+
+    async def remove_chunk(self, chunk_id: bytes) -> bool:
+        inode, _ = ids.split_chunk_id(chunk_id)
+        existed = self._chunks.get(inode, {}).pop(chunk_id, None) is not None
+        existed = self._damaged.pop(chunk_id, None) is not None or existed
+        self._unsynced.discard(chunk_id)
+        base = self.base(chunk_id)
+        try:
+            for suffix in (META_SUFFIX, REDO_SUFFIX, PENDING_SUFFIX, DATA_SUFFIX, ""):
+                await asyncio.to_thread(unlink, base + suffix)
+        except OSError as exc:
+            raise errors.from_oserror(exc) from None
+        return existed
+
+    def _remove_dir(self, path: str) -> None:
+        try:
+            for entry in os.scandir(path):
+                unlink(entry.path)
+            # A write racing the removal may recreate a file; it then stays.
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            if self.fsync:
+                fsync_path(self.root, directory=True)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise errors.from_oserror(exc) from None
