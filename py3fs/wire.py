@@ -138,8 +138,8 @@ class ReadResult(Body):
     length: int
     chunk_ver: int = 0
     message: str = ""
-    # The chunk's checksum when the read returned the whole chunk (a repair
-    # checks what it received against it); 0 otherwise.
+    # The chunk's digest (ChunkInfo.crc) when the read returned the whole
+    # chunk (a repair checks what it received against it); 0 otherwise.
     crc: int = 0
 
 

@@ -27,8 +27,9 @@ def test_chunks_kv_and_secrets_are_private(tmp_path: Path) -> None:
     with running_cluster(tmp_path / "c") as cluster:
         inode = asyncio.run(write_one(cluster))
         name = ids.chunk_file_name(ids.chunk_id(inode, 0))
-        chunk_files = list(cluster.data_dir.rglob(name))
-        assert len(chunk_files) == 3  # one per replica
+        # Data and metadata files of the chunk, on each of the 3 replicas.
+        chunk_files = list(cluster.data_dir.rglob(name + "*"))
+        assert len({p.parent.parent for p in chunk_files}) == 3
         for path in chunk_files:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
             # Every directory below the storage node's directory is 0700.
