@@ -80,7 +80,8 @@ class AllToAllDispatcher:
             idx_parts.append(local)
             w_parts.append(torch.where(hit[tokens], topk_weights[tokens], 0.0))
         send_tokens = torch.cat(rows)
-        send_counts = torch.tensor(splits, dtype=torch.long)
+        # The counts travel on x's device: NCCL has no CPU tensors.
+        send_counts = torch.tensor(splits, dtype=torch.long, device=x.device)
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts, group=self.group)
         recv_splits = recv_counts.tolist()
@@ -90,8 +91,8 @@ class AllToAllDispatcher:
             return _exchange(t, total, recv_splits, splits, self.group)
 
         recv_x = ex(x[send_tokens])
-        recv_idx = ex(torch.cat(idx_parts))
-        recv_w = ex(torch.cat(w_parts))
+        recv_idx = ex(torch.cat(idx_parts).to(x.device))
+        recv_w = ex(torch.cat(w_parts).to(x.device))
         per_expert = torch.bincount(recv_idx[recv_idx >= 0], minlength=epr).tolist()
         handle = DispatchHandle(send_tokens, splits, recv_splits, x.shape[0])
         return recv_x, recv_idx, recv_w, per_expert, handle
