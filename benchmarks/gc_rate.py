@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -78,6 +79,7 @@ def main() -> None:
         else:
             cluster = LocalCluster(ClusterSpec(data_dir=tmp / "cluster"))
             cluster.up()
+        os.environ["PY3FS_TOKEN_FILE"] = str(cluster.admin_token_file)
         unlink_rate, gc_rate = asyncio.run(
             run(cluster.mgmt_addresses, args.files, args.inflight)
         )

@@ -121,6 +121,7 @@ def main() -> None:
             )
             cluster = LocalCluster(spec)
             cluster.up()
+            os.environ["PY3FS_TOKEN_FILE"] = str(cluster.admin_token_file)
             mgmt = cluster.mgmt_addresses
         try:
             remote = uvloop.run(store_run(mgmt, pages, args.batch))

@@ -172,6 +172,7 @@ def main() -> None:
             cluster = LocalCluster(ClusterSpec(data_dir=tmp / "cluster", fsync=False))
             cluster.up()
             cluster_file = cluster.cluster_file
+        os.environ["PY3FS_TOKEN_FILE"] = str(cluster.admin_token_file)
         mgmt = cluster.mgmt_addresses
         rows: dict[str, dict[str, float]] = {}
         rows["local"] = os_rates(tmp / "local", args.files, args.procs)

@@ -102,6 +102,7 @@ def main() -> None:
             spec = ClusterSpec(data_dir=Path(tmp), fsync=args.fsync)
             cluster = LocalCluster(spec)
             cluster.up()
+            os.environ["PY3FS_TOKEN_FILE"] = str(cluster.admin_token_file)
             mgmt = cluster.mgmt_addresses
         try:
 

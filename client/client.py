@@ -21,10 +21,11 @@ from client.file_io import FileIO, ReadAhead
 from client.meta_client import MetaClient
 from client.routing_cache import RoutingCache
 from client.storage_client import StorageClient
-from py3fs import errors
+from py3fs import auth, errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import (
     AppendReq,
+    CapReq,
     CloseReq,
     DirEntry,
     Inode,
@@ -43,6 +44,7 @@ from py3fs.proto.messages import (
     StatFsReply,
     SymlinkReq,
     SyncReq,
+    WhoAmIReply,
 )
 
 _MODES = {
@@ -78,6 +80,7 @@ class Client:
             self.client_id,
             uid=config.uid,
             gid=config.gid,
+            token=config.token or auth.find_token(config.token_file),
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
             session_lease=config.session_lease,
@@ -88,9 +91,14 @@ class Client:
             max_inflight=config.max_inflight,
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
+            capability=self._capability,
         )
         # File data: the one inode-level API every layer above uses.
         self.files = FileIO(self)
+
+    async def _capability(self, inode: int, write: bool) -> tuple[bytes, float]:
+        reply = await self.meta.capability(CapReq(inode=inode, write=write))
+        return reply.cap, reply.ttl
 
     @classmethod
     def from_cluster(cls, path: str | None = None, **overrides: Any) -> Client:
@@ -202,6 +210,10 @@ class Client:
         if length < old.length and node.layout is not None:
             await self.files.truncate(node.inode, node.layout, length, old.length)
         return node
+
+    async def whoami(self) -> WhoAmIReply:
+        """The uid, gid and groups meta derives from this client's token."""
+        return await self.meta.whoami(MetaReq())
 
     async def statfs(self) -> StatFsReply:
         return await self.meta.stat_fs(MetaReq())

@@ -15,9 +15,20 @@ DEFAULT_CLUSTER_FILE = os.path.join(".py3fs", "cluster.toml")
 @dataclass(frozen=True)
 class ClientConfig:
     mgmt: list[str] = field(default_factory=list)
-    # No user authentication yet: clients act as this uid/gid (0 = superuser).
+    # The uid/gid requests claim. Meta only honours them for a token that may
+    # act for others (the admin, mounts); for every other token it uses the
+    # token's own identity (py3fs.auth).
     uid: int = 0
     gid: int = 0
+    # The token presented to meta; "" = look it up (py3fs.auth.find_token:
+    # $PY3FS_TOKEN, $PY3FS_TOKEN_FILE, `token_file`, ~/.config/py3fs/token).
+    token: str = ""
+    # `py3fs cluster up` points this at the admin token it wrote (0600), so the
+    # user who started the cluster needs no step; others cannot read it.
+    token_file: str = ""
+    # `py3fs rm` moves into the caller's trash for this many days (0: deletes
+    # at once); meta deletes expired entries (py3fs.trash).
+    trash_days: float = 7.0
     max_inflight: int = 32
     retry_timeout: float = 60.0
     call_timeout: float = 30.0

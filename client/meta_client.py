@@ -61,6 +61,7 @@ class MetaClient(MetaService):
         *,
         uid: int = 0,
         gid: int = 0,
+        token: str = "",
         retry_timeout: float = 60.0,
         call_timeout: float = 10.0,
         session_lease: float = 0.0,
@@ -69,6 +70,7 @@ class MetaClient(MetaService):
         self.client_id = client_id
         self.uid = uid
         self.gid = gid
+        self.token = token
         self._ids = itertools.count(1)
         self._clients: dict[str, MsgClient] = {}
         self._bad: dict[str, float] = {}
@@ -101,7 +103,12 @@ class MetaClient(MetaService):
     async def _invoke(self, rpc: Rpc[Any, R], req: MetaReq) -> R:
         """Call `rpc` on some meta, retrying retryable failures on others."""
         uid, gid, groups = _identity.get() or (self.uid, self.gid, ())
-        fields: dict[str, Any] = {"uid": uid, "gid": gid, "client_id": self.client_id}
+        fields: dict[str, Any] = {
+            "uid": uid,
+            "gid": gid,
+            "client_id": self.client_id,
+            "token": self.token,
+        }
         if groups:
             fields["groups"] = list(groups)
         if rpc.mutating:

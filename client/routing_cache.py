@@ -2,6 +2,10 @@
 
 Concurrent refreshes are coalesced: callers that find a refresh under way wait for
 it instead of asking mgmtd again.
+
+While mgmtd is away (restarting, failing over), the last routing keeps being
+served: chains rarely change in a few seconds, and a target that did change
+answers with a retryable error that sends the caller back here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.routing import RoutingView
 
 logger = logging.getLogger(__name__)
+# After a failed fetch, how long `get` keeps serving the old routing before
+# asking mgmtd again.
+RETRY_AFTER = 1.0
 
 
 class RoutingCache:
@@ -40,10 +47,12 @@ class RoutingCache:
                 self._view = await self._mgmt.routing()
             except errors.Py3fsError as exc:
                 # DESIGN §6: served from the cache while mgmtd is unreachable
-                # (or between primaries); the next call asks again.
+                # (or between primaries); `get` asks again after RETRY_AFTER,
+                # so ops do not each wait out a failing fetch.
                 if self._view is None or not exc.retryable:
                     raise
                 logger.warning("routing refresh failed, using cached view: %s", exc)
+                self._fetched = time.monotonic() - self._max_age + RETRY_AFTER
                 return self._view
             self._fetched = time.monotonic()
             return self._view

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -25,6 +26,8 @@ from py3fs.routing import RoutingView
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Asks meta for a capability: (inode, write) -> (capability, seconds valid).
+CapSource = Callable[[int, bool], Awaitable[tuple[bytes, float]]]
 # Batch reads: ios per READ frame (one frame per target and slice of a batch).
 MAX_IOS_PER_FRAME = 256
 
@@ -56,8 +59,13 @@ class StorageClient:
         max_inflight: int = 32,
         retry_timeout: float = 60.0,
         call_timeout: float = 60.0,
+        capability: CapSource | None = None,
     ) -> None:
         self._routing = routing
+        # Storage serves a client's read or write only with meta's capability
+        # for the inode (py3fs.caps); cached until a minute before it expires.
+        self.capability = capability
+        self._caps: dict[tuple[int, bool], tuple[float, bytes]] = {}
         self._client_id = client_id
         self._data = DataClient(max_idle_per_peer=max_inflight)
         self._sem = asyncio.Semaphore(max_inflight)
@@ -87,6 +95,27 @@ class StorageClient:
         return await self._retry.acall(
             lambda n: attempt(view, n), what=what, on_retry=refresh
         )
+
+    async def cap(self, inode: int, write: bool) -> bytes:
+        """A capability for `inode` (b"" when there is no source: tests, or
+        a cluster without a secret, whose storage checks nothing)."""
+        if self.capability is None:
+            return b""
+        now = time.monotonic()
+        hit = self._caps.get((inode, write))
+        if hit is None and not write:
+            hit = self._caps.get((inode, True))  # a write cap also reads
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        raw, ttl = await self.capability(inode, write)
+        if len(self._caps) > 65536:
+            self._caps.clear()
+        self._caps[(inode, write)] = (now + max(ttl - 60.0, ttl / 2), raw)
+        return raw
+
+    def _expired(self, inode: int) -> None:
+        self._caps.pop((inode, False), None)
+        self._caps.pop((inode, True), None)
 
     # ------------------------------------------------------------------ writes
 
@@ -142,6 +171,7 @@ class StorageClient:
         async def attempt(view: RoutingView, _n: int) -> None:
             chain = view.chain(p.chain_id)
             head = view.head(p.chain_id)
+            cap = await self.cap(inode, True)
             req = wire.WriteReq(
                 chain_id=p.chain_id,
                 chain_ver=chain.version,
@@ -153,14 +183,19 @@ class StorageClient:
                 client_id=self._client_id,
                 request_id=request_id,
                 full_replace=full_replace,
+                cap=cap,
             )
-            await self._data.call(
-                view.target_address(head),
-                wire.MsgType.WRITE,
-                req,
-                [data],
-                timeout=self._call_timeout,
-            )
+            try:
+                await self._data.call(
+                    view.target_address(head),
+                    wire.MsgType.WRITE,
+                    req,
+                    [data],
+                    timeout=self._call_timeout,
+                )
+            except errors.CapabilityExpired:
+                self._expired(inode)
+                raise
 
         async with self._sem:
             await self._retrying(f"write chunk {p.index} of {inode}", attempt)
@@ -219,13 +254,18 @@ class StorageClient:
                 chain_id=p.chain_id,
                 chain_ver=chain.version,
             )
-            body, _ = await self._data.call(
-                view.target_address(target),
-                wire.MsgType.READ,
-                wire.ReadReq([io]),
-                sink=sink,
-                timeout=self._call_timeout,
-            )
+            cap = await self.cap(inode, False)
+            try:
+                body, _ = await self._data.call(
+                    view.target_address(target),
+                    wire.MsgType.READ,
+                    wire.ReadReq([io], caps=[cap] if cap else []),
+                    sink=sink,
+                    timeout=self._call_timeout,
+                )
+            except errors.CapabilityExpired:
+                self._expired(inode)
+                raise
             assert isinstance(body, wire.ReadReply)
             if len(body.results) != 1:
                 raise errors.BadFrame(f"{len(body.results)} results for one read")
@@ -301,6 +341,13 @@ class StorageClient:
         self, view: RoutingView, target: int, group: list[_Io]
     ) -> list[_Io]:
         """One READ frame for `group` on `target`; returns the ios left undone."""
+        try:
+            caps = [
+                await self.cap(i, False)
+                for i in dict.fromkeys(io.inode for io in group)
+            ]
+        except errors.Py3fsError:
+            return group  # each io then fails with its own error
         req = wire.ReadReq(
             [
                 wire.ReadIO(
@@ -312,7 +359,8 @@ class StorageClient:
                     chain_ver=view.chain(io.piece.chain_id).version,
                 )
                 for io in group
-            ]
+            ],
+            caps=[c for c in caps if c],
         )
 
         def sink(frame: wire.Frame) -> Sequence[memoryview]:
@@ -340,7 +388,10 @@ class StorageClient:
                 sink=sink,
                 timeout=self._call_timeout,
             )
-        except errors.Py3fsError:
+        except errors.Py3fsError as exc:
+            if isinstance(exc, errors.CapabilityExpired):
+                for io in group:
+                    self._expired(io.inode)
             return group
         assert isinstance(body, wire.ReadReply)
         left = []

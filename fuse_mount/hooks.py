@@ -35,9 +35,9 @@ class UsrbioAgent(Protocol):
     async def aclose(self) -> None:
         """Called before unmounting: stop ring workers, unmap buffers."""
 
-    def register_iov(self, name: str, target: str, uid: int) -> None:
-        """`symlink(target, 3fs-virt/iovs/<name>)` by a process of `uid`. Raise
-        a `Py3fsError` (or `OSError`) to fail the symlink with its errno."""
+    def register_iov(self, name: str, target: str, uid: int, pid: int = 0) -> None:
+        """`symlink(target, 3fs-virt/iovs/<name>)` by process `pid` of `uid`.
+        Raise a `Py3fsError` (or `OSError`) to fail the symlink with its errno."""
 
     def deregister_iov(self, name: str) -> None:
         """`unlink(3fs-virt/iovs/<name>)`; NotFound gives ENOENT."""
@@ -55,7 +55,7 @@ class NullAgent:
     async def aclose(self) -> None:
         return None
 
-    def register_iov(self, name: str, target: str, uid: int) -> None:
+    def register_iov(self, name: str, target: str, uid: int, pid: int = 0) -> None:
         raise OSError(errno.EOPNOTSUPP, "USRBIO is not available in this daemon")
 
     def deregister_iov(self, name: str) -> None:

@@ -106,7 +106,7 @@ class VirtualDir:
         self, parent: int, name: str, target: str, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         if parent == IOVS:
-            await _maybe_await(self._agent.register_iov(name, target, ctx.uid))
+            await _maybe_await(self._agent.register_iov(name, target, ctx.uid, ctx.pid))
             self._targets[name] = target
             self._owners[name] = ctx.uid
             return self._iov_attr(name)

@@ -19,6 +19,8 @@ from py3fs import app, config, errors
 @click.option("--chunk-size", default=None, help="chunk size of new files [4MiB]")
 @click.option("--gc-interval", default=None, help="GC pass interval [1s]")
 @click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [0.5s]")
+@click.option("--secret-file", default=None, help="cluster secret file")
+@click.option("--trash-interval", default=None, help="expired trash scan [60s]")
 @click.option("--ready-file", default=None, help="write pid and address here")
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -32,6 +34,8 @@ def main(
     chunk_size: str | None,
     gc_interval: str | None,
     heartbeat_interval: str | None,
+    secret_file: str | None,
+    trash_interval: str | None,
     ready_file: str | None,
     config_file: str | None,
     log_level: str,
@@ -46,6 +50,8 @@ def main(
         "chunk_size": chunk_size,
         "gc_interval": gc_interval,
         "heartbeat_interval": heartbeat_interval,
+        "secret_file": secret_file,
+        "trash_interval": trash_interval,
     }
     try:
         cfg = config.load(MetaConfig, "meta", config_file, overrides)

@@ -15,6 +15,11 @@ class MetaConfig:
     port: int = 0
     # /metrics and /healthz (mgmtd: also the status page); 0: any free port.
     http_port: int = 0
+    # The cluster secret (py3fs.caps): meta issues capabilities and signs GC's
+    # removes with it; "" = storage checks nothing.
+    secret_file: str = ""
+    # How often meta empties expired trash entries (py3fs.trash).
+    trash_interval: float = 60.0
     # tunables
     chunk_size: int = 4 * 1024 * 1024
     heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)

@@ -15,14 +15,19 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
+from meta_service import trash
 from meta_service.config import MetaConfig
 from meta_service.gc import GcWorker
 from meta_service.id_alloc import IdAllocator
 from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import R, W, check_access
 from meta_service.recovery import SessionReaper
 from meta_service.store import MetaStore
-from py3fs import errors
+from py3fs import caps, errors
 from py3fs.app import ServiceResource
+from py3fs.auth import Authenticator
 from py3fs.dataplane import DataClient
 from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
@@ -30,13 +35,19 @@ from py3fs.kv.sqlite import SqliteDatabase
 from py3fs.mgmt_client import MgmtClient
 from py3fs.msgrpc import MsgServer
 from py3fs.proto.messages import (
+    CapReply,
+    CapReq,
     HeartbeatReq,
+    InodeReq,
+    InodeType,
     KvStageReq,
     MetaReq,
     Msg,
     OpenReq,
     RegisterNodeReq,
     StatFsReply,
+    TrashDirReply,
+    WhoAmIReply,
 )
 from py3fs.proto.services import MetaService
 from py3fs.routing import RoutingView
@@ -55,7 +66,8 @@ class MetaServer(ServiceResource):
         self._store: MetaStore | None = None
         self._rpc: MsgServer | None = None
         self._mgmt: MgmtClient | None = None
-        self._data = DataClient()
+        self._keys = caps.Keys.load(cfg.secret_file)
+        self._data = DataClient(keys=self._keys)  # GC's removes are signed
         self._registered = False
         self._tasks: asyncio.TaskGroup | None = None
         self._running: list[asyncio.Task[None]] = []
@@ -73,9 +85,9 @@ class MetaServer(ServiceResource):
         )
         self._store = MetaStore(db, ctx, IdAllocator(db, cfg.id_batch))
         await asyncio.to_thread(self._store.ensure_root)
-        self._rpc = MsgServer(MetaService, self)
+        self._rpc = MsgServer(MetaService, _Authenticated(self, Authenticator(db)))
         self.address = await self._rpc.start(cfg.host, cfg.port)
-        self._mgmt = MgmtClient(cfg.mgmt)
+        self._mgmt = MgmtClient(cfg.mgmt, keys=self._keys)
         try:
             await self._register()
         except errors.Py3fsError as exc:
@@ -105,6 +117,9 @@ class MetaServer(ServiceResource):
             self._tasks.create_task(self._heartbeat_loop()),
             self._tasks.create_task(gc.run()),
             self._tasks.create_task(reaper.run()),
+            self._tasks.create_task(
+                trash.expire_loop(self._store, cfg.trash_interval, self._clock)
+            ),
         ]
 
     async def aclose(self) -> None:
@@ -210,10 +225,57 @@ class MetaServer(ServiceResource):
     async def kv_page_stage(self, req: KvStageReq) -> Msg:
         return await self._with_routing_retry("kv_page_stage", req)
 
+    async def capability(self, req: CapReq) -> CapReply:
+        """A capability for the inode's chunks after the permission check an
+        open would make (read; write as well when asked)."""
+        node = await asyncio.to_thread(
+            self.store.stat_inode,
+            InodeReq(inode=req.inode, uid=req.uid, gid=req.gid, groups=req.groups),
+        )
+        if node.type != InodeType.FILE:
+            raise errors.InvalidArgument(f"inode {req.inode} is not a file")
+        check_access(node, req, R | W if req.write else R)
+        if self._keys is None:
+            return CapReply(cap=b"", ttl=caps.DEFAULT_TTL)
+        ttl = caps.DEFAULT_TTL
+        return CapReply(cap=self._keys.issue(req.inode, req.write, ttl), ttl=ttl)
+
+    async def whoami(self, req: MetaReq) -> WhoAmIReply:
+        return WhoAmIReply(uid=req.uid, gid=req.gid, groups=list(req.groups))
+
+    async def trash_dir(self, req: MetaReq) -> TrashDirReply:
+        path = await asyncio.to_thread(trash.user_dir, self.store, req)
+        return TrashDirReply(path=path)
+
     async def stat_fs(self, req: MetaReq) -> StatFsReply:
         with contextlib.suppress(errors.Py3fsError):
             await self.refresh_routing()  # capacity numbers come from fresh reports
         return await asyncio.to_thread(self.store.stat_fs, req)
+
+
+class _Authenticated:
+    """The handlers of `server`, each first replacing the identity a request
+    claims with the one its token proves (py3fs.auth)."""
+
+    def __init__(self, server: MetaServer, auth: Authenticator) -> None:
+        self._server = server
+        self._auth = auth
+
+    def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
+        handler = getattr(self._server, name)
+        auth = self._auth
+
+        async def call(req: Msg) -> Msg:
+            if isinstance(req, MetaReq):
+                user = auth.user(req.token)
+                if user is not None and not user.act_for_others:
+                    req = msgspec.structs.replace(
+                        req, uid=user.uid, gid=user.gid, groups=list(user.groups)
+                    )
+            result: Msg = await handler(req)
+            return result
+
+        return call
 
 
 _INLINE_READS = frozenset({"stat", "stat_inode", "readlink"})

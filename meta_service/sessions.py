@@ -104,3 +104,12 @@ def any_open(tr: Transaction, inode: int) -> bool:
 
 def exists(tr: Transaction, inode: int, session_id: str) -> bool:
     return tr.get(keys.session_key(inode, session_id)) is not None
+
+
+def held_by(tr: Transaction, inode: int, client_id: str, limit: int = 1024) -> bool:
+    """Whether `client_id` has a write session on `inode` (the first `limit`
+    sessions are looked at: a file has few writers)."""
+    if not client_id:
+        return False
+    rows = tr.get_prefix(keys.session_prefix(inode), limit=limit)
+    return any(_decoder.decode(v).client_id == client_id for _, v in rows)

@@ -19,6 +19,7 @@ from py3fs import app, config, errors
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--heartbeat-timeout", default=None, help="e.g. 10s, 500ms")
 @click.option("--lease-timeout", default=None, help="primary lease [heartbeat timeout]")
+@click.option("--secret-file", default=None, help="cluster secret file")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     kv_url: str | None,
@@ -30,6 +31,7 @@ def main(
     config_file: str | None,
     heartbeat_timeout: str | None,
     lease_timeout: str | None,
+    secret_file: str | None,
     log_level: str,
 ) -> None:
     overrides = {
@@ -40,6 +42,7 @@ def main(
         "heartbeat_timeout": heartbeat_timeout,
         "lease_timeout": lease_timeout,
         "node_id": node_id,
+        "secret_file": secret_file,
     }
     try:
         cfg = config.load(MgmtConfig, "mgmt", config_file, overrides)

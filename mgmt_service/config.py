@@ -23,3 +23,10 @@ class MgmtConfig:
     # How long the primary's lease lasts (renewed every third of it); a standby
     # takes over this long after the primary stops renewing. 0: heartbeat_timeout.
     lease_timeout: float = 0.0
+    # The cluster secret (py3fs.caps): registrations, heartbeats and chain
+    # table creation must be signed with it. "" = accept anyone (tests).
+    secret_file: str = ""
+    # What one node may report: a forged or buggy report must not grow the
+    # routing past what every process fetches on each change.
+    max_targets_per_node: int = 256
+    max_nodes: int = 4096

@@ -28,7 +28,7 @@ from mgmt_service import admin_http
 from mgmt_service.config import MgmtConfig
 from mgmt_service.leases import PrimaryLease, check_holder
 from mgmt_service.state import MgmtState
-from py3fs import errors
+from py3fs import caps, errors
 from py3fs.app import ServiceResource
 from py3fs.kv import keys
 from py3fs.kv.base import Database, Transaction
@@ -88,6 +88,7 @@ class MgmtServer(ServiceResource):
         self._persist_lock = asyncio.Lock()
         self._persisted_version = -1
         self._lease: PrimaryLease | None = None
+        self._keys = caps.Keys.load(cfg.secret_file)
 
     @property
     def is_primary(self) -> bool:
@@ -165,7 +166,11 @@ class MgmtServer(ServiceResource):
         self._persisted_version = initial.version if initial is not None else -1
         # MgmtState gives every restored node a full timeout from now.
         self._state = MgmtState(
-            self.cfg.heartbeat_timeout, clock=self._clock, initial=initial
+            self.cfg.heartbeat_timeout,
+            clock=self._clock,
+            initial=initial,
+            max_targets_per_node=self.cfg.max_targets_per_node,
+            max_nodes=self.cfg.max_nodes,
         )
         logger.info("mgmtd %d is primary", self.cfg.node_id)
 
@@ -188,12 +193,20 @@ class MgmtServer(ServiceResource):
 
     # ------------------------------------------------------------------ RPCs
 
+    def _verify(
+        self, req: RegisterNodeReq | HeartbeatReq | CreateChainTableReq
+    ) -> None:
+        if self._keys is not None:
+            self._keys.verify(req)
+
     async def register_node(self, req: RegisterNodeReq) -> RoutingInfo:
+        self._verify(req)
         info = self.state.register(req)
         await self._persist()
         return info
 
     async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
+        self._verify(req)
         version = self.state.heartbeat(req)
         await self._persist()
         return HeartbeatReply(
@@ -204,6 +217,7 @@ class MgmtServer(ServiceResource):
         return self.state.routing()
 
     async def create_chain_table(self, req: CreateChainTableReq) -> RoutingInfo:
+        self._verify(req)
         info = self.state.create_chain_table(req.replicas, req.table_id)
         await self._persist()
         return info

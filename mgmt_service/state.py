@@ -48,8 +48,13 @@ class MgmtState:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         initial: RoutingInfo | None = None,
+        *,
+        max_targets_per_node: int = 256,
+        max_nodes: int = 4096,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_targets_per_node = max_targets_per_node
+        self.max_nodes = max_nodes
         self._clock = clock
         self._wall = wall_clock
         initial = initial or RoutingInfo()
@@ -88,11 +93,13 @@ class MgmtState:
         they go through recovery (offline, then waiting, syncing, serving) as in
         3FS, where a restarting node reports its targets offline."""
         self._check_node(req.node_id, req.role)
+        self._check_bounds(req.node_id, req.targets)
         changed = self._touch_node(
             req.node_id, req.role, req.address, req.pid, req.http
         )
         for target_id in req.targets:
             changed |= self._ensure_target(target_id, req.node_id)
+        changed |= self._prune(req.node_id, set(req.targets))
         mine = {t for t in req.targets if self._in_chain(t)}
         changed |= self._recompute(force_offline=mine)
         for target_id in req.targets:
@@ -105,6 +112,7 @@ class MgmtState:
         """Record liveness and target stats; returns the routing version. An unknown
         node is registered, so a restarted mgmtd keeps working with live nodes."""
         self._check_node(req.node_id, req.role)
+        self._check_bounds(req.node_id, [r.target_id for r in req.targets])
         changed = self._touch_node(req.node_id, req.role, req.address, req.pid)
         for report in req.targets:
             changed |= self._ensure_target(report.target_id, req.node_id)
@@ -315,6 +323,44 @@ class MgmtState:
             raise errors.InvalidArgument(f"node id must be >= 1, got {node_id}")
         if not role:
             raise errors.InvalidArgument(f"node {node_id} did not say its role")
+
+    def _check_bounds(self, node_id: int, targets: list[int]) -> None:
+        """Refuse reports that would grow routing without bound: too many
+        targets for one node, a target another live node owns, or one node too
+        many. Routing is what every process fetches on each change."""
+        if len(targets) > self.max_targets_per_node:
+            raise errors.InvalidArgument(
+                f"node {node_id} reports {len(targets)} targets; "
+                f"at most {self.max_targets_per_node} per node"
+            )
+        if node_id not in self._nodes and len(self._nodes) >= self.max_nodes:
+            raise errors.InvalidArgument(
+                f"cluster already has {self.max_nodes} nodes; not adding {node_id}"
+            )
+        for target_id in targets:
+            old = self._targets.get(target_id)
+            if old is not None and old.node_id != node_id:
+                owner = self._nodes.get(old.node_id)
+                if owner is not None and owner.up:
+                    raise errors.InvalidArgument(
+                        f"target {target_id} belongs to live node {old.node_id}"
+                    )
+
+    def _prune(self, node_id: int, reported: set[int]) -> bool:
+        """Forget the node's targets it no longer has that no chain uses."""
+        gone = [
+            t.target_id
+            for t in self._targets.values()
+            if t.node_id == node_id
+            and t.target_id not in reported
+            and not self._in_chain(t.target_id)
+        ]
+        for target_id in gone:
+            del self._targets[target_id]
+            self._local.pop(target_id, None)
+        if gone:
+            logger.info("node %d no longer has targets %s: pruned", node_id, gone)
+        return bool(gone)
 
     def _touch_node(
         self, node_id: int, role: str, address: str, pid: int, http: str = ""

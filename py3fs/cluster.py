@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from py3fs import errors
+from py3fs import auth, caps, errors
 from py3fs.etcd_local import (
     EtcdMember,
     endpoints_of,
@@ -60,6 +60,9 @@ class ClusterSpec:
     chunk_size: str = "4MiB"
     # mgmtd processes (node ids 1..N): the first to take the lease is primary.
     mgmtd: int = 1
+    # Capabilities and node signatures on the data plane (py3fs.caps); off
+    # only to measure what they cost (benchmarks/caps_cost.py).
+    capabilities: bool = True
     # Extra command-line arguments per role ("mgmtd", "meta", "storage").
     extra: dict[str, list[str]] = field(default_factory=dict)
     # Process name ("etcd-1", "mgmtd-1", "meta-11", "storage-21") -> [network
@@ -87,6 +90,40 @@ class LocalCluster:
     @property
     def cluster_file(self) -> Path:
         return self.data_dir / "cluster.toml"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The admin's token (0600): clients of the user who ran `up` find it
+        through the cluster file; nobody else can read it."""
+        return self.data_dir / "admin.token"
+
+    @property
+    def secret_file(self) -> Path:
+        """The cluster secret (0600) services sign and check with (py3fs.caps)."""
+        return self.data_dir / "cluster.secret"
+
+    def _secret_args(self) -> list[str]:
+        if not self.spec.capabilities:
+            return []
+        return ["--secret-file", str(self.secret_file)]
+
+    def _ensure_admin(self) -> None:
+        """Create the admin user on first `up` (which turns authentication on)
+        and keep its token file; a later `up` reuses both."""
+        from py3fs.kv.registry import open_database
+
+        token = ""
+        if self.admin_token_file.exists():
+            token = self.admin_token_file.read_text().strip()
+        with open_database(self.kv_url) as db:
+            users = {u.name: u for u in auth.list_users(db)}
+            admin = users.get(auth.ADMIN)
+            if token and admin is not None and admin.token_sha256 == auth.digest(token):
+                return
+            token = auth.add_user(
+                db, auth.ADMIN, 0, 0, act_for_others=True, replace=True
+            )
+        auth.write_token_file(self.admin_token_file, token)
 
     @property
     def state_file(self) -> Path:
@@ -122,6 +159,7 @@ class LocalCluster:
         self.cluster_file.write_text(
             "# Written by `py3fs cluster up`; clients read [client].\n"
             f"[client]\nmgmt = [{mgmt}]\n"
+            f'token_file = "{self.admin_token_file}"\n'
         )
         state = {
             "kv_url": self.kv_url,
@@ -238,6 +276,7 @@ class LocalCluster:
                     str(MGMT_NODE + i),
                     "--heartbeat-timeout",
                     spec.heartbeat_timeout,
+                    *self._secret_args(),
                     *extra.get("mgmtd", []),
                 ],
                 self.run_dir,
@@ -283,6 +322,7 @@ class LocalCluster:
                 _port(p),
                 "--http-port",
                 _port(p, http=True),
+                *self._secret_args(),
                 *spec.extra.get("meta", []),
             ]
         for p in self.storages:
@@ -291,6 +331,7 @@ class LocalCluster:
                 mgmt,
                 "--node-id",
                 str(p.node_id),
+                *self._secret_args(),
                 "--data-dir",
                 str(self.data_dir / f"storage-{p.node_id}"),
                 "--targets",
@@ -321,6 +362,8 @@ class LocalCluster:
         self._plan_etcd(None)
         try:
             start_members(self.etcd, timeout)
+            caps.write_secret(self.secret_file)
+            self._ensure_admin()
             self._plan()
             # One by one: the first takes the lease, the others stand by.
             for p in self.mgmtds:
@@ -378,7 +421,9 @@ class LocalCluster:
             p.wait_ready(timeout)
 
     async def _create_chains(self, timeout: float) -> None:
-        mgmt = MgmtClient(self.mgmt_addresses)
+        mgmt = MgmtClient(
+            self.mgmt_addresses, keys=caps.Keys.load(str(self.secret_file))
+        )
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from py3fs import errors, metrics, wire
+from py3fs import caps, errors, metrics, wire
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class DataClient:
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
         max_idle_per_peer: int = 32,
         connect_timeout: float = 5.0,
+        keys: caps.Keys | None = None,
     ) -> None:
         self._idle: dict[str, list[_ClientConn]] = {}
         self._ids = itertools.count(1)
@@ -68,6 +69,9 @@ class DataClient:
         self._max_idle = max_idle_per_peer
         self._connect_timeout = connect_timeout
         self._closed = False
+        # Services sign what only services may send (py3fs.caps); clients do
+        # not hold the key.
+        self._keys = keys
 
     async def _connect(self, address: str) -> _ClientConn:
         loop = asyncio.get_running_loop()
@@ -107,6 +111,8 @@ class DataClient:
         """
         if self._closed:
             raise errors.RPCUnavailable("data client closed")
+        if self._keys is not None and hasattr(body, "auth"):
+            body = self._keys.sign(body)
         idle = self._idle.setdefault(address, [])
         conn = None
         while idle and conn is None:
@@ -159,16 +165,55 @@ class DataClient:
         self._idle.clear()
 
 
+# A connection keeps a scratch buffer up to this size between requests; a
+# bigger one (a rare 64 MiB write) is dropped after its request.
+KEEP_BUFFER = 8 * 1024 * 1024
+
+
+class PayloadBudget:
+    """Bytes of request payload all connections of a server may hold at once:
+    a frame's payload is allocated only when its share is free, so many slow
+    or idle senders announcing big payloads cannot exhaust memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    async def take(self, n: int) -> None:
+        async with self._freed:
+            # One request bigger than the whole budget still runs alone.
+            await self._freed.wait_for(
+                lambda: self.used == 0 or self.used + n <= self.total
+            )
+            self.used += n
+
+    async def give(self, n: int) -> None:
+        if n:
+            async with self._freed:
+                self.used -= n
+                self._freed.notify_all()
+
+
 class ServerConn:
     """One accepted connection, handed to the handler with each frame."""
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        budget: PayloadBudget | None = None,
+        payload_timeout: float = 60.0,
+    ) -> None:
         self.sock = sock
         self.peer = peer
         self.loop = asyncio.get_running_loop()
         self._frame: wire.Frame | None = None
         self._payload_left = 0
         self._buffer = bytearray(0)
+        self._budget = budget
+        self._held = 0
+        self._payload_timeout = payload_timeout
 
     def begin(self, frame: wire.Frame) -> None:
         self._frame = frame
@@ -181,15 +226,41 @@ class ServerConn:
         return memoryview(self._buffer)[:n]
 
     async def read_payload(self) -> memoryview:
-        """Receive the whole payload of the current frame into the scratch buffer."""
-        view = self.payload_buffer(self._payload_left)
-        await wire.recv_into(self.loop, self.sock, view)
+        """Receive the whole payload of the current frame into the scratch
+        buffer, once the server's payload budget has room for it; a sender
+        that does not deliver it within the payload timeout is cut off."""
+        n = self._payload_left
+        if self._budget is not None and n:
+            await self._budget.take(n)
+            self._held += n
+        view = self.payload_buffer(n)
+        try:
+            async with asyncio.timeout(self._payload_timeout):
+                await wire.recv_into(self.loop, self.sock, view)
+        except TimeoutError:
+            raise wire.ConnectionClosed(
+                f"{self.peer} sent {n} payload bytes too slowly"
+            ) from None
         self._payload_left = 0
         return view
 
+    async def end_request(self) -> None:
+        """The handler is done with the payload: give its budget back."""
+        if self._budget is not None:
+            await self._budget.give(self._held)
+        self._held = 0
+        if len(self._buffer) > KEEP_BUFFER:
+            self._buffer = bytearray(0)
+
     async def finish_payload(self) -> None:
         if self._payload_left:
-            await wire.discard(self.loop, self.sock, self._payload_left)
+            try:
+                async with asyncio.timeout(self._payload_timeout):
+                    await wire.discard(self.loop, self.sock, self._payload_left)
+            except TimeoutError:
+                raise wire.ConnectionClosed(
+                    f"{self.peer} did not send the payload it announced"
+                ) from None
             self._payload_left = 0
 
     async def reply(
@@ -201,9 +272,18 @@ class ServerConn:
             self.loop, self.sock, mtype, self._frame.request_id, body, payload
         )
 
-    async def reply_error(self, exc: errors.Py3fsError, request_id: int = 0) -> None:
+    @property
+    def payload_pending(self) -> bool:
+        return self._payload_left > 0
+
+    async def reply_error(
+        self, exc: errors.Py3fsError, request_id: int = 0, skip_payload: bool = False
+    ) -> None:
+        """Send `exc`; with `skip_payload` the current frame's payload is left
+        unread (the caller discards it after)."""
         rid = self._frame.request_id if self._frame else request_id
-        await self.finish_payload()
+        if not skip_payload:
+            await self.finish_payload()
         await wire.send_frame(
             self.loop, self.sock, wire.MsgType.ERROR, rid, wire.error_body(exc)
         )
@@ -228,8 +308,18 @@ class DataServer:
         port: int = 0,
         *,
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
+        max_connections: int = 4096,
+        idle_timeout: float = 600.0,
+        payload_timeout: float = 60.0,
+        payload_budget: int = 1 << 30,
     ) -> None:
         self._handler = handler
+        # Bounds on what clients can hold: connections, time between frames
+        # (and to deliver one), payload bytes in memory at once.
+        self._max_connections = max_connections
+        self._idle_timeout = idle_timeout
+        self._payload_timeout = payload_timeout
+        self._budget = PayloadBudget(payload_budget)
         self._host = host
         self._port = port
         self._max_payload = max_payload
@@ -277,6 +367,15 @@ class DataServer:
                 logger.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.05)
                 continue
+            if len(self._tasks) >= self._max_connections:
+                logger.warning(
+                    "refusing %s:%s: %d connections open",
+                    addr[0],
+                    addr[1],
+                    len(self._tasks),
+                )
+                conn.close()
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(self._serve(conn, f"{addr[0]}:{addr[1]}"))
@@ -285,13 +384,17 @@ class DataServer:
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
         loop = asyncio.get_running_loop()
-        conn = ServerConn(sock, peer)
+        conn = ServerConn(sock, peer, self._budget, self._payload_timeout)
         try:
             while True:
                 try:
-                    frame = await wire.recv_frame(
-                        loop, sock, self._max_payload, at_boundary_ok=True
-                    )
+                    async with asyncio.timeout(self._idle_timeout):
+                        frame = await wire.recv_frame(
+                            loop, sock, self._max_payload, at_boundary_ok=True
+                        )
+                except TimeoutError:
+                    logger.info("closing %s: idle for %.0f s", peer, self._idle_timeout)
+                    return
                 except wire.ConnectionClosed:
                     return
                 except errors.UnknownMessage as exc:
@@ -310,7 +413,15 @@ class DataServer:
                     await self._handler(frame, conn)
                 except errors.Py3fsError as exc:
                     outcome = type(exc).__name__
-                    await conn.reply_error(exc)
+                    if conn.payload_pending:
+                        # Refused before its payload was read (not allowed):
+                        # answer at once, then discard the payload through a
+                        # small buffer; a sender that never delivers it is cut
+                        # off after the payload timeout.
+                        await conn.reply_error(exc, skip_payload=True)
+                        await conn.finish_payload()
+                    else:
+                        await conn.reply_error(exc)
                 except (ConnectionError, wire.ConnectionClosed):
                     outcome = "disconnected"
                     return
@@ -321,6 +432,7 @@ class DataServer:
                 finally:
                     seconds = time.perf_counter() - start
                     metrics.record(frame.type.name, outcome, seconds)
+                    await conn.end_request()
         except (OSError, errors.RPCUnavailable):
             return
         finally:

@@ -42,6 +42,9 @@ a client may retry it. Codes are grouped by subsystem::
     │   ├── NotPrimary (5001, retryable)
     │   ├── UnknownNode (5002)
     │   └── NoChainTable (5003, retryable)   cluster has no chains yet
+    ├── AuthError (6000)
+    │   ├── Unauthenticated (6001, EACCES)  no token, or one nobody holds
+    │   └── CapabilityExpired (6002, retryable)  ask meta for a new one
     ├── ClientError (7000)
     │   └── RoutingUnavailable (7001, retryable)
     └── InjectedFault (9001)                 raised by an enabled fault point (tests)
@@ -266,6 +269,20 @@ class UnknownNode(MgmtError):
 
 class NoChainTable(MgmtError):
     code = 5003
+    retryable = True
+
+
+class AuthError(Py3fsError):
+    code = 6000
+    errno = _errno.EACCES
+
+
+class Unauthenticated(AuthError):
+    code = 6001
+
+
+class CapabilityExpired(AuthError):
+    code = 6002
     retryable = True
 
 

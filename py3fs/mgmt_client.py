@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from typing import TypeVar
 
-from py3fs import errors
+from py3fs import caps, errors
 from py3fs.proto import mgmt_pb2_grpc
 from py3fs.proto.messages import (
     MGMT_RPCS,
@@ -29,6 +29,7 @@ from py3fs.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
+T = TypeVar("T", bound=Msg)
 
 # Three rounds over the configured mgmtds; a standby answers NotPrimary.
 _FAILOVER = RetryPolicy(
@@ -42,7 +43,15 @@ _FAILOVER = RetryPolicy(
 
 
 class MgmtClient:
-    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        timeout: float = 10.0,
+        keys: caps.Keys | None = None,
+    ) -> None:
+        # Services sign registrations, heartbeats and chain-table creation with
+        # the cluster secret; clients only read routing and hold no key.
+        self._keys = keys
         if not addresses:
             raise errors.InvalidArgument("no mgmtd address configured")
         self._clients = [
@@ -61,18 +70,22 @@ class MgmtClient:
         policy = dataclasses.replace(_FAILOVER, attempts=3 * len(self._clients))
         return await policy.acall(attempt, what=f"mgmtd {method}", on_retry=next_mgmtd)
 
+    def _signed(self, req: T) -> T:
+        return req if self._keys is None else self._keys.sign(req)
+
     async def register(self, req: RegisterNodeReq) -> RoutingView:
+        req = self._signed(req)
         return RoutingView(await self._call("RegisterNode", req, RoutingInfo))
 
     async def heartbeat(self, req: HeartbeatReq) -> HeartbeatReply:
-        return await self._call("Heartbeat", req, HeartbeatReply)
+        return await self._call("Heartbeat", self._signed(req), HeartbeatReply)
 
     async def routing(self) -> RoutingView:
         info = await self._call("GetRouting", GetRoutingReq(), RoutingInfo)
         return RoutingView(info)
 
     async def create_chain_table(self, replicas: int, table_id: int = 1) -> RoutingView:
-        req = CreateChainTableReq(replicas=replicas, table_id=table_id)
+        req = self._signed(CreateChainTableReq(replicas=replicas, table_id=table_id))
         return RoutingView(await self._call("CreateChainTable", req, RoutingInfo))
 
     async def decommission(self, node_id: int) -> RoutingView:

@@ -96,6 +96,10 @@ class WriteReq(Body):
     request_id: int
     update_ver: int = 0
     full_replace: bool = False
+    # A client's write (update_ver 0, not repair) carries meta's capability for
+    # the chunk's inode (py3fs.caps); a forward carries the node signature.
+    cap: bytes = b""
+    auth: bytes = b""
     # A full replace that rebuilds a chunk whose replicas may have diverged: a
     # remembered reply for this chunk at or below its version may describe a
     # write the rebuild did not keep, so retries are applied again.
@@ -120,6 +124,10 @@ class ReadIO(Body):
 class ReadReq(Body):
     ios: list[ReadIO]
     verify: bool = True
+    # Capabilities (py3fs.caps) covering every io's inode, one per inode; a
+    # storage node repairing from a peer signs instead (`auth`).
+    caps: list[bytes] = []
+    auth: bytes = b""
 
 
 class ReadResult(Body):
@@ -130,6 +138,9 @@ class ReadResult(Body):
     length: int
     chunk_ver: int = 0
     message: str = ""
+    # The chunk's digest (ChunkInfo.crc) when the read returned the whole
+    # chunk (a repair checks what it received against it); 0 otherwise.
+    crc: int = 0
 
 
 class ReadReply(Body):
@@ -146,6 +157,7 @@ class RemoveReq(Body):
     inodes: list[int]
     client_id: str
     request_id: int
+    auth: bytes = b""  # node signature: only meta's GC and chain peers remove
 
 
 class RemoveReply(Body):
@@ -188,6 +200,7 @@ class SyncChunkReq(Body):
     crc: int = 0
     chunk_chain_ver: int = 0
     remove: bool = False
+    auth: bytes = b""  # node signature (chain peers only)
 
 
 class SyncChunkReply(Body):
@@ -201,6 +214,7 @@ class SyncDoneReq(Body):
     chain_id: int
     chain_ver: int
     target_id: int
+    auth: bytes = b""  # node signature (chain peers only)
 
 
 class SyncDoneReply(Body):

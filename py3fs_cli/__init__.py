@@ -10,7 +10,14 @@ import sys
 import click
 
 from py3fs import errors
-from py3fs_cli import admin_cmds, bench_cmd, cluster_cmds, file_cmds, mount_cmd
+from py3fs_cli import (
+    admin_cmds,
+    bench_cmd,
+    cluster_cmds,
+    file_cmds,
+    mount_cmd,
+    user_cmds,
+)
 
 
 class _Group(click.Group):
@@ -41,3 +48,4 @@ main.add_command(mount_cmd.mount)
 main.add_command(bench_cmd.bench)
 for command in admin_cmds.COMMANDS:
     main.add_command(command)
+admin_cmds.admin.add_command(user_cmds.user)

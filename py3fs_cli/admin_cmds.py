@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -20,7 +21,8 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
-from py3fs import errors
+from client import config as client_config
+from py3fs import caps, errors
 from py3fs.proto.messages import DirLayout
 from py3fs.routing import RoutingView
 from py3fs.units import format_size, parse_size
@@ -40,6 +42,18 @@ def _run(cluster_file: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
             return await fn(fs)
 
     return uvloop.run(main())
+
+
+def _cluster_keys(cluster_file: str | None) -> caps.Keys | None:
+    """The cluster secret beside the cluster file (a local cluster's data
+    directory), if this operator can read it: fsck signs its direct removes
+    and replica reads with it, as meta's GC does. None: storage checks
+    nothing, or the operator lacks the secret and storage will refuse."""
+    secret = Path(client_config.cluster_file(cluster_file)).parent / "cluster.secret"
+    try:
+        return caps.Keys.load(str(secret))
+    except OSError:
+        return None
 
 
 def _routing(cluster_file: str | None) -> RoutingView:
@@ -305,8 +319,10 @@ def fsck(cluster_file: str | None, repair: bool, do_scrub: bool, as_json: bool) 
     """Check the namespace against storage: dangling entries, orphan chunks,
     lengths, and (with --scrub) checksums of every replica. Exits 1 while a
     problem remains unrepaired."""
+    keys = _cluster_keys(cluster_file)
     report = _run(
-        cluster_file, lambda fs: fsck_mod.fsck(fs, repair=repair, do_scrub=do_scrub)
+        cluster_file,
+        lambda fs: fsck_mod.fsck(fs, repair=repair, do_scrub=do_scrub, keys=keys),
     )
     if as_json:
         doc = {

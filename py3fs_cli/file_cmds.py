@@ -23,7 +23,7 @@ import click
 import uvloop
 from tqdm import tqdm
 
-from client import Client
+from client import Client, trash
 from py3fs import errors
 from py3fs.proto.messages import Inode, InodeType
 from py3fs.units import format_size
@@ -32,6 +32,11 @@ from py3fs_cli.options import cluster_option
 T = TypeVar("T")
 BLOCK = 64 * 1024 * 1024
 PROGRESS_MIN = 16 * 1024 * 1024  # smaller transfers finish before a bar helps
+
+
+def _absolute(path: str) -> str:
+    """`path` normalized, absolute ("//", "/." and "/a/.." are all "/")."""
+    return posixpath.normpath("/" + path.strip().lstrip("/"))
 
 
 def _run(cluster_file: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
@@ -106,8 +111,9 @@ def _long_line(node: Inode, name: str) -> str:
 @click.command()
 @cluster_option
 @click.option("-l", "long", is_flag=True, help="Long listing.")
+@click.option("-a", "show_all", is_flag=True, help="Also show /.trash.")
 @click.argument("path", default="/")
-def ls(cluster_file: str | None, long: bool, path: str) -> None:
+def ls(cluster_file: str | None, long: bool, show_all: bool, path: str) -> None:
     """List a directory."""
 
     async def go(fs: Client) -> None:
@@ -120,7 +126,10 @@ def ls(cluster_file: str | None, long: bool, path: str) -> None:
             click.echo(_long_line(node, path) if long else path)
             return
         base = path.rstrip("/")
+        hide = "" if show_all or _absolute(path) != "/" else trash.TRASH[1:]
         async for entry in fs.iterdir(path):
+            if entry.name == hide:
+                continue
             if long:
                 child = await fs.stat(f"{base}/{entry.name}", follow=False)
                 click.echo(_long_line(child, entry.name))
@@ -349,14 +358,49 @@ def cat(cluster_file: str | None, remote: str) -> None:
 @click.command()
 @cluster_option
 @click.option("-r", "recursive", is_flag=True, help="Remove directories and contents.")
+@click.option(
+    "--no-preserve-root",
+    "no_preserve_root",
+    is_flag=True,
+    help="Allow `rm -r /` (empties the whole file system).",
+)
+@click.option(
+    "--permanent",
+    is_flag=True,
+    help="Delete at once instead of moving to the trash.",
+)
 @click.argument("paths", nargs=-1, required=True)
-def rm(cluster_file: str | None, recursive: bool, paths: tuple[str, ...]) -> None:
-    """Remove files (and with -r, directories)."""
+def rm(
+    cluster_file: str | None,
+    recursive: bool,
+    no_preserve_root: bool,
+    permanent: bool,
+    paths: tuple[str, ...],
+) -> None:
+    """Remove files (and with -r, directories): moved to your trash for
+    `trash_days` (cluster file [client], default 7; 0 = no trash) unless
+    --permanent; see `py3fs trash`."""
+    if recursive and not no_preserve_root:
+        for path in paths:
+            if _absolute(path) == "/":
+                raise click.UsageError(
+                    f"refusing to remove {path!r} recursively: it is the root "
+                    "(use --no-preserve-root to override)"
+                )
 
     async def go(fs: Client) -> None:
+        days = fs.config.trash_days
         for path in paths:
             with about(f"cannot remove {path}"):
-                await fs.remove(path, recursive=recursive)
+                node = await fs.stat(path, follow=False)
+                where = _absolute(path)
+                in_trash = where == trash.TRASH or where.startswith(trash.TRASH + "/")
+                if permanent or days <= 0 or in_trash or where == "/":
+                    await fs.remove(path, recursive=recursive)
+                    continue
+                if node.type == InodeType.DIRECTORY and not recursive:
+                    raise errors.IsADirectory(f"{path} is a directory (use -r)")
+                await trash.move_to_trash(fs, path, days)
 
     _run(cluster_file, go)
 
@@ -428,4 +472,48 @@ def df(cluster_file: str | None, as_json: bool) -> None:
     _run(cluster_file, go)
 
 
-COMMANDS = [ls, stat, mkdir, put, get, cat, rm, mv, df]
+@click.group("trash")
+def trash_group() -> None:
+    """Your trash: what `py3fs rm` removed, until it expires."""
+
+
+@trash_group.command("ls")
+@cluster_option
+def trash_ls(cluster_file: str | None) -> None:
+    """Entries: id, expiry, where it was removed from."""
+
+    async def go(fs: Client) -> None:
+        for e in await trash.list_trash(fs):
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.expires))
+            click.echo(f"{e.id}  expires {when}  {e.origin}")
+
+    _run(cluster_file, go)
+
+
+@trash_group.command("restore")
+@cluster_option
+@click.option("--to", "to", default="", help="Restore here instead.")
+@click.argument("entry_id")
+def trash_restore(cluster_file: str | None, to: str, entry_id: str) -> None:
+    """Move entry ENTRY_ID back where it was removed from."""
+
+    async def go(fs: Client) -> None:
+        click.echo(await trash.restore(fs, entry_id, to))
+
+    _run(cluster_file, go)
+
+
+@trash_group.command("empty")
+@cluster_option
+@click.option("--expired", is_flag=True, help="Only entries past their expiry.")
+def trash_empty(cluster_file: str | None, expired: bool) -> None:
+    """Delete your trash entries for good."""
+
+    async def go(fs: Client) -> None:
+        n = await trash.empty(fs, expired_only=expired)
+        click.echo(f"deleted {n} entr{'y' if n == 1 else 'ies'}")
+
+    _run(cluster_file, go)
+
+
+COMMANDS = [ls, stat, mkdir, put, get, cat, rm, mv, df, trash_group]

@@ -23,11 +23,14 @@ import itertools
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from client import Client
-from py3fs import errors, ids, wire
+from py3fs import caps, errors, ids, wire
 from py3fs.proto.messages import Inode, InodeType
 from py3fs.routing import RoutingView
+
+T = TypeVar("T")
 
 REPAIR_WAIT = 30.0  # seconds a corrupt replica may take to be repaired
 
@@ -164,8 +167,19 @@ async def check_orphans(
     return orphans
 
 
+def _signed(keys: caps.Keys | None, body: T) -> T:
+    """`body` with the node signature storage wants for removes and for reads
+    of chunks no capability covers (orphans); unsigned without the secret,
+    which a cluster that checks nothing accepts."""
+    return body if keys is None else keys.sign(body)
+
+
 async def remove_orphans(
-    fs: Client, view: RoutingView, orphans: dict[int, set[int]], report: Report
+    fs: Client,
+    view: RoutingView,
+    orphans: dict[int, set[int]],
+    report: Report,
+    keys: caps.Keys | None = None,
 ) -> None:
     request_ids = itertools.count(1)
     todo = {f"inode {i}": chains for i, chains in orphans.items()}
@@ -183,7 +197,9 @@ async def remove_orphans(
                 client_id=f"fsck-{fs.client_id}",
                 request_id=next(request_ids),
             )
-            await fs.storage.call(view.target_address(head), wire.MsgType.REMOVE, req)
+            await fs.storage.call(
+                view.target_address(head), wire.MsgType.REMOVE, _signed(keys, req)
+            )
         problem.repaired = True
 
 
@@ -216,14 +232,21 @@ async def check_lengths(
 
 
 async def scrub(
-    fs: Client, view: RoutingView, chunks: Chunks, report: Report, repair: bool
+    fs: Client,
+    view: RoutingView,
+    chunks: Chunks,
+    report: Report,
+    repair: bool,
+    keys: caps.Keys | None = None,
 ) -> None:
     async def read(target: int, meta: wire.ChunkMeta) -> int:
         io = wire.ReadIO(
             target_id=target, chunk_id=meta.chunk_id, offset=0, length=meta.length
         )
         body, _ = await fs.storage.call(
-            view.target_address(target), wire.MsgType.READ, wire.ReadReq(ios=[io])
+            view.target_address(target),
+            wire.MsgType.READ,
+            _signed(keys, wire.ReadReq(ios=[io])),
         )
         assert isinstance(body, wire.ReadReply)
         return body.results[0].code
@@ -253,7 +276,13 @@ async def scrub(
         report.problems.append(problem)
 
 
-async def fsck(fs: Client, *, repair: bool = False, do_scrub: bool = False) -> Report:
+async def fsck(
+    fs: Client,
+    *,
+    repair: bool = False,
+    do_scrub: bool = False,
+    keys: caps.Keys | None = None,
+) -> Report:
     report = Report()
     view = await fs.mgmt.routing()
     found = await walk(fs, report, repair)
@@ -261,8 +290,8 @@ async def fsck(fs: Client, *, repair: bool = False, do_scrub: bool = False) -> R
     report.chunks = len({cid for _, cid in chunks})
     orphans = await check_orphans(fs, view, chunks, set(found), report)
     if repair and orphans:
-        await remove_orphans(fs, view, orphans, report)
+        await remove_orphans(fs, view, orphans, report, keys)
     await check_lengths(fs, found, chunks, report, repair)
     if do_scrub:
-        await scrub(fs, view, chunks, report, repair)
+        await scrub(fs, view, chunks, report, repair, keys)
     return report

@@ -24,6 +24,11 @@ from storage_service.config import StorageConfig
     help="fsync every chunk write before acking it (default: on client fsync/close)",
 )
 @click.option("--heartbeat-interval", help='e.g. "1s"')
+@click.option("--secret-file", help="cluster secret: check capabilities")
+@click.option("--max-connections", type=int, help="open connections (4096)")
+@click.option("--idle-timeout", help='close a connection idle this long ("600s")')
+@click.option("--payload-timeout", help='deliver a payload within ("60s")')
+@click.option("--payload-budget-bytes", help='payload bytes held at once ("1GiB")')
 @click.option("--ready-file", type=click.Path(dir_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--log-level", default="INFO")

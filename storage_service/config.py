@@ -11,6 +11,8 @@ class StorageConfig:
     node_id: int = 0
     data_dir: str = ""
     mgmt: list[str] = field(default_factory=list)
+    # The cluster secret (py3fs.caps); "" = accept requests unchecked.
+    secret_file: str = ""
     # Tunables.
     targets: int = 4
     host: str = "127.0.0.1"
@@ -28,3 +30,10 @@ class StorageConfig:
     forward_timeout: float = 30.0
     # Replies remembered per node to answer retried writes without reapplying them.
     dedup_entries: int = 65536
+    # Bounds on what clients may hold (py3fs.dataplane.DataServer): open
+    # connections, seconds a connection may sit between frames and to deliver
+    # a frame's payload, payload bytes in memory across all connections.
+    max_connections: int = 4096
+    idle_timeout: float = 600.0
+    payload_timeout: float = 60.0
+    payload_budget_bytes: int = 1 << 30

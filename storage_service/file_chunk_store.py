@@ -133,6 +133,9 @@ class FileChunkStore(ChunkStore):
         """Scan the directory: drop pending versions, replay committed ones,
         convert format-1 chunks, cache every block table."""
         os.makedirs(self.root, mode=0o700, exist_ok=True)
+        # Chunk data is other users' file contents: a root an older version
+        # made wider becomes 0700 too.
+        os.chmod(self.root, 0o700)
         self._device = os.stat(self.root).st_dev
         self._chunks.clear()
         self._damaged.clear()

@@ -65,7 +65,9 @@ class ReadPath:
                     f"chunk {io.chunk_id.hex()} has version {pending} in flight"
                 )
             got, view = await store.read(io.chunk_id, io.offset, io.length, verify)
-            return wire.ReadResult(0, view.nbytes, got.version), view
+            whole = io.offset == 0 and view.nbytes == got.length
+            crc = got.crc if whole else 0
+            return wire.ReadResult(0, view.nbytes, got.version, crc=crc), view
         except errors.Py3fsError as exc:
             if isinstance(exc, errors.ChecksumMismatch):
                 logger.error("target %d: %s; repairing", io.target_id, exc)

@@ -27,6 +27,7 @@ import msgspec
 from py3fs import errors, metrics, wire
 from py3fs.proto.messages import TargetState
 from py3fs.routing import RoutingView
+from storage_service.chunk_format import content_digest
 from storage_service.chunk_store import MAX_CHUNK_SIZE
 from storage_service.targets import StorageContext
 
@@ -303,10 +304,18 @@ class Resync:
             result = body.results[0]
             if result.code:
                 raise errors.error_from_code(result.code, result.message)
+            got = memoryview(data or b"")
+            # What arrived must be what the peer holds (its chunk digest), not
+            # merely what we received.
+            if await asyncio.to_thread(content_digest, got) != result.crc:
+                raise errors.ChecksumMismatch(
+                    f"repair copy of chunk {chunk_id.hex()} from target {peer} "
+                    "does not match the peer's checksum"
+                )
             await store.write(
                 chunk_id,
                 0,
-                memoryview(data or b""),
+                got,
                 version=result.chunk_ver,
                 chunk_size=MAX_CHUNK_SIZE,
                 chain_ver=chain.version,

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-from py3fs import errors, metrics, wire
+from py3fs import caps, errors, ids, metrics, wire
 from py3fs.app import ServiceResource
 from py3fs.dataplane import DataClient, DataServer, ServerConn
 from py3fs.mgmt_client import MgmtClient
@@ -32,8 +32,10 @@ M = wire.MsgType
 class StorageServer(ServiceResource):
     def __init__(self, cfg: StorageConfig) -> None:
         self.cfg = cfg
-        self.mgmt = MgmtClient(cfg.mgmt)
-        self.client = DataClient()
+        # Checks are on when the cluster has a secret (py3fs.caps).
+        self.keys = caps.Keys.load(cfg.secret_file)
+        self.mgmt = MgmtClient(cfg.mgmt, keys=self.keys)
+        self.client = DataClient(keys=self.keys)
         self.ctx = StorageContext(cfg, self.mgmt, self.client)
         self.resync = Resync(self.ctx)
         self.writes = WritePath(self.ctx, self.resync)
@@ -46,7 +48,16 @@ class StorageServer(ServiceResource):
 
     async def _start(self) -> None:
         await self.ctx.open()
-        self._data = DataServer(self._handle, self.cfg.host, self.cfg.port)
+        cfg = self.cfg
+        self._data = DataServer(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            max_connections=cfg.max_connections,
+            idle_timeout=cfg.idle_timeout,
+            payload_timeout=cfg.payload_timeout,
+            payload_budget=cfg.payload_budget_bytes,
+        )
         await self._data.__aenter__()
         self.address = self._data.address
         self._tasks = asyncio.TaskGroup()
@@ -141,28 +152,68 @@ class StorageServer(ServiceResource):
 
     # -- data plane
 
+    def _authorize(self, body: wire.Body) -> None:
+        """Refuse what the sender may not do: client reads and writes need a
+        capability from meta for the chunk's inode; forwards, repairs, resync
+        and removes need a node signature (py3fs.caps)."""
+        keys = self.keys
+        if keys is None:
+            return
+        if isinstance(body, wire.WriteReq):
+            if body.update_ver == 0 and not body.repair:
+                inode, _ = ids.split_chunk_id(body.chunk_id)
+                keys.check(body.cap, inode, write=True)
+            else:
+                keys.verify(body)
+        elif isinstance(body, wire.ReadReq):
+            if body.auth:
+                keys.verify(body)
+                return
+            allowed: set[int] = set()
+            for io in body.ios:
+                inode, _ = ids.split_chunk_id(io.chunk_id)
+                if inode in allowed:
+                    continue
+                for raw in body.caps:
+                    try:
+                        keys.check(raw, inode, write=False)
+                    except errors.PermissionDenied:
+                        continue
+                    allowed.add(inode)
+                    break
+                else:
+                    keys.check(b"", inode, write=False)
+        elif isinstance(body, wire.RemoveReq | wire.SyncChunkReq | wire.SyncDoneReq):
+            keys.verify(body)
+
     async def _handle(self, frame: wire.Frame, conn: ServerConn) -> None:
         body = frame.body
         if isinstance(body, wire.WriteReq):
+            # Refused before its payload is allocated or received.
+            self._authorize(body)
             payload = await conn.read_payload()
             await conn.reply(M.WRITE_REPLY, await self.writes.write(body, payload))
             metrics.STORAGE_BYTES.labels("write").inc(len(payload))
         elif isinstance(body, wire.ReadReq):
+            self._authorize(body)
             reply, views = await self.reads.read(body)
             await conn.reply(M.READ_REPLY, reply, views)
             metrics.STORAGE_BYTES.labels("read").inc(sum(len(v) for v in views))
         elif isinstance(body, wire.RemoveReq):
+            self._authorize(body)
             await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
         elif isinstance(body, wire.QueryChunkReq):
             await conn.reply(M.QUERY_CHUNK_REPLY, self.reads.query(body))
         elif isinstance(body, wire.ListChunksReq):
             await conn.reply(M.LIST_CHUNKS_REPLY, self.reads.list_chunks(body))
         elif isinstance(body, wire.SyncChunkReq):
+            self._authorize(body)
             payload = await conn.read_payload()
             reply = await self.resync.sync_chunk(body, payload)
             await conn.reply(M.SYNC_CHUNK_REPLY, reply)
             metrics.STORAGE_BYTES.labels("resync").inc(len(payload))
         elif isinstance(body, wire.SyncDoneReq):
+            self._authorize(body)
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
         elif isinstance(body, wire.FlushReq):
             flushed = await self.ctx.flush(body.target_ids)

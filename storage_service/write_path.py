@@ -87,6 +87,16 @@ class WritePath:
         async with self.ctx.locks.hold((req.target_id, req.chunk_id)):
             if recall and (hit := self.state.recall(req.target_id, dedup)) is not None:
                 return hit
+            if (
+                is_head
+                and req.full_replace
+                and not payload.nbytes
+                and store.get(req.chunk_id) is None
+                and not store.pending_version(req.chunk_id)
+            ):
+                # Truncating a chunk that does not exist: nothing to empty. An
+                # inflated length must not make one empty file per chunk slot.
+                return wire.WriteReply(chunk_ver=0, length=0, crc=0)
             if is_head:
                 reply = await self._head_write(store, routing, req, payload, succ)
             else:
@@ -212,6 +222,13 @@ class WritePath:
         if succ is not None and self.state.forward_whole(
             full, repair, routing.targets[succ].state == TargetState.SYNCING
         ):
+            # The client's checksum covers only its bytes: check them before
+            # they are folded into a whole chunk with a checksum of our own,
+            # or a corrupt payload would be accepted on every replica.
+            if await asyncio.to_thread(wire.crc32c, data) != crc:
+                raise errors.ChecksumMismatch(
+                    f"write payload for chunk {req.chunk_id.hex()} fails its checksum"
+                )
             whole = await self._whole_content(store, req.chunk_id, offset, data)
             offset, data, full = 0, memoryview(whole), True
             crc = await asyncio.to_thread(wire.crc32c, whole)

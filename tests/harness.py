@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from client import Client, ClientConfig
-from py3fs import wire
+from py3fs import caps, wire
 from py3fs.cluster import ClusterSpec, LocalCluster
 from py3fs.routing import RoutingView
 
@@ -34,7 +34,22 @@ def running_cluster(data_dir: Path, **overrides: Any) -> Iterator[LocalCluster]:
 
 
 def client_for(cluster: LocalCluster, **overrides: Any) -> Client:
-    return Client(ClientConfig(mgmt=cluster.mgmt_addresses, **overrides))
+    fields: dict[str, Any] = {"token_file": str(cluster.admin_token_file)}
+    fields.update(overrides)
+    return Client(ClientConfig(mgmt=cluster.mgmt_addresses, **fields))
+
+
+def mint_capabilities(cluster: LocalCluster, fs: Client) -> None:
+    """Let `fs` read and write chunks of inodes meta does not know (storage
+    tests that bypass meta), signing capabilities with the cluster secret as
+    meta would."""
+    keys = caps.Keys.load(str(cluster.secret_file))
+    assert keys is not None
+
+    async def mint(inode: int, write: bool) -> tuple[bytes, float]:
+        return keys.issue(inode, write), caps.DEFAULT_TTL
+
+    fs.storage.capability = mint
 
 
 async def list_chunks(

@@ -47,6 +47,7 @@ class _Iov:
 class _Ring:
     name: str
     ring: RingConsumer
+    owner: int = 0  # pid whose open files bound what the ring may touch; 0: none
     task: asyncio.Task[None] | None = None
     batches: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -55,11 +56,17 @@ class UsrbioServer:
     """Registry of iovs and rings by symlink name, and the ring servers."""
 
     def __init__(
-        self, on_length: Callable[[int], Awaitable[None]] | None = None
+        self,
+        on_length: Callable[[int], Awaitable[None]] | None = None,
+        open_files: Callable[[int], dict[int, int]] | None = None,
     ) -> None:
         # Called with an inode whose length grew through a ring, before the
         # completions are posted (the FUSE agent drops the kernel's cached size).
         self._on_length = on_length
+        # pid -> {inode: O_ACCMODE} of the files it holds open (the FUSE agent
+        # reads /proc); None in-process, where the client's own token and
+        # meta's capabilities already bound what it may do.
+        self._open_files = open_files
         self._iovs: dict[bytes, _Iov] = {}
         self._rings: dict[str, _Ring] = {}
         self._names: dict[str, str] = {}  # name -> target
@@ -68,7 +75,9 @@ class UsrbioServer:
 
     # ------------------------------------------------------------ registry
 
-    def register_iov(self, name: str, target: str, uid: int = 0) -> None:
+    def register_iov(
+        self, name: str, target: str, uid: int = 0, owner: int = 0
+    ) -> None:
         """`uid` is part of the agent protocol (fuse_mount.hooks); ownership of
         the shared memory is checked by the FUSE agent before it calls this."""
         if name in self._names:
@@ -79,7 +88,7 @@ class UsrbioServer:
             mm = map_shm(path)
             self._iovs[ident.bytes] = _Iov(name, mm, memoryview(mm))
         else:
-            ring = _Ring(name, RingConsumer(path))
+            ring = _Ring(name, RingConsumer(path), owner)
             self._rings[name] = ring
             if self._client is not None:
                 self._start_ring(ring)
@@ -141,7 +150,7 @@ class UsrbioServer:
                 ring.submit_bell.drain()
                 batch = self._take(ring)
                 if batch:
-                    task = loop.create_task(self._run_batch(ring, batch))
+                    task = loop.create_task(self._run_batch(r, batch))
                     r.batches.add(task)
                     task.add_done_callback(r.batches.discard)
                     continue
@@ -162,7 +171,12 @@ class UsrbioServer:
             return ring.take(depth) if ring.pending() >= depth else []
         return ring.take(-depth if depth < 0 else ring.entries)
 
-    async def _run_batch(self, ring: RingConsumer, batch: list[Sqe]) -> None:
+    async def _run_batch(self, r: _Ring, batch: list[Sqe]) -> None:
+        ring = r.ring
+        if self._open_files is not None and r.owner:
+            batch = await self._owned(r, batch)
+            if not batch:
+                return
         if ring.for_read:
             await self._read_batch(ring, batch)
         else:
@@ -226,6 +240,36 @@ class UsrbioServer:
             ring.done_bell.ring()
 
         await asyncio.gather(*(run(p) for p in slices if p))
+
+    async def _owned(self, r: _Ring, batch: list[Sqe]) -> list[Sqe]:
+        """The ios of `batch` on inodes the ring's owner holds open with a mode
+        that allows them; the others complete at once with EBADF (not open)
+        or EACCES (open, but not for this direction)."""
+        assert self._open_files is not None
+        held = await asyncio.to_thread(self._open_files, r.owner)
+        want = (os.O_RDONLY, os.O_RDWR) if r.ring.for_read else (os.O_WRONLY, os.O_RDWR)
+        ok: list[Sqe] = []
+        refused: list[int] = []
+        for sqe in batch:
+            mode = held.get(sqe[2])
+            if mode is None or mode not in want:
+                code = errno.EBADF if mode is None else errno.EACCES
+                r.ring.post(sqe[5], -code)
+                refused.append(sqe[2])
+            else:
+                ok.append(sqe)
+        if refused:
+            # One line per batch, however many entries it refused.
+            logger.warning(
+                "usrbio: ring %s of pid %d: refused %d ios on inodes %s it does "
+                "not hold open in that mode",
+                r.name,
+                r.owner,
+                len(refused),
+                sorted(set(refused))[:8],
+            )
+            r.ring.done_bell.ring()
+        return ok
 
     def _client_or_fail(self) -> Client:
         assert self._client is not None

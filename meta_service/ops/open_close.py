@@ -22,6 +22,7 @@ from py3fs.proto.messages import (
     Inode,
     InodeType,
     Layout,
+    MetaReq,
     OpenReply,
     OpenReq,
     RenewReq,
@@ -155,6 +156,7 @@ def close(tr: Transaction, ctx: OpContext, req: CloseReq) -> Inode:
     the file was unlinked and this was its last session, queue it for GC. A
     session that is already gone (a retried close) is not an error."""
     node = inodes.get(tr, req.inode)
+    _may_set_length(tr, node, req, req.session_id)
     node = _update_length(tr, ctx, node, req.length)
     if (
         req.session_id
@@ -168,7 +170,22 @@ def close(tr: Transaction, ctx: OpContext, req: CloseReq) -> Inode:
 
 def sync(tr: Transaction, ctx: OpContext, req: SyncReq) -> Inode:
     """Adopt the reported length (if larger) without ending the session."""
-    return _update_length(tr, ctx, inodes.get(tr, req.inode), req.length)
+    node = inodes.get(tr, req.inode)
+    _may_set_length(tr, node, req, "")
+    return _update_length(tr, ctx, node, req.length)
+
+
+def _may_set_length(
+    tr: Transaction, node: Inode, req: MetaReq, session_id: str
+) -> None:
+    """Only a writer reports a length: the holder of a live write session of
+    the file, or a caller with write permission on it. Otherwise anyone could
+    set any file's length (and make a truncate walk 2^40 bytes of chunks)."""
+    if session_id and sessions.exists(tr, node.inode, session_id):
+        return
+    if sessions.held_by(tr, node.inode, req.client_id):
+        return
+    lookup.check_access(node, req, W)
 
 
 def append(tr: Transaction, ctx: OpContext, req: AppendReq) -> AppendReply:

@@ -19,6 +19,8 @@ MGMT = b"MGMT"
 ID_ALLOC = b"IDAL"
 IDEMPOTENT = b"IDEM"
 CLIENT_LEASE = b"CLNT"
+USER = b"USER"
+TOKEN = b"TOKN"
 
 _U64LE = struct.Struct("<Q")
 _U64BE = struct.Struct(">Q")
@@ -150,3 +152,17 @@ def kv_lru_split(store: str, key: bytes) -> tuple[int, bytes]:
 def kv_counter_key(store: str, name: str) -> bytes:
     """Per-store counters ("pages", "bytes") kept by atomic add."""
     return _kv_store_prefix(KV_COUNTER, store) + name.encode()
+
+
+def user_key(name: str) -> bytes:
+    return USER + b"/" + name.encode()
+
+
+def user_range() -> tuple[bytes, bytes]:
+    return USER + b"/", strinc(USER + b"/")
+
+
+def token_key(digest: str) -> bytes:
+    """A token is stored only as its SHA-256, so reading the KV store does not
+    hand out identities."""
+    return TOKEN + b"/" + digest.encode()

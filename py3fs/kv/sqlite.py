@@ -158,6 +158,11 @@ class SqliteDatabase(Database):
         self._write_lock = threading.Lock()
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
+        if path != ":memory:":
+            # The namespace, users and token digests: owner only. SQLite gives
+            # its -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
         conn = self._conn()
         conn.execute(
             "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) "

@@ -112,6 +112,7 @@ class RegisterNodeReq(Msg):
     targets: list[int] = []
     pid: int = 0
     http: str = ""
+    auth: bytes = b""  # node signature (py3fs.caps): only cluster services
 
 
 class HeartbeatReq(Msg):
@@ -120,6 +121,7 @@ class HeartbeatReq(Msg):
     address: str
     targets: list[TargetReport] = []
     pid: int = 0
+    auth: bytes = b""  # node signature (py3fs.caps)
 
 
 class HeartbeatReply(Msg):
@@ -136,6 +138,7 @@ class GetRoutingReq(Msg):
 class CreateChainTableReq(Msg):
     replicas: int
     table_id: int = 1
+    auth: bytes = b""  # node signature (py3fs.caps): the cluster's admin tools
 
 
 class DecommissionReq(Msg):
@@ -221,6 +224,9 @@ class MetaReq(Msg):
     groups: list[int] = []  # supplementary groups
     client_id: str = ""
     request_id: int = 0
+    # Who the client is (py3fs.auth): meta derives uid/gid/groups from it and
+    # keeps the claimed ones only for users that may act for others.
+    token: str = ""
 
 
 # Requests name their objects 3FS's `PathAt` way: `at` is an inode and `path`
@@ -261,6 +267,31 @@ class OpenReq(MetaReq):
     # renewed (RenewReq), and meta then recovers the file's length from
     # storage. 0: the session lasts until closed.
     lease: float = 0.0
+
+
+class CapReq(MetaReq):
+    """A data-plane capability (py3fs.caps) for `inode`: read, or read and
+    write; meta checks the caller's permission on the inode first."""
+
+    inode: int = 0
+    write: bool = False
+
+
+class CapReply(Msg):
+    cap: bytes
+    ttl: float  # seconds it stays valid
+
+
+class WhoAmIReply(Msg):
+    """The identity meta derived from the caller's token (py3fs.auth)."""
+
+    uid: int
+    gid: int
+    groups: list[int] = []
+
+
+class TrashDirReply(Msg):
+    path: str  # the caller's trash directory (py3fs.trash), made if missing
 
 
 class RenewReq(MetaReq):

@@ -113,3 +113,6 @@ class MetaService(Service):
     mknod = Rpc(26, m.MknodReq, m.Inode, mutating=True)
     renew = Rpc(27, m.RenewReq, m.Empty)
     append = Rpc(28, m.AppendReq, m.AppendReply, mutating=True)
+    capability = Rpc(29, m.CapReq, m.CapReply)
+    whoami = Rpc(30, m.MetaReq, m.WhoAmIReply)
+    trash_dir = Rpc(31, m.MetaReq, m.TrashDirReply, mutating=True)

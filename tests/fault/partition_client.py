@@ -35,7 +35,14 @@ async def main(
     cluster_file: str, prefix: str, first_id: int, stop: str, out: str
 ) -> None:
     base = load_client_config(cluster_file)
-    fs = Client(ClientConfig(mgmt=base.mgmt, retry_timeout=2.0, call_timeout=1.0))
+    fs = Client(
+        ClientConfig(
+            mgmt=base.mgmt,
+            token_file=base.token_file,
+            retry_timeout=2.0,
+            call_timeout=1.0,
+        )
+    )
     try:
         load = RegisterWorkload([fs], prefix, first_id)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fault_tools import KiB, check_replicas, fault_cluster, fresh_routing
-from harness import client_for
+from harness import client_for, mint_capabilities
 
 from client.storage_client import ReadItem
 from py3fs import errors, ids
@@ -111,6 +111,7 @@ async def test_full_disk_refuses_writes_and_recovers(tmp_path: Path) -> None:
         fault_cluster(tmp_path, replicas=2) as cluster,
     ):
         fs = client_for(cluster)
+        mint_capabilities(cluster, fs)  # inodes meta never made
         try:
             view = await fresh_routing(fs)
             table = view.table(1)

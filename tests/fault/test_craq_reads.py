@@ -43,8 +43,11 @@ async def read_at(fs, view: RoutingView, target: int, chain: int, cid: bytes) ->
         chain_id=chain,
         chain_ver=view.chain(chain).version,
     )
+    cap = await fs.storage.cap(ids.split_chunk_id(cid)[0], False)
     body, payload = await fs.storage.call(
-        view.target_address(target), wire.MsgType.READ, wire.ReadReq(ios=[io])
+        view.target_address(target),
+        wire.MsgType.READ,
+        wire.ReadReq(ios=[io], caps=[cap]),
     )
     assert isinstance(body, wire.ReadReply)
     (res,) = body.results

@@ -105,8 +105,11 @@ async def test_storage_without_mgmtd_stops_serving(tmp_path: Path) -> None:
                 io = wire.ReadIO(
                     tail, ids.chunk_id(inode, 0), 0, 1000, chain.chain_id, chain.version
                 )
+                cap = await fs.storage.cap(inode, False)  # storage checks it
                 body, _ = await fs.storage.call(
-                    view.target_address(tail), wire.MsgType.READ, wire.ReadReq([io])
+                    view.target_address(tail),
+                    wire.MsgType.READ,
+                    wire.ReadReq([io], caps=[cap]),
                 )
                 assert isinstance(body, wire.ReadReply)
                 return body.results[0].code

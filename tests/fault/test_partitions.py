@@ -167,6 +167,7 @@ async def probe_old_head(
         data_crc=wire.crc32c(data),
         client_id="stale-probe",
         request_id=1,
+        cap=await fs.storage.cap(node.inode, True),  # refused for the lease only
     )
     try:
         reply, _ = await fs.storage._data.call(

@@ -22,10 +22,10 @@ from fault_tools import (
     storage_proc,
     wait_routing,
 )
-from harness import client_for, list_chunks
+from harness import client_for, list_chunks, mint_capabilities
 
 from client import Client
-from py3fs import faults, wire
+from py3fs import faults, ids, wire
 from py3fs.cluster import LocalCluster
 from storage_service.chunk_store import AFTER_STAGE, MID_APPLY
 
@@ -50,8 +50,12 @@ async def replicas_identical(fs: Client) -> int:
                     chain.chain_id,
                     chain.version,
                 )
+                inode = ids.split_chunk_id(meta.chunk_id)[0]
+                cap = await fs.storage.cap(inode, False)
                 body, payload = await fs.storage.call(
-                    view.target_address(target), wire.MsgType.READ, wire.ReadReq([io])
+                    view.target_address(target),
+                    wire.MsgType.READ,
+                    wire.ReadReq([io], caps=[cap]),
                 )
                 assert isinstance(body, wire.ReadReply)
                 assert body.results[0].code == 0, body.results[0].message
@@ -87,6 +91,9 @@ async def _crash_and_return(
 async def test_kill9_during_appends_and_partial_overwrites(tmp_path: Path) -> None:
     with fault_cluster(tmp_path) as cluster:
         fs = client_for(cluster)
+        # The checker reads every chunk straight from each replica, as a
+        # service would: capabilities for any inode, minted with the secret.
+        mint_capabilities(cluster, fs)
         tasks: list[asyncio.Task[None]] = []
         try:
             writers = [

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from harness import client_for, list_chunks, running_cluster
 
-from py3fs import ids, wire
+from py3fs import caps, ids, wire
 from py3fs.cluster import LocalCluster
 from py3fs.kv import keys
 from py3fs.kv.registry import open_database
@@ -80,9 +80,18 @@ def test_fsck_finds_and_repairs_planted_damage(cluster: LocalCluster) -> None:
             await fs.write_file("/fsck/dangling.bin", b"soon gone")
             await fs.write_file("/fsck/short.bin", os.urandom(100 * KiB))
             await fs.write_file("/fsck/corrupt.bin", good)
-            # Orphan chunks: data stored for an inode that never existed.
+            # Orphan chunks: data stored for an inode that never existed. Meta
+            # gives no capability for it: plant it with one minted from the
+            # cluster secret, as a buggy or half-finished service would.
             layout = (await fs.stat("/fsck/good.bin")).layout
             assert layout is not None
+            keys = caps.Keys.load(str(cluster.secret_file))
+            assert keys is not None
+
+            async def minted(inode: int, write: bool) -> tuple[bytes, float]:
+                return keys.issue(inode, write), caps.DEFAULT_TTL
+
+            fs.storage.capability = minted
             await fs.storage.write(orphan_inode, layout, 0, memoryview(good))
             # A length shorter than what storage holds (meta only, not storage).
             await fs.setattr("/fsck/short.bin", length=10)

@@ -196,7 +196,9 @@ def test_hicache_adapter(cluster: LocalCluster) -> None:
     backend = Py3fsHiCacheStorage(
         name="hicache",
         page_bytes=page,
-        client_config=ClientConfig(mgmt=cluster.mgmt_addresses),
+        client_config=ClientConfig(
+            mgmt=cluster.mgmt_addresses, token_file=str(cluster.admin_token_file)
+        ),
     )
     try:
         keys = [k.hex() for k in page_keys(tokens(5, 4 * 64))]

@@ -18,14 +18,15 @@ async def test_created_through_one_meta_visible_through_other(
     fs: Client, cluster: LocalCluster
 ) -> None:
     a, b = (MetaStub(p.address) for p in cluster.metas)
+    token = cluster.admin_token_file.read_text().strip()
     try:
         for i in range(20):
             path = f"/visible-{i}"
             await fs.write_file(path, b"v")  # through whichever meta the client picks
             for rpc in (a, b):
-                node = await rpc.stat(PathReq(path=path))
+                node = await rpc.stat(PathReq(path=path, token=token))
                 assert node.length == 1
-            reply = await b.list_dir(ListDirReq(path="/"))
+            reply = await b.list_dir(ListDirReq(path="/", token=token))
             assert path[1:] in {e.name for e in reply.entries}
     finally:
         await a.aclose()

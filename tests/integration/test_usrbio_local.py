@@ -32,7 +32,10 @@ def _errno(fn: object, *args: object) -> int:
 
 @pytest.fixture
 def u(cluster: LocalCluster) -> Iterator[Usrbio]:
-    with Usrbio(ClientConfig(mgmt=cluster.mgmt_addresses)) as usrbio:
+    cfg = ClientConfig(
+        mgmt=cluster.mgmt_addresses, token_file=str(cluster.admin_token_file)
+    )
+    with Usrbio(cfg) as usrbio:
         yield usrbio
 
 
