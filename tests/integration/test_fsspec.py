@@ -19,6 +19,12 @@ from client.fsspec import Py3fsFileSystem  # noqa: E402
 from py3fs.cluster import LocalCluster  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _admin_token(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clients built from mgmt addresses find the admin's token as a user's would.
+    monkeypatch.setenv("PY3FS_TOKEN_FILE", str(cluster.admin_token_file))
+
+
 @pytest.fixture
 def pfs(cluster: LocalCluster) -> Iterator[Py3fsFileSystem]:
     fs = fsspec.filesystem(

@@ -30,6 +30,12 @@ from py3fs.cluster import LocalCluster  # noqa: E402
 CHUNK, LAYERS, DIM = 256, 4, 576  # MLA latent chunks of 256 tokens
 
 
+@pytest.fixture(autouse=True)
+def _admin_token(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clients built from mgmt addresses find the admin's token as a user's would.
+    monkeypatch.setenv("PY3FS_TOKEN_FILE", str(cluster.admin_token_file))
+
+
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """LMCache runs its remote connectors on an event loop in a thread."""

@@ -52,6 +52,12 @@ class CpuMLAHostPool:
         self.kv_buffer[index : index + self.page_size] = page
 
 
+@pytest.fixture(autouse=True)
+def _admin_token(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clients built from mgmt addresses find the admin's token as a user's would.
+    monkeypatch.setenv("PY3FS_TOKEN_FILE", str(cluster.admin_token_file))
+
+
 def storage_config(cluster: LocalCluster, *, page_first: bool = True) -> Any:
     return hicache_storage.HiCacheStorageConfig(
         tp_rank=0,
