@@ -52,9 +52,10 @@ async def list_trash(fs: Client) -> list[Entry]:
         entry = f"{base}/{e.name}"
         try:
             origin = (await fs.read_file(f"{entry}/{ORIGIN}")).decode()
+            names = [x.name for x in await fs.listdir(entry) if x.name != ORIGIN]
         except errors.NotFound:
+            # meta's trash reaper may delete an expired entry while we list it
             continue
-        names = [x.name for x in await fs.listdir(entry) if x.name != ORIGIN]
         if names:
             out.append(Entry(e.name, origin, expires, names[0]))
     return sorted(out, key=lambda x: x.expires)

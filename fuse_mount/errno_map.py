@@ -41,9 +41,10 @@ def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except pyfuse3.FUSEError:
             raise
         except errors.Py3fsError as exc:
-            # EIO means storage or RPC trouble, worth a line; the others are
-            # ordinary answers (ENOENT, EACCES...).
-            level = logging.WARNING if exc.errno == errno.EIO else logging.DEBUG
+            # Meta's answers (ENOENT, EACCES...) are ordinary; anything else is
+            # storage or RPC trouble, worth a line.
+            ordinary = isinstance(exc, errors.MetaError | errors.AuthError)
+            level = logging.DEBUG if ordinary else logging.WARNING
             logger.log(level, "%s: %s [%s]", fn.__name__, exc, type(exc).__name__)
             raise to_fuse_error(exc) from None
         except OSError as exc:

@@ -165,7 +165,11 @@ def verify(acked: list[str], tmp_path: Path) -> dict[str, object]:
     client = container("client")
     for src, dst in ((listing, "/tmp/acked.jsonl"), (WORKLOAD, "/tmp/workload.py")):
         subprocess.run(["docker", "cp", str(src), f"{client}:{dst}"], check=True)
-    out = in_client("python", "/tmp/workload.py", "verify", "/tmp/acked.jsonl")
+    try:
+        out = in_client("python", "/tmp/workload.py", "verify", "/tmp/acked.jsonl")
+    except AssertionError as exc:
+        logs = compose("logs", "--tail", "80", "client", check=False)
+        raise AssertionError(f"{exc}\nthe client container's log:\n{logs}") from None
     result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return result
 
