@@ -100,6 +100,15 @@ class Client:
         reply = await self.meta.capability(CapReq(inode=inode, write=write))
         return reply.cap, reply.ttl
 
+    async def open_inode(self, req: OpenReq) -> OpenReply:
+        """Meta's Open, keeping the capability it hands out for the storage
+        client (so the first read or write asks meta nothing more)."""
+        reply = await self.meta.open(req)
+        self.storage.remember_cap(
+            reply.inode.inode, bool(reply.session_id), reply.cap, reply.cap_ttl
+        )
+        return reply
+
     @classmethod
     def from_cluster(cls, path: str | None = None, **overrides: Any) -> Client:
         """A client for the cluster described by a cluster file (see
@@ -233,7 +242,7 @@ class Client:
         req = OpenReq(
             path=path, flags=flags, mode=perm, chunk_size=chunk_size, stripe=stripe
         )
-        reply = await self.meta.open(req)
+        reply = await self.open_inode(req)
         if reply.truncated_from and reply.inode.layout is not None:
             await self.files.truncate(
                 reply.inode.inode, reply.inode.layout, 0, reply.truncated_from

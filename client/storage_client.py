@@ -108,10 +108,16 @@ class StorageClient:
         if hit is not None and hit[0] > now:
             return hit[1]
         raw, ttl = await self.capability(inode, write)
-        if len(self._caps) > 65536:
-            self._caps.clear()
-        self._caps[(inode, write)] = (now + max(ttl - 60.0, ttl / 2), raw)
+        self.remember_cap(inode, write, raw, ttl)
         return raw
+
+    def remember_cap(self, inode: int, write: bool, raw: bytes, ttl: float) -> None:
+        """Keep a capability that came with an open (OpenReply.cap)."""
+        if raw:
+            now = time.monotonic()
+            if len(self._caps) > 65536:
+                self._caps.clear()
+            self._caps[(inode, write)] = (now + max(ttl - 60.0, ttl / 2), raw)
 
     def _expired(self, inode: int) -> None:
         self._caps.pop((inode, False), None)

@@ -169,7 +169,7 @@ class OpenFiles:
         """Open `name` in directory inode `at`, or with name "" the inode `at`
         itself, for a FUSE request (O_CREAT creates it with `perm`)."""
         req = OpenReq(at=at, path=name, flags=flags & _META_FLAGS, mode=perm)
-        reply = await self._client.meta.open(req)
+        reply = await self._client.open_inode(req)
         file = File(self._client, name or f"inode {at}", flags & _META_FLAGS, reply)
         node = reply.inode
         old_length = 0
@@ -242,7 +242,7 @@ class OpenFiles:
         # permission, and the session only delays garbage collection.
         with acting_as(0, 0):
             req = OpenReq(at=ino, flags=os.O_WRONLY)
-            reply = await self._client.meta.open(req)
+            reply = await self._client.open_inode(req)
         pin = File(self._client, f"inode {ino}", os.O_WRONLY, reply)
         if reply.inode.inode != ino or ino not in self._inodes:
             await pin.close()

@@ -43,6 +43,7 @@ from py3fs.proto.messages import (
     KvStageReq,
     MetaReq,
     Msg,
+    OpenReply,
     OpenReq,
     RegisterNodeReq,
     StatFsReply,
@@ -220,7 +221,21 @@ class MetaServer(ServiceResource):
         return result
 
     async def open(self, req: OpenReq) -> Msg:
-        return await self._with_routing_retry("open", req)
+        reply = await self._with_routing_retry("open", req)
+        assert isinstance(reply, OpenReply)
+        node = reply.inode
+        if self._keys is None or node.type != InodeType.FILE:
+            return reply
+        # The checks Capability makes (a write capability also reads, so it
+        # needs both bits); an opener without them asks Capability, and fails.
+        write = bool(reply.session_id)
+        try:
+            check_access(node, req, R | W if write else R)
+        except errors.PermissionDenied:
+            return reply
+        ttl = caps.DEFAULT_TTL
+        cap = self._keys.issue(node.inode, write, ttl)
+        return msgspec.structs.replace(reply, cap=cap, cap_ttl=ttl)
 
     async def kv_page_stage(self, req: KvStageReq) -> Msg:
         return await self._with_routing_retry("kv_page_stage", req)

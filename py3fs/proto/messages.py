@@ -322,6 +322,12 @@ class OpenReply(Msg):
     # O_TRUNC cut the file from this length: the opener drops those bytes from
     # storage, so a later write into the chunk does not bring old data back.
     truncated_from: int = 0
+    # The data-plane capability for the file (py3fs.caps): read, plus write
+    # for a write open; b"" for a directory or a cluster without a secret.
+    # Handed out with the open so the first read or write needs no Capability
+    # call of its own.
+    cap: bytes = b""
+    cap_ttl: float = 0.0  # seconds it stays valid
 
 
 class CloseReq(MetaReq):

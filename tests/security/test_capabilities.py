@@ -12,6 +12,7 @@ PermissionDenied and every replica still holds root's bytes.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,7 @@ from client import Client, ClientConfig
 from py3fs import caps, errors, ids, wire
 from py3fs.cluster import LocalCluster
 from py3fs.dataplane import DataClient
-from py3fs.proto.messages import Inode
+from py3fs.proto.messages import CloseReq, Inode, OpenReq
 
 SECRET = bytes(range(256)) * 64  # 16 KiB
 
@@ -226,3 +227,41 @@ async def test_gc_still_removes_with_node_signature(cluster: LocalCluster) -> No
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("GC did not remove the unlinked file's chunk")
+
+
+async def test_open_hands_out_the_capability(cluster: LocalCluster) -> None:
+    """Open's reply carries the capability an open may have (so a create and
+    its first write cost no Capability call), and only that one: read for a
+    read open, write for a write open, none without the read bit."""
+    async with client_for(cluster) as root:
+        await root.mkdir("/capopen", mode=0o777)
+        calls: list[tuple[int, bool]] = []
+        ask = root.storage.capability
+        assert ask is not None
+
+        async def counted(inode: int, write: bool) -> tuple[bytes, float]:
+            calls.append((inode, write))
+            return await ask(inode, write)
+
+        root.storage.capability = counted
+        await root.write_file("/capopen/f", b"data")
+        assert await root.read_file("/capopen/f") == b"data"
+        assert calls == []
+        keys = caps.Keys.load(str(cluster.secret_file))
+        assert keys is not None
+        node = await root.stat("/capopen/f")
+        reply = await root.meta.open(OpenReq(path="/capopen/f", flags=os.O_RDONLY))
+        keys.check(reply.cap, node.inode, write=False)
+        with pytest.raises(errors.PermissionDenied):
+            keys.check(reply.cap, node.inode, write=True)
+        reply = await root.meta.open(OpenReq(path="/capopen/f", flags=os.O_WRONLY))
+        keys.check(reply.cap, node.inode, write=True)
+        await root.meta.close(CloseReq(inode=node.inode, session_id=reply.session_id))
+        await root.chmod("/capopen/f", 0o622)
+    async with user(cluster, add_user(cluster, "wonly", 2100)) as wonly:
+        # Writable but not readable: a write capability would also read.
+        reply = await wonly.meta.open(OpenReq(path="/capopen/f", flags=os.O_WRONLY))
+        assert reply.cap == b""
+        await wonly.meta.close(
+            CloseReq(inode=reply.inode.inode, session_id=reply.session_id)
+        )
