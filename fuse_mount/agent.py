@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from client.usrbio.server import UsrbioServer
@@ -27,9 +28,18 @@ class Agent:
     def __init__(self, mountpoint: str) -> None:
         self.mountpoint = mountpoint
         self._mnt_id: int | None = None
+        self._length_listeners: list[Callable[[int], None]] = []
         self.server = UsrbioServer(
-            on_length=_invalidate_attrs, open_files=self._open_files
+            on_length=self._length_changed, open_files=self._open_files
         )
+
+    def add_length_listener(self, listener: Callable[[int], None]) -> None:
+        self._length_listeners.append(listener)
+
+    async def _length_changed(self, inode: int) -> None:
+        for listener in self._length_listeners:
+            listener(inode)
+        await _invalidate_attrs(inode)
 
     def _open_files(self, pid: int) -> dict[int, int]:
         """Inode -> access mode (O_RDONLY/O_WRONLY/O_RDWR) of every file process

@@ -41,6 +41,7 @@ import pyfuse3
 
 from client import Client, File
 from client.meta_client import acting_as
+from fuse_mount.attrs import AttrCache
 from py3fs.proto.messages import Inode, OpenReq
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,11 @@ def _writes(flags: int) -> bool:
 
 
 class OpenFiles:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, attrs: AttrCache | None = None) -> None:
         self._client = client
+        # The mount's attribute cache, kept current with what meta answers to
+        # this daemon's opens, syncs and closes.
+        self._attrs = attrs or AttrCache(0)
         self._fhs = itertools.count(1)
         self._handles: dict[int, FileHandle] = {}
         self._inodes: dict[int, InodeState] = {}
@@ -146,6 +150,10 @@ class OpenFiles:
 
     def is_open(self, ino: int) -> bool:
         return ino in self._inodes
+
+    def handles_of(self, ino: int) -> int:
+        state = self._inodes.get(ino)
+        return 0 if state is None else len(state.handles)
 
     def any_open(self) -> bool:
         return bool(self._inodes)
@@ -170,6 +178,8 @@ class OpenFiles:
         itself, for a FUSE request (O_CREAT creates it with `perm`)."""
         req = OpenReq(at=at, path=name, flags=flags & _META_FLAGS, mode=perm)
         reply = await self._client.open_inode(req)
+        if reply.parent is not None:
+            self._attrs.put(reply.parent)
         file = File(self._client, name or f"inode {at}", flags & _META_FLAGS, reply)
         node = reply.inode
         old_length = 0
@@ -211,6 +221,8 @@ class OpenFiles:
                 handle.raise_error()
             finally:
                 await handle.file.close()
+                if handle.file.session_id:
+                    self._attrs.put(handle.file.inode)
         finally:
             # Concurrent releases of one inode each get here; one drops the state.
             if (
@@ -330,6 +342,7 @@ class OpenFiles:
         handle.raise_error()
         if handle.file.writable and handle.file.written:
             await handle.file.fsync()
+            self._attrs.put(handle.file.inode)
 
     async def set_length(self, ino: int, length: int, fh: int | None = None) -> Inode:
         """Truncate or extend `ino` to `length` (through handle `fh`: ftruncate,
@@ -351,6 +364,7 @@ class OpenFiles:
                 await self._drop_tail(node, length, old)
             if ino in self._inodes:
                 self._adopt(ino, node)
+        self._attrs.put(node)
         return node
 
     async def _drop_tail(self, node: Inode, length: int, old_length: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ class UsrbioAgent(Protocol):
     def iov_names(self) -> Iterable[str]:
         """The names `readdir(3fs-virt/iovs)` lists."""
 
+    def add_length_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(inode)` whenever a ring changed a file's length, before
+        the kernel is told to drop its cached attributes of it."""
+
 
 class NullAgent:
     """No USRBIO: the virtual directory lists nothing and refuses buffers."""
@@ -63,6 +67,9 @@ class NullAgent:
 
     def iov_names(self) -> Iterable[str]:
         return ()
+
+    def add_length_listener(self, listener: Callable[[int], None]) -> None:
+        return None  # no rings, no lengths changed
 
 
 def load_agent(mountpoint: str) -> UsrbioAgent:

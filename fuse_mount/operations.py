@@ -6,12 +6,16 @@ Every request acts as the calling process's uid, gid and supplementary groups
 inodes as the kernel does: (parent inode, name), or the inode itself; meta
 resolves them (`PathAt`), so the daemon keeps no paths. Names are UTF-8.
 
-Caching (ClientConfig entry/attr/negative timeouts): the kernel keeps names,
-attributes and "no such name" answers for those times; what this mount
-changes it sees at once (every reply carries the new attributes, and the
-kernel drops a directory's cached attributes when its entries change). The
-page cache is dropped on every open (close-to-open consistency, as NFS), and
-kept while the file is open, so mmap works.
+Caching (ClientConfig entry/attr/negative timeouts, 3FS's defaults): the
+kernel keeps names, attributes and "no such name" answers for those times;
+what this mount changes it sees at once (every reply carries the new
+attributes). The kernel drops a directory's cached attributes when its entries
+change, and a file's size and times when it is written: the GETATTR that
+follows is answered from `AttrCache`, filled by meta's reply to the change.
+An open asks meta (close-to-open consistency, as NFS): when the file changed
+since this mount last saw it, the kernel's attributes are dropped and, unless
+it is unchanged, its page cache too; pages are kept while the file is open,
+so mmap works.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pyfuse3
 from client import Client
 from client.meta_client import acting_as
 from fuse_mount import virt
+from fuse_mount.attrs import AttrCache
 from fuse_mount.dirs import DirectoryOps
 from fuse_mount.errno_map import fuse_errors
 from fuse_mount.groups import groups_of
@@ -42,6 +47,7 @@ from fuse_mount.inodes import (
 )
 from py3fs import errors
 from py3fs.proto.messages import (
+    Changed,
     Inode,
     InodeType,
     LinkReq,
@@ -79,20 +85,35 @@ class Operations(DirectoryOps, pyfuse3.Operations):
     def __init__(self, client: Client, agent: UsrbioAgent, mountpoint: str) -> None:
         super().__init__()
         self.client = client
-        self.files = OpenFiles(client)
-        self.virt = virt.VirtualDir(agent, mountpoint, self._remove_tree)
         cfg = client.config
+        self.attrs = AttrCache(cfg.attr_timeout)
+        self.files = OpenFiles(client, self.attrs)
+        self.virt = virt.VirtualDir(agent, mountpoint, self._remove_tree)
+        agent.add_length_listener(self.attrs.forget)
         self.entry_timeout = cfg.entry_timeout
         self.attr_timeout = cfg.attr_timeout
         self.negative_timeout = cfg.negative_timeout
 
-    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+    def _attr(
+        self, node: Inode, timeout: float | None = None
+    ) -> pyfuse3.EntryAttributes:
+        """The kernel's view of `node`, fresh from meta (kept in the cache) or,
+        with `timeout`, from the cache with that many seconds left."""
+        if timeout is None:
+            self.attrs.put(node)
+            timeout = self.attr_timeout
         # Meta's length, or longer where this daemon's handles wrote past it
         # and have not reported yet; never an older length a handle holds
         # while others (USRBIO, other clients) made the file grow.
         hint = self.files.length_hint(node.inode)
         length = None if hint is None else max(hint, node.length)
-        return attributes(node, length, self.attr_timeout, self.entry_timeout)
+        return attributes(node, length, timeout, self.entry_timeout)
+
+    def _changed(self, reply: Changed) -> None:
+        for node in (*reply.dirs, *reply.nodes):
+            self.attrs.put(node)
+        for ino in reply.gone:
+            self.attrs.forget(ino)
 
     @staticmethod
     def _check_real(parent: int, name: str) -> None:
@@ -126,10 +147,14 @@ class Operations(DirectoryOps, pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         if is_virtual(inode):
             return self.virt.getattr(inode)
+        held = self.attrs.get(inode)
+        if held is not None:
+            return self._attr(*held)
         return self._attr(await self.client.stat_inode(inode))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        pass  # nothing is kept per inode the kernel knows
+        for ino, _ in inode_list:
+            self.attrs.forget(ino)
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -229,6 +254,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         )
         with _as(ctx):
             node = await self.client.meta.mknod(req)
+        self.attrs.entry_added(parent_inode, node)
         return self._attr(node)
 
     @fuse_errors
@@ -240,6 +266,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         req = MkdirReq(at=parent_inode, path=text, mode=_perm(mode, ctx))
         with _as(ctx):
             node = await self.client.meta.mkdir(req)
+        self.attrs.entry_added(parent_inode, node)
         return self._attr(node)
 
     async def _pin_if_open(self, parent: int, name: str) -> None:
@@ -266,9 +293,10 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         self._check_real(parent_inode, text)
         await self._pin_if_open(parent_inode, text)
         with _as(ctx):
-            await self.client.meta.unlink(
+            reply = await self.client.meta.unlink(
                 PathReq(at=parent_inode, path=text, follow=False)
             )
+        self._changed(reply)
 
     @fuse_errors
     async def rmdir(
@@ -277,9 +305,10 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         text = _name(name)
         self._check_real(parent_inode, text)
         with _as(ctx):
-            await self.client.meta.rmdir(
+            reply = await self.client.meta.rmdir(
                 PathReq(at=parent_inode, path=text, follow=False)
             )
+        self._changed(reply)
 
     @fuse_errors
     async def symlink(
@@ -294,6 +323,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
             node = await self.client.meta.symlink(
                 SymlinkReq(at=parent_inode, path=text, target=dest)
             )
+        self.attrs.entry_added(parent_inode, node)
         return self._attr(node)
 
     @fuse_errors
@@ -322,7 +352,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
             noreplace=noreplace,
         )
         with _as(ctx):
-            await self.client.meta.rename(req)
+            self._changed(await self.client.meta.rename(req))
 
     @fuse_errors
     async def link(
@@ -339,6 +369,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         req = LinkReq(src_at=inode, src="", dst_at=new_parent_inode, dst=text)
         with _as(ctx):
             node = await self.client.meta.link(req)
+        self.attrs.entry_added(new_parent_inode, node)
         return self._attr(node)
 
     async def _remove_tree(self, path: str, ctx: pyfuse3.RequestContext) -> None:
@@ -371,7 +402,30 @@ class Operations(DirectoryOps, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if inode in virt.DIRS else errno.EPERM)
         with _as(ctx):
             handle = await self.files.open(inode, "", flags)
+        node = handle.file.inode
+        if node.nlink == 0 and self.files.handles_of(inode) == 1:
+            # The kernel's cached name leads to a file another client removed
+            # (or replaced): ESTALE makes it look the name up again (as NFS),
+            # finding the new file or none. An open of a file this mount
+            # holds open (/proc/PID/fd/N) still works.
+            await self.files.release(handle.fh)
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        if self.attrs.changed(node):
+            # Another client changed it since the kernel cached its size and
+            # times (or this mount holds no copy to tell): drop them, so the
+            # reads that follow see the new size (close-to-open consistency).
+            await self._invalidate_attrs(inode)
+        self.attrs.put(node)
         return self._file_info(handle.fh)
+
+    @staticmethod
+    async def _invalidate_attrs(inode: int) -> None:
+        # It blocks until the kernel has done it: never on the loop.
+        try:
+            await asyncio.to_thread(pyfuse3.invalidate_inode, inode, True)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: the kernel had not cached it
+                raise
 
     @fuse_errors
     async def create(

@@ -31,6 +31,7 @@ from py3fs.kv.base import Database, Transaction
 from py3fs.proto.messages import (
     AppendReply,
     AppendReq,
+    Changed,
     CloseReq,
     Empty,
     Inode,
@@ -185,19 +186,19 @@ class MetaStore:
     def renew(self, req: RenewReq) -> Empty:
         return self.db.run(lambda tr: open_close.renew(tr, self.ctx, req))
 
-    def rename(self, req: RenameReq) -> Empty:
+    def rename(self, req: RenameReq) -> Changed:
         reply = self._mutate(
             META.rename, req, lambda tr, _: rename.rename(tr, self.ctx, req)
         )
         fault_point("meta.rename.committed")  # committed, reply not sent
         return reply
 
-    def unlink(self, req: PathReq) -> Empty:
+    def unlink(self, req: PathReq) -> Changed:
         return self._mutate(
             META.unlink, req, lambda tr, _: unlink.unlink(tr, self.ctx, req)
         )
 
-    def rmdir(self, req: PathReq) -> Empty:
+    def rmdir(self, req: PathReq) -> Changed:
         return self._mutate(
             META.rmdir, req, lambda tr, _: unlink.rmdir(tr, self.ctx, req)
         )

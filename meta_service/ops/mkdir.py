@@ -42,13 +42,14 @@ def check_new_entry(tr: Transaction, parent: Inode, name: str, who: MetaReq) -> 
 
 def add_entry(
     tr: Transaction, ctx: OpContext, parent: Inode, name: str, node: Inode
-) -> None:
-    """Store new inode `node` under `name` in `parent` and account for it."""
+) -> Inode:
+    """Store new inode `node` under `name` in `parent` and account for it;
+    returns the parent's new attributes."""
     inodes.store(tr, node)
     dentries.put(tr, parent.inode, name, node.inode, node.type)
     inodes.count(tr, node.type, +1)
     is_dir = node.type == InodeType.DIRECTORY
-    inodes.entries_changed(tr, parent, node.ctime, subdirs=1 if is_dir else 0)
+    return inodes.entries_changed(tr, parent, node.ctime, subdirs=1 if is_dir else 0)
 
 
 def new_directory(

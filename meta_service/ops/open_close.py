@@ -60,7 +60,8 @@ def make_layout(
 
 def _create(
     tr: Transaction, ctx: OpContext, req: OpenReq, parent: Inode, name: str, new_id: int
-) -> Inode:
+) -> tuple[Inode, Inode]:
+    """The new file and its directory's new attributes."""
     lookup.validate_name(name)
     lookup.check_access(parent, req, W | X)
     # What the request asks for wins; the rest comes from the directory's layout.
@@ -85,8 +86,7 @@ def _create(
         ctime=now,
         layout=layout,
     )
-    mkdir.add_entry(tr, ctx, parent, name, node)
-    return node
+    return node, mkdir.add_entry(tr, ctx, parent, name, node)
 
 
 def is_write(flags: int) -> bool:
@@ -103,6 +103,7 @@ def open_file(
     IsADirectory (write open of a directory), PermissionDenied, NoChainTable."""
     write = is_write(req.flags)
     created = False
+    new_parent = None  # the directory's attributes after a create
     truncated_from = 0
     if req.flags & os.O_CREAT:
         parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
@@ -111,7 +112,7 @@ def open_file(
         lookup.check_access(parent, req, X)
         ent = dentries.get(tr, parent.inode, name)
         if ent is None:
-            node = _create(tr, ctx, req, parent, name, new_id())
+            node, new_parent = _create(tr, ctx, req, parent, name, new_id())
             created = True
         elif req.flags & os.O_EXCL:
             raise errors.AlreadyExists(f"{req.path!r} exists")
@@ -135,9 +136,14 @@ def open_file(
             node = msgspec.structs.replace(node, length=0, mtime=now, ctime=now)
             inodes.store(tr, node)
     if not write:
-        return OpenReply(inode=node)
+        return OpenReply(inode=node, parent=new_parent)
     session_id = sessions.create(tr, node.inode, req.client_id, ctx.clock(), req.lease)
-    return OpenReply(inode=node, session_id=session_id, truncated_from=truncated_from)
+    return OpenReply(
+        inode=node,
+        session_id=session_id,
+        truncated_from=truncated_from,
+        parent=new_parent,
+    )
 
 
 def _update_length(tr: Transaction, ctx: OpContext, node: Inode, length: int) -> Inode:

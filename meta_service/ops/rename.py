@@ -11,7 +11,7 @@ from meta_service.ops.lookup import W, X
 from py3fs import errors, ids
 from py3fs.faults import fault_point
 from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Empty, Inode, InodeType, RenameReq
+from py3fs.proto.messages import Changed, Inode, InodeType, RenameReq
 
 
 def _check_not_ancestor(tr: Transaction, moved: int, dst_dir: Inode) -> None:
@@ -30,7 +30,7 @@ def _check_not_ancestor(tr: Transaction, moved: int, dst_dir: Inode) -> None:
         cur = inodes.get(tr, cur.parent or ids.ROOT_INODE)
 
 
-def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
+def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Changed:
     """Move `src` to `dst`. Replaces a file dst, or an empty directory dst when
     src is a directory. Raises NotFound, NotEmpty, IsADirectory (file over dir),
     NotADirectory (dir over file), InvalidArgument (dir into its own subtree, or
@@ -49,7 +49,7 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
     if dst is not None and req.noreplace:
         raise errors.AlreadyExists(f"{req.dst!r} exists")
     if dst is not None and dst.inode == src.inode:
-        return Empty()  # same file (or hard links to one): POSIX says do nothing
+        return Changed()  # same file (or hard links to one): POSIX says do nothing
     is_dir = src.type == InodeType.DIRECTORY
     if is_dir:
         _check_not_ancestor(tr, src.inode, dst_dir)
@@ -72,19 +72,21 @@ def rename(tr: Transaction, ctx: OpContext, req: RenameReq) -> Empty:
     dentries.put(tr, dst_dir.inode, dst_name, src.inode, src.type)
     fault_point("meta.rename.dst_linked")
     parent = dst_dir.inode if is_dir else node.parent
-    inodes.store(tr, msgspec.structs.replace(node, parent=parent, ctime=now))
+    node = msgspec.structs.replace(node, parent=parent, ctime=now)
+    inodes.store(tr, node)
+    out = Changed(nodes=[node])
     # Parents' times and subdirectory counts: a directory moving between
     # parents moves one nlink; a directory it replaces takes one away.
     gone = 1 if replaced is not None and replaced.type == InodeType.DIRECTORY else 0
     if src_dir.inode == dst_dir.inode:
-        inodes.entries_changed(tr, src_dir, now, subdirs=-gone)
+        out.dirs.append(inodes.entries_changed(tr, src_dir, now, subdirs=-gone))
     else:
         moved = 1 if is_dir else 0
-        inodes.entries_changed(tr, src_dir, now, subdirs=-moved)
-        inodes.entries_changed(tr, dst_dir, now, subdirs=moved - gone)
+        out.dirs.append(inodes.entries_changed(tr, src_dir, now, subdirs=-moved))
+        out.dirs.append(inodes.entries_changed(tr, dst_dir, now, subdirs=moved - gone))
     if replaced is not None:
         if replaced.type == InodeType.DIRECTORY:
-            unlink.remove_directory(tr, replaced)
+            unlink.remove_directory(tr, replaced, out)
         else:
-            unlink.drop_link(tr, ctx, replaced)
-    return Empty()
+            unlink.drop_link(tr, ctx, replaced, out)
+    return out

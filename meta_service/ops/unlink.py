@@ -12,24 +12,30 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import W, X
 from py3fs import errors, ids
 from py3fs.kv.base import Transaction
-from py3fs.proto.messages import Empty, Inode, InodeType, MetaReq, PathReq
+from py3fs.proto.messages import Changed, Inode, InodeType, MetaReq, PathReq
 
 
-def drop_link(tr: Transaction, ctx: OpContext, node: Inode) -> None:
+def drop_link(
+    tr: Transaction, ctx: OpContext, node: Inode, out: Changed | None = None
+) -> None:
     """One name of `node` (a file or symlink) went away. At nlink 0 the inode
     leaves the namespace: a symlink is deleted, a file goes to the GC queue
     (its chunks are removed by gc) unless write sessions keep it open, in which
-    case the last close queues it."""
+    case the last close queues it. Records what became of it in `out`."""
     now = ctx.now_ns()
+    out = out or Changed()
     node = msgspec.structs.replace(node, nlink=max(0, node.nlink - 1), ctime=now)
     if node.nlink > 0:
         inodes.store(tr, node)
+        out.nodes.append(node)
         return
     inodes.count(tr, node.type, -1)
     if node.type != InodeType.FILE:
         inodes.delete(tr, node.inode)
+        out.gone.append(node.inode)
         return
     inodes.store(tr, node)
+    out.nodes.append(node)  # open handles still see it, with nlink 0
     if not sessions.any_open(tr, node.inode):
         gc.enqueue(tr, node.inode, now // 1_000_000)
 
@@ -41,13 +47,14 @@ def check_sticky(parent: Inode, node: Inode, who: MetaReq) -> None:
         raise errors.OperationNotPermitted("sticky directory")
 
 
-def remove_directory(tr: Transaction, node: Inode) -> None:
+def remove_directory(tr: Transaction, node: Inode, out: Changed) -> None:
     """Delete an (empty) directory inode."""
     inodes.delete(tr, node.inode)
     inodes.count(tr, InodeType.DIRECTORY, -1)
+    out.gone.append(node.inode)
 
 
-def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
+def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Changed:
     """Remove a file or symlink name. IsADirectory for a directory."""
     parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
     if name == "..":
@@ -62,14 +69,14 @@ def unlink(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
     if node is not None:
         check_sticky(parent, node, req)
     dentries.remove(tr, parent.inode, name)
-    inodes.entries_changed(tr, parent, ctx.now_ns())
+    out = Changed(dirs=[inodes.entries_changed(tr, parent, ctx.now_ns())])
     # A name whose inode is gone (a dangling entry, found by fsck) just goes.
     if node is not None:
-        drop_link(tr, ctx, node)
-    return Empty()
+        drop_link(tr, ctx, node, out)
+    return out
 
 
-def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
+def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Changed:
     """Remove an empty directory. NotEmpty, NotADirectory; InvalidArgument for
     the root and for a last component of '.'."""
     parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
@@ -89,7 +96,7 @@ def rmdir(tr: Transaction, ctx: OpContext, req: PathReq) -> Empty:
     if node is not None:
         check_sticky(parent, node, req)
     dentries.remove(tr, parent.inode, name)
-    inodes.entries_changed(tr, parent, ctx.now_ns(), subdirs=-1)
+    out = Changed(dirs=[inodes.entries_changed(tr, parent, ctx.now_ns(), subdirs=-1)])
     if node is not None:  # else a dangling entry (see unlink)
-        remove_directory(tr, node)
-    return Empty()
+        remove_directory(tr, node, out)
+    return out

@@ -207,6 +207,17 @@ class Inode(Msg):
     dir_layout: DirLayout | None = None  # directories: inherited by new entries
 
 
+class Changed(Msg):
+    """What a namespace change (unlink, rmdir, rename) left behind, for the
+    caller's caches: the new attributes of the directories whose entries
+    changed (mtime, ctime, nlink) and of the inodes it touched (a file that
+    lost a name), and the ids of the inodes it deleted."""
+
+    dirs: list[Inode] = []
+    nodes: list[Inode] = []
+    gone: list[int] = []
+
+
 class DirEntry(Msg):
     name: str
     inode: int
@@ -328,6 +339,9 @@ class OpenReply(Msg):
     # call of its own.
     cap: bytes = b""
     cap_ttl: float = 0.0  # seconds it stays valid
+    # When the open created the file: the directory's new attributes (its
+    # mtime and ctime changed), so the caller's cache needs no stat of it.
+    parent: Inode | None = None
 
 
 class CloseReq(MetaReq):

@@ -1,0 +1,112 @@
+"""The mount's caches (issue 9): the kernel keeps names and attributes for
+30 s (3FS's defaults) and the daemon answers the GETATTRs that follow its own
+changes from meta's replies, yet what this mount changes shows at once and
+what another client changed shows at the next open (close-to-open).
+
+Every check reads what a fresh stat or open returns right after the change:
+nothing waits for a cache to expire."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+from conftest import Mount
+from harness import client_for
+
+from py3fs.cluster import LocalCluster
+
+
+def cluster_path(mount: Mount, local: Path) -> str:
+    return "/" + str(local.relative_to(mount.path))
+
+
+def test_other_client_changes_show_at_open(
+    mount: Mount, mnt: Path, fuse_cluster: LocalCluster
+) -> None:
+    """The mount caches a file's size, another client rewrites it longer (and
+    later shorter): opening it through the mount reads exactly the new bytes."""
+    f = mnt / "shared"
+    f.write_bytes(b"old")
+    assert os.stat(f).st_size == 3  # cached by the kernel and the daemon
+    assert f.read_bytes() == b"old"
+
+    async def rewrite(data: bytes) -> None:
+        async with client_for(fuse_cluster) as fs:
+            await fs.write_file(cluster_path(mount, f), data)
+
+    asyncio.run(rewrite(b"new and longer"))
+    # A stat here may still answer 3 (attributes are cached for 30 s); it
+    # leaves the kernel's copy valid, so only the open can renew it.
+    os.stat(f)
+    with open(f, "rb") as fh:
+        assert fh.read() == b"new and longer"
+        assert os.fstat(fh.fileno()).st_size == len(b"new and longer")
+    asyncio.run(rewrite(b"tiny"))
+    os.stat(f)
+    with open(f, "rb") as fh:
+        assert fh.read() == b"tiny"
+    assert os.stat(f).st_size == 4
+
+
+def test_own_changes_show_at_once(mnt: Path) -> None:
+    """Directory times and link counts, a file's size after a write and its
+    link count after an unlink: what a stat returns right after each change."""
+    d = mnt / "d"
+    d.mkdir()
+    before = os.stat(d)
+    assert before.st_nlink == 2
+    (d / "sub").mkdir()
+    after = os.stat(d)
+    assert after.st_nlink == 3
+    assert after.st_mtime_ns >= before.st_mtime_ns
+    assert after.st_mtime_ns == os.stat(d / "sub").st_ctime_ns
+
+    with open(d / "f", "wb") as fh:
+        fh.write(b"12345")
+    assert os.stat(d / "f").st_size == 5
+    created = os.stat(d).st_mtime_ns
+    assert created >= after.st_mtime_ns
+
+    os.link(d / "f", d / "g")
+    assert os.stat(d / "f").st_nlink == 2
+    os.unlink(d / "g")
+    assert os.stat(d / "f").st_nlink == 1
+    assert os.stat(d).st_mtime_ns >= created
+
+    with open(d / "f", "rb") as fh:
+        os.unlink(d / "f")
+        assert os.fstat(fh.fileno()).st_nlink == 0
+        assert fh.read() == b"12345"
+    os.rmdir(d / "sub")
+    assert os.stat(d).st_nlink == 2
+
+    os.rename(d, mnt / "e")
+    assert not d.exists()
+    assert stat.S_ISDIR(os.stat(mnt / "e").st_mode)
+    assert os.listdir(mnt / "e") == []
+
+
+def test_other_client_unlink_and_create_show_after_open(
+    mount: Mount, mnt: Path, fuse_cluster: LocalCluster
+) -> None:
+    """A name another client removed is gone for an open through the mount
+    (ENOENT from meta, not the kernel's cached entry)."""
+    f = mnt / "gone"
+    f.write_bytes(b"x")
+    assert f.exists()
+
+    async def remove() -> None:
+        async with client_for(fuse_cluster) as fs:
+            await fs.unlink(cluster_path(mount, f))
+
+    asyncio.run(remove())
+    try:
+        with open(f, "rb"):
+            pass
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("opened a file another client had removed")
