@@ -11,6 +11,7 @@ parallel chunk I/O; the file length is reported to meta on fsync and close.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -406,9 +407,18 @@ class File:
         """Make what was written durable: the data on every replica's disk, the
         length in meta."""
         self._check(write=True)
-        await self.flush_data()
         req = SyncReq(inode=self.inode.inode, length=self._written_end)
-        self.inode = await self._client.meta.sync(req)
+        # Every replica acknowledged the writes, so the length may be recorded
+        # while they go to disk: both at once, and fsync returns when both are
+        # done (the first failure raised).
+        flushed, synced = await asyncio.gather(
+            self.flush_data(), self._client.meta.sync(req), return_exceptions=True
+        )
+        for outcome in (flushed, synced):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(synced, Inode)
+        self.inode = synced
 
     async def close(self) -> None:
         if self.closed:
