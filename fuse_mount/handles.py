@@ -141,6 +141,7 @@ class OpenFiles:
         self._inodes: dict[int, InodeState] = {}
         # inode -> (mtime, length) at its last open here (see keep_cache)
         self._seen: dict[int, tuple[float, int]] = {}
+        self._read_only = 0  # handles without a write session
 
     def get(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
@@ -155,8 +156,10 @@ class OpenFiles:
         state = self._inodes.get(ino)
         return 0 if state is None else len(state.handles)
 
-    def any_open(self) -> bool:
-        return bool(self._inodes)
+    def any_read_only(self) -> bool:
+        """Whether any handle is open without a write session (only such a
+        file needs `pin` before its name goes)."""
+        return self._read_only > 0
 
     def length_hint(self, ino: int) -> int | None:
         """The longest length this daemon's handles know of `ino`, or None."""
@@ -206,12 +209,16 @@ class OpenFiles:
         state = self._inodes.setdefault(node.inode, state)
         self._handles[handle.fh] = handle
         state.handles[handle.fh] = handle
+        if not file.writable:
+            self._read_only += 1
         return handle
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if not handle.file.writable:
+            self._read_only -= 1
         state = self._inodes.get(handle.ino)
         if state is not None:
             state.handles.pop(fh, None)

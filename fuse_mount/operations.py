@@ -271,8 +271,8 @@ class Operations(DirectoryOps, pyfuse3.Operations):
 
     async def _pin_if_open(self, parent: int, name: str) -> None:
         """Keep the data of a file this daemon has open when its name goes."""
-        if not self.files.any_open():
-            return
+        if not self.files.any_read_only():
+            return  # a writer's session already keeps the data
         try:
             node = await self.client.meta.stat(
                 PathReq(at=parent, path=name, follow=False)
