@@ -9,8 +9,10 @@ with no meta call.
 
 An entry is kept for `ttl` seconds from the reply it came from, and the
 kernel is told to keep it only for what remains of that: an answer from here
-is never older than the kernel's own cache would be. Entries older than one
-already held (by ctime) are ignored, so a slow reply does not undo a newer one.
+is never older than the kernel's own cache would be. The reply to one of this
+mount's changes always replaces what is held; a read (lookup, getattr,
+readdir) older than what is held (by ctime) does not, so a read that raced
+with a change does not undo it.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ class AttrCache:
         self._max = max_entries
         self._nodes: dict[int, tuple[Inode, float]] = {}  # inode -> (node, expiry)
 
-    def put(self, node: Inode, expiry: float | None = None) -> None:
+    def put(
+        self, node: Inode, expiry: float | None = None, *, read: bool = False
+    ) -> None:
+        """Hold `node`, from the reply to a change of this mount's or, with
+        `read`, from a read."""
         if self.ttl <= 0:
             return
         held = self._nodes.get(node.inode)
-        if held is not None and held[0].ctime > node.ctime:
-            return  # a reply that left meta before the one we hold
+        if read and held is not None and held[0].ctime > node.ctime:
+            return  # read before the change whose reply is held
         if expiry is None:
             expiry = self._clock() + self.ttl
         self._nodes.pop(node.inode, None)
@@ -82,13 +88,13 @@ class AttrCache:
         carry the parent (mkdir, symlink, link, mknod): meta set the parent's
         mtime and ctime to the child's ctime and, for a directory, added one
         link. Derived from the copy held, which keeps its expiry; without one
-        the parent is left to a GETATTR."""
+        (or with one newer than the child: another meta's clock) the parent is
+        left to a GETATTR."""
         held = self._nodes.get(parent)
-        if held is None:
+        if held is None or held[0].ctime > child.ctime:
+            self.forget(parent)
             return
         old, expiry = held
-        if old.ctime > child.ctime:
-            return
         subdirs = 1 if child.type == InodeType.DIRECTORY else 0
         node = msgspec.structs.replace(
             old, mtime=child.ctime, ctime=child.ctime, nlink=old.nlink + subdirs

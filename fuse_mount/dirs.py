@@ -45,7 +45,9 @@ class DirectoryOps:
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
 
-    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+    def _attr(
+        self, node: Inode, timeout: float | None = None, *, read: bool = False
+    ) -> pyfuse3.EntryAttributes:
         raise NotImplementedError
 
     @fuse_errors
@@ -107,7 +109,9 @@ class DirectoryOps:
             if node is None:
                 continue  # a dangling entry: removed meanwhile
             attr = (
-                node if isinstance(node, pyfuse3.EntryAttributes) else self._attr(node)
+                node
+                if isinstance(node, pyfuse3.EntryAttributes)
+                else self._attr(node, read=True)
             )
             if not pyfuse3.readdir_reply(token, entry.name.encode(), attr, pos):
                 return

@@ -95,12 +95,13 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         self.negative_timeout = cfg.negative_timeout
 
     def _attr(
-        self, node: Inode, timeout: float | None = None
+        self, node: Inode, timeout: float | None = None, *, read: bool = False
     ) -> pyfuse3.EntryAttributes:
-        """The kernel's view of `node`, fresh from meta (kept in the cache) or,
-        with `timeout`, from the cache with that many seconds left."""
+        """The kernel's view of `node`, fresh from meta (kept in the cache: the
+        reply to a change, or with `read` to a lookup) or, with `timeout`, from
+        the cache with that many seconds left."""
         if timeout is None:
-            self.attrs.put(node)
+            self.attrs.put(node, read=read)
             timeout = self.attr_timeout
         # Meta's length, or longer where this daemon's handles wrote past it
         # and have not reported yet; never an older length a handle holds
@@ -139,7 +140,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
             if self.negative_timeout > 0:
                 return negative_entry(self.negative_timeout)
             raise
-        return self._attr(node)
+        return self._attr(node, read=True)
 
     @fuse_errors
     async def getattr(
@@ -150,7 +151,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         held = self.attrs.get(inode)
         if held is not None:
             return self._attr(*held)
-        return self._attr(await self.client.stat_inode(inode))
+        return self._attr(await self.client.stat_inode(inode), read=True)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, _ in inode_list:
@@ -223,7 +224,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
                 # FUSE names the inode itself: never follow a symlink here.
                 node = await self.client.setattr("", at=inode, follow=False, **changes)
         if node is None:
-            node = await self.client.stat_inode(inode)
+            return self._attr(await self.client.stat_inode(inode), read=True)
         return self._attr(node)
 
     @fuse_errors

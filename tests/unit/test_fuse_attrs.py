@@ -42,13 +42,18 @@ def test_expiry_counts_from_the_reply() -> None:
     assert AttrCache(0.0, clock).get(5) is None
 
 
-def test_an_older_reply_does_not_replace_a_newer_one() -> None:
+def test_an_older_read_does_not_replace_a_change() -> None:
     cache = AttrCache(30.0, Clock())
     cache.put(node(5, 20, length=7))
-    cache.put(node(5, 10, length=3))
+    cache.put(node(5, 10, length=3), read=True)  # a stat that raced the change
     held = cache.get(5)
     assert held is not None
     assert held[0].length == 7
+    # The reply to a change always wins (another meta's clock may be behind).
+    cache.put(node(5, 10, length=4))
+    held = cache.get(5)
+    assert held is not None
+    assert held[0].length == 4
     cache.forget(5)
     assert cache.get(5) is None
 
@@ -76,6 +81,10 @@ def test_entry_added_derives_the_parent() -> None:
     parent, left = held
     assert (parent.nlink, parent.mtime, parent.ctime) == (3, 60, 60)
     assert left == pytest.approx(25.0)  # keeps the expiry of what it came from
+    # A child older than the parent held (another meta's clock): not derived,
+    # the parent is dropped so the kernel's GETATTR asks meta.
+    cache.entry_added(1, node(11, 55))
+    assert cache.get(1) is None
 
 
 def test_bounded() -> None:
