@@ -223,6 +223,13 @@ class MsgClient:
             asyncio.get_running_loop().create_future()
         )
         self._pending[rid] = fut
+        if writer.is_closing():
+            # The reader ended (and failed what was pending) since we got the
+            # writer: nothing would ever answer this request.
+            self._pending.pop(rid, None)
+            raise errors.RPCUnavailable(
+                f"{rpc.title} to {self.address}: connection lost"
+            )
         body = _encoder.encode(req)
         try:
             writer.write(HEADER.pack(len(body), rid, rpc.number) + body)

@@ -171,6 +171,9 @@ def verify(acked: list[str], tmp_path: Path) -> dict[str, object]:
         logs = compose("logs", "--tail", "80", "client", check=False)
         raise AssertionError(f"{exc}\nthe client container's log:\n{logs}") from None
     result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    if result["errors"]:
+        logs = compose("logs", "--tail", "80", "client", check=False)
+        print(f"\nread errors, each read again: {result['errors']}\n{logs}")
     return result
 
 
