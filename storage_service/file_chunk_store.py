@@ -56,6 +56,7 @@ from storage_service.chunk_format import (
     TMP_SUFFIX,
     ChunkInfo,
     ChunkMeta,
+    check_payload,
     make_meta,
     pack_stage,
     plan_update,
@@ -424,8 +425,7 @@ class FileChunkStore(ChunkStore):
         full: bool,
         data_crc: int | None,
     ) -> Staged:
-        if data_crc is not None and crc32c(payload) != data_crc:
-            raise errors.ChecksumMismatch("write payload checksum mismatch")
+        pieces = check_payload(payload, offset, data_crc)
         old = self._meta(chunk_id)
         old_len = old.info.length if old else 0
         base = self.base(chunk_id)
@@ -453,6 +453,7 @@ class FileChunkStore(ChunkStore):
                     payload,
                     full,
                     lambda block: self._old_block(fd, chunk_id, old, block),  # type: ignore[arg-type]
+                    pieces,
                 )
             finally:
                 os.close(fd)
