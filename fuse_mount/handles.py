@@ -352,8 +352,13 @@ class OpenFiles:
         if end // chunk > handle.pending_at // chunk or end % chunk == 0:
             # Send everything up to the last chunk boundary; keep the rest.
             cut = end - end % chunk - handle.pending_at
-            head = handle.pending[:cut]
-            handle.pending = handle.pending[cut:]
+            if cut == len(handle.pending):
+                # The usual case (aligned sequential writes): hand the buffer
+                # over instead of copying it twice.
+                head, handle.pending = handle.pending, bytearray()
+            else:
+                head = handle.pending[:cut]
+                handle.pending = handle.pending[cut:]
             start, handle.pending_at = handle.pending_at, handle.pending_at + cut
             await handle.send(head, start, self._peers(handle))
         return len(data)
