@@ -64,6 +64,8 @@ class FileHandle:
     # Sends under way: (start, end, task), awaited by flush_pending.
     inflight: list[tuple[int, int, asyncio.Task[None]]] = field(default_factory=list)
     keep_cache: bool = False
+    # Being released: its write session is about to end (see `pin`).
+    releasing: bool = False
 
     # The end of the furthest byte this handle accepted (gathered, in flight or
     # sent): the length it reports never drops below it while bytes move from
@@ -232,6 +234,7 @@ class OpenFiles:
         state = self._inodes.get(handle.ino)
         # The handle stays among the inode's handles until its length is in
         # meta (close), so `length_hint` covers its writes meanwhile.
+        handle.releasing = True
         try:
             try:
                 await handle.flush_pending(self._peers(handle))
@@ -265,7 +268,7 @@ class OpenFiles:
         state = self._inodes.get(ino)
         if state is None or state.pin is not None:
             return
-        if any(h.file.writable for h in state.handles.values()):
+        if any(h.file.writable and not h.releasing for h in state.handles.values()):
             return
         # The daemon's own session, not the caller's: a reader may lack write
         # permission, and the session only delays garbage collection.
@@ -285,17 +288,14 @@ class OpenFiles:
         return list(state.handles.values()) if state else [handle]
 
     async def _flush_inode(self, ino: int) -> None:
-        """Finish every gathered and in-flight write of `ino`; raises a failed
-        one's error (left for its handle to report too)."""
+        """Finish every gathered and in-flight write of `ino` (a failure is
+        the writing handle's to report)."""
         state = self._inodes.get(ino)
         if state is None:
             return
         handles = list(state.handles.values())
         for handle in handles:
             await handle.flush_pending(handles)
-        for handle in handles:
-            if handle.error is not None:
-                raise handle.error
 
     async def read(self, fh: int, offset: int, size: int) -> bytearray:
         handle = self.get(fh)
