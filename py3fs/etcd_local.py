@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import time
@@ -45,16 +46,47 @@ def find_etcd() -> str | None:
     return path if path and os.access(path, os.X_OK) else None
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct loopback ports that were free a moment ago (etcd cannot be
-    told to bind port 0 and report it, so this is the best available)."""
+    told to bind port 0 and report it, so this is the best available).
+
+    Picked below the kernel's ephemeral range: a port there is never taken
+    meanwhile by an outgoing connection's source port, which happened to the
+    ports that bind(0) hands out when many services started at once."""
+    low, _ = _ephemeral_range()
+    pool = range(10000, low) if low - 10000 >= 1000 else None
+    chosen: list[int] = []
     socks = []
     try:
-        for _ in range(n):
+        for _ in range(50 * n):
+            if len(chosen) == n or pool is None:
+                break
+            port = random.choice(pool)
+            if port in chosen:
+                continue
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            chosen.append(port)
+        while len(chosen) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            chosen.append(s.getsockname()[1])
+        return chosen
     finally:
         for s in socks:
             s.close()
