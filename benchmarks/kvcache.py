@@ -114,7 +114,11 @@ def main() -> None:
         if args.cluster:
             from client.config import load_client_config
 
-            mgmt = load_client_config(args.cluster).mgmt
+            config = load_client_config(args.cluster)
+            mgmt = config.mgmt
+            if config.token_file and "PY3FS_TOKEN_FILE" not in os.environ:
+                # The cluster's admin token, as `py3fs cluster up` wrote it.
+                os.environ["PY3FS_TOKEN_FILE"] = config.token_file
         else:
             spec = ClusterSpec(
                 data_dir=Path(tmp) / "cluster", fsync=args.fsync, replicas=args.replicas

@@ -446,10 +446,16 @@ class StorageClient:
 
 async def _gather(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run all concurrently; on a failure cancel the rest and raise the first error
-    itself (not an ExceptionGroup), as callers expect one py3fs error."""
+    itself (not an ExceptionGroup), as callers expect one py3fs error. A single
+    one runs in the caller's task: most reads and writes touch one chunk, and a
+    task group costs more than a small read itself."""
+    todo = list(coros)
+    if len(todo) == 1:
+        await todo[0]
+        return
     try:
         async with asyncio.TaskGroup() as tg:
-            for coro in coros:
+            for coro in todo:
                 tg.create_task(coro)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from None

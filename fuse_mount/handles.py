@@ -65,32 +65,62 @@ class FileHandle:
     # Sends under way: (start, end, task), awaited by flush_pending.
     inflight: list[tuple[int, int, asyncio.Task[None]]] = field(default_factory=list)
     keep_cache: bool = False
+    # Being released: its write session is about to end (see `pin`).
+    releasing: bool = False
+
+    # The end of the furthest byte this handle accepted (gathered, in flight or
+    # sent): the length it reports never drops below it while bytes move from
+    # `pending` to a send (a shorter getattr reply would shrink the kernel's
+    # file size, and later reads would stop there).
+    accepted_end: int = 0
 
     @property
     def length(self) -> int:
-        return max(self.file.length, self.pending_at + len(self.pending))
+        return max(self.file.length, self.accepted_end)
 
     @property
     def inflight_bytes(self) -> int:
         return sum(end - start for start, end, _ in self.inflight)
 
-    async def _send(self, data: bytearray, start: int) -> None:
+    def gather(self, data: bytes, offset: int) -> None:
+        if not self.pending:
+            self.pending_at = offset
+        self.pending += data
+        self.accepted_end = max(self.accepted_end, offset + len(data))
+
+    def truncated(self, length: int) -> None:
+        """The file was cut to `length` (its sends already finished)."""
+        self.accepted_end = min(self.accepted_end, length)
+        self.file.forget_writes_past(length)
+
+    async def _send(
+        self, data: bytearray, start: int, before: list[asyncio.Task[None]]
+    ) -> None:
+        if before:
+            await asyncio.wait(before)  # their failures are their handles' errors
         try:
             await self.file.pwrite(data, start)
         except Exception as exc:
             self.error = self.error or exc
 
-    async def send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
-        """Send `data` at `start` in the background, after any in-flight send of
-        `peers` (this inode's handles) that overlaps it; waits while more than
-        WRITE_BEHIND bytes are in flight."""
+    def start_send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
+        """Send `data` at `start` in the background, after every in-flight send
+        of `peers` (this inode's handles) that overlaps it. The send is listed
+        in `inflight` at once, so any flush that starts later waits for it."""
         end = start + len(data)
-        for peer in peers:
-            for s, e, task in list(peer.inflight):
-                if s < end and start < e:
-                    await asyncio.shield(task)
-        task = asyncio.ensure_future(self._send(data, start))
+        before = [
+            task
+            for peer in peers
+            for s, e, task in peer.inflight
+            if s < end and start < e and not task.done()
+        ]
+        task = asyncio.ensure_future(self._send(data, start, before))
         self.inflight.append((start, end, task))
+
+    async def send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
+        """`start_send`, then wait while more than WRITE_BEHIND bytes are in
+        flight."""
+        self.start_send(data, start, peers)
         while self._reap() and self.inflight_bytes > WRITE_BEHIND:
             await asyncio.shield(self.inflight[0][2])
 
@@ -101,15 +131,14 @@ class FileHandle:
         self.inflight = [x for x in self.inflight if not x[2].done()]
         return bool(self.inflight)
 
-    async def flush_pending(self) -> None:
-        """Send what is gathered and wait for every send of this handle."""
+    async def flush_pending(self, peers: list[FileHandle]) -> None:
+        """Send what is gathered and wait for every send of this handle; a
+        failure stays in `error` (raised by `raise_error`)."""
         if self.pending:
-            data, self.pending = self.pending, bytearray()
-            try:
-                await self.file.pwrite(data, self.pending_at)
-            except Exception as exc:
-                self.error = exc
-                raise
+            data, start = self.pending, self.pending_at
+            self.pending = bytearray()
+            self.pending_at = start + len(data)
+            self.start_send(data, start, peers)
         while self._reap():
             await asyncio.shield(self.inflight[0][2])
 
@@ -220,17 +249,20 @@ class OpenFiles:
         if not handle.file.writable:
             self._read_only -= 1
         state = self._inodes.get(handle.ino)
-        if state is not None:
-            state.handles.pop(fh, None)
+        # The handle stays among the inode's handles until its length is in
+        # meta (close), so `length_hint` covers its writes meanwhile.
+        handle.releasing = True
         try:
             try:
-                await handle.flush_pending()
+                await handle.flush_pending(self._peers(handle))
                 handle.raise_error()
             finally:
                 await handle.file.close()
                 if handle.file.session_id:
                     self._attrs.put(handle.file.inode)
         finally:
+            if state is not None:
+                state.handles.pop(fh, None)
             # Concurrent releases of one inode each get here; one drops the state.
             if (
                 state is not None
@@ -255,7 +287,7 @@ class OpenFiles:
         state = self._inodes.get(ino)
         if state is None or state.pin is not None:
             return
-        if any(h.file.writable for h in state.handles.values()):
+        if any(h.file.writable and not h.releasing for h in state.handles.values()):
             return
         # The daemon's own session, not the caller's: a reader may lack write
         # permission, and the session only delays garbage collection.
@@ -270,11 +302,19 @@ class OpenFiles:
 
     # ------------------------------------------------------------ data
 
+    def _peers(self, handle: FileHandle) -> list[FileHandle]:
+        state = self._inodes.get(handle.ino)
+        return list(state.handles.values()) if state else [handle]
+
     async def _flush_inode(self, ino: int) -> None:
+        """Finish every gathered and in-flight write of `ino` (a failure is
+        the writing handle's to report)."""
         state = self._inodes.get(ino)
-        if state is not None:
-            for handle in list(state.handles.values()):
-                await handle.flush_pending()
+        if state is None:
+            return
+        handles = list(state.handles.values())
+        for handle in handles:
+            await handle.flush_pending(handles)
 
     async def read(self, fh: int, offset: int, size: int) -> bytearray:
         handle = self.get(fh)
@@ -324,28 +364,29 @@ class OpenFiles:
         handle.raise_error()
         chunk = layout.chunk_size
         if handle.pending and offset != handle.pending_at + len(handle.pending):
-            await handle.flush_pending()
+            await handle.flush_pending(self._peers(handle))
             handle.raise_error()
-        if not handle.pending:
-            handle.pending_at = offset
-        handle.pending += data
+        handle.gather(data, offset)
         end = handle.pending_at + len(handle.pending)
         if end // chunk > handle.pending_at // chunk or end % chunk == 0:
             # Send everything up to the last chunk boundary; keep the rest.
             cut = end - end % chunk - handle.pending_at
-            head = handle.pending[:cut]
-            handle.pending = handle.pending[cut:]
+            if cut == len(handle.pending):
+                # The usual case (aligned sequential writes): hand the buffer
+                # over instead of copying it twice.
+                head, handle.pending = handle.pending, bytearray()
+            else:
+                head = handle.pending[:cut]
+                handle.pending = handle.pending[cut:]
             start, handle.pending_at = handle.pending_at, handle.pending_at + cut
-            state = self._inodes.get(handle.ino)
-            peers = list(state.handles.values()) if state else [handle]
-            await handle.send(head, start, peers)
+            await handle.send(head, start, self._peers(handle))
         return len(data)
 
     async def sync(self, fh: int) -> None:
         """Send gathered writes and report this handle's length to meta (flush,
         fsync)."""
         handle = self.get(fh)
-        await handle.flush_pending()
+        await handle.flush_pending(self._peers(handle))
         handle.raise_error()
         if handle.file.writable and handle.file.written:
             await handle.file.fsync()
@@ -380,4 +421,4 @@ class OpenFiles:
         state = self._inodes.get(node.inode)
         if state is not None:
             for handle in state.handles.values():
-                handle.file.forget_writes_past(length)
+                handle.truncated(length)

@@ -136,6 +136,21 @@ def set_read_ahead(path: str, kb: int = READ_AHEAD_KB) -> bool:
     return True
 
 
+async def widen_read_ahead(path: str, kb: int = READ_AHEAD_KB) -> bool:
+    """`set_read_ahead` once the kernel has the FUSE INIT reply: INIT sets the
+    window to at most the reply's max_readahead, which libfuse echoes from the
+    kernel's 128 KiB default, so a window set before it is cut back to 128 KiB
+    (and every READ is 128 KiB). The first request the kernel lets through
+    comes after INIT: a stat of the mount, from a thread, since this loop
+    answers it."""
+    try:
+        await asyncio.to_thread(os.stat, path)
+    except OSError as exc:
+        logger.info("read-ahead of %s left at the default: %s", path, exc)
+        return False
+    return set_read_ahead(path, kb)
+
+
 def options(debug: bool = False) -> set[str]:
     opts = {"fsname=hf3fs", "subtype=hf3fs", "default_permissions"}
     if os.geteuid() == 0:
@@ -158,7 +173,7 @@ async def serve(
     agent = load_agent(mountpoint)
     ops = Operations(client, agent, mountpoint)
     pyfuse3.init(ops, mountpoint, options(debug))
-    set_read_ahead(mountpoint)
+    read_ahead: asyncio.Task[bool] | None = None
     try:
         await agent.start(client)
         loop = asyncio.get_running_loop()
@@ -166,8 +181,11 @@ async def serve(
             loop.add_signal_handler(sig, pyfuse3.terminate)
         logger.info("mounted py3fs at %s", mountpoint)
         ready()
+        read_ahead = asyncio.ensure_future(widen_read_ahead(mountpoint))
         await pyfuse3.main()
     finally:
+        if read_ahead is not None and not read_ahead.done():
+            read_ahead.cancel()
         try:
             await ops.aclose()
             await agent.aclose()

@@ -24,12 +24,12 @@ from typing import Any
 
 from py3fs import errors, ids
 from py3fs.faults import fault_point
-from py3fs.wire import crc32c
 from storage_service.chunk_format import (
     BLOCK_SIZE,
     MAX_CHUNK_SIZE,
     ChunkInfo,
     ChunkMeta,
+    check_payload,
     covering,
     make_meta,
     plan_update,
@@ -254,14 +254,14 @@ class MemChunkStore(ChunkStore):
     ) -> Staged:
         payload = memoryview(data).cast("B")
         check_write(chunk_size, offset, payload.nbytes)
-        if data_crc is not None and crc32c(payload) != data_crc:
-            raise errors.ChecksumMismatch("write payload checksum mismatch")
+        pieces = check_payload(payload, offset, data_crc)
         length, crcs = plan_update(
             self._meta.get(chunk_id),
             offset,
             payload,
             full_replace,
             lambda block: self._block(chunk_id, block),
+            pieces,
         )
         meta = make_meta(version, length, chain_ver, crcs)
         self._pending[chunk_id] = version

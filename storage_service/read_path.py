@@ -44,7 +44,10 @@ class ReadPath:
             raise errors.FrameTooLarge(
                 f"read of {asked} bytes over {wire.MAX_READ_BYTES} in one request"
             )
-        done = await asyncio.gather(*(self._one(io, req.verify) for io in req.ios))
+        if len(req.ios) == 1:  # the common case: no tasks to schedule
+            done = [await self._one(req.ios[0], req.verify)]
+        else:
+            done = await asyncio.gather(*(self._one(io, req.verify) for io in req.ios))
         results = [r for r, _ in done]
         return wire.ReadReply(results=results), [v for _, v in done if v.nbytes]
 

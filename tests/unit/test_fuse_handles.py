@@ -24,9 +24,8 @@ class FailingFile:
 
 async def test_failed_flush_is_sticky_until_reported() -> None:
     handle = FileHandle(fh=1, ino=2, file=FailingFile(), append=False)  # type: ignore[arg-type]
-    handle.pending += b"acknowledged bytes"
-    with pytest.raises(errors.NoSpace):
-        await handle.flush_pending()  # e.g. a reader forced the flush
+    handle.gather(b"acknowledged bytes", 0)
+    await handle.flush_pending([handle])  # e.g. a reader forced the flush
     assert not handle.pending
     with pytest.raises(errors.NoSpace):
         handle.raise_error()  # the writer's fsync/close sees it
@@ -62,7 +61,7 @@ async def test_write_behind_is_bounded_and_drains(
         for i in range(50):
             await handle.send(bytearray(1000), i * 1000, [handle])
             assert handle.inflight_bytes <= 4 * 1000
-        await handle.flush_pending()
+        await handle.flush_pending([handle])
     assert not handle.inflight
     assert sorted(file.written) == [(i * 1000, 1000) for i in range(50)]
     assert 1 < file.most <= 4
@@ -71,6 +70,54 @@ async def test_write_behind_is_bounded_and_drains(
 async def test_background_send_failure_is_reported() -> None:
     handle = FileHandle(fh=1, ino=2, file=FailingFile(), append=False)  # type: ignore[arg-type]
     await handle.send(bytearray(b"x"), 0, [handle])
-    await handle.flush_pending()
+    await handle.flush_pending([handle])
     with pytest.raises(errors.NoSpace):
         handle.raise_error()
+
+
+class GatedFile:
+    """A file whose writes finish only when the test says so."""
+
+    def __init__(self) -> None:
+        self.written_end = 0
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    @property
+    def length(self) -> int:
+        return self.written_end
+
+    async def pwrite(self, data: bytes, offset: int) -> int:
+        self.started.set()
+        await self.release.wait()
+        self.written_end = max(self.written_end, offset + len(data))
+        return len(data)
+
+    def forget_writes_past(self, length: int) -> None:
+        self.written_end = min(self.written_end, length)
+
+
+async def test_length_covers_bytes_being_flushed() -> None:
+    """While gathered bytes are on their way to storage, the handle's length
+    still covers them (a getattr then must not shrink the kernel's file size),
+    and a second flush (another reader) waits for the first one's send."""
+    file = GatedFile()
+    handle = FileHandle(fh=1, ino=2, file=file, append=False)  # type: ignore[arg-type]
+    handle.gather(b"a" * 100, 0)
+    handle.gather(b"b" * 50, 100)
+    assert handle.length == 150
+    async with asyncio.timeout(10):
+        first = asyncio.ensure_future(handle.flush_pending([handle]))
+        await file.started.wait()
+        assert handle.length == 150
+        second = asyncio.ensure_future(handle.flush_pending([handle]))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not second.done()  # the send is still under way
+        file.release.set()
+        await first
+        await second
+    assert handle.length == 150
+    assert not handle.inflight
+    handle.truncated(20)
+    assert handle.accepted_end == 20
