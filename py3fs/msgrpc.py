@@ -86,14 +86,19 @@ class ServerLimits:
 
 
 _SMALL: Final = 64 * 1024
+# Replies queued past this (asyncio's default high-water mark) wait for the
+# peer to take them.
+_DRAIN_ABOVE: Final = 64 * 1024
 
 
 class _Conn:
-    """Requests in flight on one server connection."""
+    """Requests in flight on one server connection, and when it last made
+    progress (a request read or answered)."""
 
     def __init__(self, max_inflight: int) -> None:
         self.slots = asyncio.Semaphore(max_inflight)
         self.inflight = 0
+        self.last = time.monotonic()
 
 
 class MsgServer:
@@ -153,43 +158,51 @@ class MsgServer:
         conn = _Conn(limits.max_inflight)
         try:
             async with asyncio.TaskGroup() as tg:
-                while True:
-                    await conn.slots.acquire()
-                    try:
-                        got = await self._read_request(reader, writer, conn, peer)
-                    except (asyncio.IncompleteReadError, ConnectionError):
-                        got = None
-                    if got is None:
-                        conn.slots.release()
-                        break
-                    conn.inflight += 1
-                    tg.create_task(self._handle(writer, conn, *got))
+                watchdog = tg.create_task(self._close_when_idle(writer, conn, peer))
+                try:
+                    while True:
+                        await conn.slots.acquire()
+                        try:
+                            got = await self._read_request(reader, writer, peer)
+                        except (asyncio.IncompleteReadError, ConnectionError):
+                            got = None
+                        if got is None:
+                            conn.slots.release()
+                            break
+                        conn.inflight += 1
+                        conn.last = time.monotonic()
+                        tg.create_task(self._handle(writer, conn, *got))
+                finally:
+                    watchdog.cancel()
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    async def _close_when_idle(
+        self, writer: asyncio.StreamWriter, conn: _Conn, peer: object
+    ) -> None:
+        """Close the connection once it has had nothing in flight and
+        delivered no whole request for the idle timeout (a stalled partial
+        request included). One timer per connection, not one per request:
+        a meta call costs tens of µs."""
+        idle = self._limits.idle_timeout
+        while True:
+            await asyncio.sleep(idle / 4)
+            if not conn.inflight and time.monotonic() - conn.last >= idle:
+                logger.info("closing %s: idle for %.0f s", peer, idle)
+                writer.close()
+                return
 
     async def _read_request(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        conn: _Conn,
         peer: object,
     ) -> tuple[int, int, bytes, int] | None:
         """The next request (id, number, body, bytes taken from the body
         budget); None when the connection is to be closed."""
         limits = self._limits
-        while True:
-            try:
-                async with asyncio.timeout(limits.idle_timeout):
-                    head = await reader.readexactly(HEADER.size)
-                break
-            except TimeoutError:
-                # readexactly consumes nothing until it has it all, so
-                # waiting again loses no byte. Idle means nothing in flight.
-                if conn.inflight:
-                    continue
-                logger.info("closing %s: idle for %.0f s", peer, limits.idle_timeout)
-                return None
+        head = await reader.readexactly(HEADER.size)
         size, rid, number = HEADER.unpack(head)
         if size > limits.max_request:
             # Refused from the header: nothing of the body is read or held.
@@ -205,14 +218,17 @@ class MsgServer:
             out = exc.message.encode()
             writer.write(HEADER.pack(len(out), rid, exc.code) + out)
             return None
-        # Small bodies, nearly all of them, never wait for the budget: a peer
-        # that announces big ones and stalls must not stall everyone else.
-        taken = size if size > _SMALL else 0
-        if taken:
-            await self._budget.take(taken)
+        if size <= _SMALL:
+            # Nearly every request: no budget to wait for (a peer announcing
+            # big bodies and stalling must not stall everyone else) and no
+            # deadline of its own (the idle watchdog ends a stalled one).
+            data = await reader.readexactly(size) if size else b""
+            return rid, number, data, 0
+        taken = size
+        await self._budget.take(taken)
         try:
             async with asyncio.timeout(limits.body_timeout):
-                data = await reader.readexactly(size) if size else b""
+                data = await reader.readexactly(size)
         except TimeoutError:
             logger.warning("closing %s: %d-byte body not delivered", peer, size)
             await self._budget.give(taken)
@@ -235,6 +251,7 @@ class MsgServer:
             await self._answer(writer, rid, number, body, size)
         finally:
             conn.inflight -= 1
+            conn.last = time.monotonic()
             conn.slots.release()
 
     async def _answer(
@@ -284,6 +301,8 @@ class MsgServer:
         if writer.is_closing():
             return
         writer.write(HEADER.pack(len(out), rid, code) + out)
+        if writer.transport.get_write_buffer_size() <= _DRAIN_ABOVE:
+            return  # sent, or nearly: no need to wait (nor to arm a timer)
         try:
             # A peer that does not read its replies holds at most
             # `max_inflight` of them here, then loses the connection.
