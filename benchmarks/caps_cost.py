@@ -94,11 +94,12 @@ def main() -> None:
             for k, v in one(caps_on, args.files, args.big_mib).items():
                 best[k] = max(best.get(k, 0.0), v)
     keys = caps.Keys(b"bench")
-    cap = keys.issue(42, True)
+    # A capability for a chunk range, as storage checks a chunk of a write.
+    cap = keys.issue(42, True, first_chunk=0, end_chunk=1024)
     n = 100_000
     t = time.perf_counter()
     for _ in range(n):
-        keys.check(cap, 42, write=True)
+        keys.check(cap, 42, write=True, chunk=7)
     check_us = (time.perf_counter() - t) / n * 1e6
     fwd = wire.WriteReq(
         chain_id=1,

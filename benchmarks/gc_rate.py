@@ -39,8 +39,11 @@ async def chunks_left(fs: Client, inodes: set[int]) -> int:
     return left
 
 
-async def run(mgmt: list[str], n: int, inflight: int) -> tuple[float, float]:
-    async with Client(ClientConfig(mgmt=mgmt)) as fs:
+async def run(
+    mgmt: list[str], n: int, inflight: int, secret_file: str
+) -> tuple[float, float]:
+    # The secret signs the chunk listings that tell when GC is done.
+    async with Client(ClientConfig(mgmt=mgmt, secret_file=secret_file)) as fs:
         await fs.mkdir("/gc")
         sem = asyncio.Semaphore(inflight)
 
@@ -81,7 +84,12 @@ def main() -> None:
             cluster.up()
         os.environ["PY3FS_TOKEN_FILE"] = str(cluster.admin_token_file)
         unlink_rate, gc_rate = asyncio.run(
-            run(cluster.mgmt_addresses, args.files, args.inflight)
+            run(
+                cluster.mgmt_addresses,
+                args.files,
+                args.inflight,
+                str(cluster.secret_file),
+            )
         )
         print(
             f"{args.files} files: unlink {unlink_rate:,.0f}/s, "

@@ -17,12 +17,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+
 from client.config import ClientConfig, load_client_config
 from client.file_io import FileIO, ReadAhead
 from client.meta_client import MetaClient
 from client.routing_cache import RoutingCache
 from client.storage_client import StorageClient
-from py3fs import auth, errors
+from py3fs import auth, caps, errors
 from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import (
     AppendReq,
@@ -47,6 +49,7 @@ from py3fs.proto.messages import (
     SyncReq,
     WhoAmIReply,
 )
+from py3fs.tls import Tls
 
 _MODES = {
     "rb": os.O_RDONLY,
@@ -74,7 +77,9 @@ class Client:
             raise errors.InvalidArgument("client needs at least one mgmt address")
         self.config = config
         self.client_id = uuid.uuid4().hex
-        self.mgmt = MgmtClient(config.mgmt)
+        keys = caps.Keys.load_if_readable(config.secret_file)
+        tls = Tls.load(config.tls_dir)
+        self.mgmt = MgmtClient(config.mgmt, keys=keys, tls=tls)
         self.routing = RoutingCache(self.mgmt, config.routing_max_age)
         self.meta = MetaClient(
             self.routing,
@@ -85,6 +90,7 @@ class Client:
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
             session_lease=config.session_lease,
+            tls=tls,
         )
         self.storage = StorageClient(
             self.routing,
@@ -93,6 +99,7 @@ class Client:
             retry_timeout=config.retry_timeout,
             call_timeout=config.call_timeout,
             capability=self._capability,
+            tool_keys=keys,
         )
         # File data: the one inode-level API every layer above uses.
         self.files = FileIO(self)
@@ -321,7 +328,12 @@ class File:
 
     async def refresh(self) -> Inode:
         """Re-read the inode (length may have grown through another client)."""
-        self.inode = await self._client.stat_inode(self.inode.inode)
+        node = await self._client.stat_inode(self.inode.inode)
+        if node.layout is None:
+            # Meta hides the layout from a caller who may no longer read the
+            # file (chmod since open); it never changes, and storage decides.
+            node = msgspec.structs.replace(node, layout=self.inode.layout)
+        self.inode = node
         return self.inode
 
     async def preadinto(self, buf: Any, offset: int) -> int:

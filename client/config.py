@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from py3fs import config, errors
 
@@ -26,6 +27,14 @@ class ClientConfig:
     # `py3fs cluster up` points this at the admin token it wrote (0600), so the
     # user who started the cluster needs no step; others cannot read it.
     token_file: str = ""
+    # Admin tools only: the cluster secret (py3fs.caps), to sign what storage
+    # and mgmtd take only from services (chunk listings, decommission). The
+    # cluster file names it for the user who ran `cluster up`; a user who
+    # cannot read it gets a client without it.
+    secret_file: str = ""
+    # TLS on the control plane (py3fs.tls): the directory with the cluster's
+    # CA (ca.pem); "" = $PY3FS_TLS_DIR, else plain TCP.
+    tls_dir: str = ""
     # `py3fs rm` moves into the caller's trash for this many days (0: deletes
     # at once); meta deletes expired entries (py3fs.trash).
     trash_days: float = 7.0
@@ -67,3 +76,23 @@ def load_client_config(path: str | None = None, **overrides: object) -> ClientCo
 
 def replace(cfg: ClientConfig, **changes: object) -> ClientConfig:
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def with_token(
+    cfg: ClientConfig, token: str | None = None, token_file: str | None = None
+) -> ClientConfig:
+    """`cfg` presenting `token` (or the token in `token_file`) when given: the
+    `token=` option of the adapters built from bare mgmt addresses (fsspec,
+    SGLang, LMCache), where no cluster file names one."""
+    if token_file and not token:
+        # Read now: a named file wins over $PY3FS_TOKEN, which the lookup
+        # of `ClientConfig.token_file` would put first.
+        try:
+            token = Path(token_file).expanduser().read_text()
+        except OSError as exc:
+            raise errors.InvalidArgument(
+                f"cannot read token file {token_file}: {exc}"
+            ) from None
+    if token:
+        return replace(cfg, token=token.strip())
+    return cfg

@@ -14,7 +14,11 @@ Registered under the `fsspec.specs` entry point (see pyproject.toml), so
 `fsspec.filesystem("py3fs")` finds it once py3fs is installed. A URL's path is
 absolute in py3fs's namespace: `py3fs:///a/b` and `py3fs://a/b` both name `/a/b`.
 The cluster comes from `cluster` (a cluster file), `mgmt` (addresses), or the
-usual cluster-file lookup (`client.config.cluster_file`).
+usual cluster-file lookup (`client.config.cluster_file`); the identity from
+`token` (a token `py3fs admin user add` printed) or `token_file`, else the
+usual lookup (`py3fs.auth.find_token`: $PY3FS_TOKEN, $PY3FS_TOKEN_FILE, ...).
+
+    fs = fsspec.filesystem("py3fs", mgmt=["10.0.0.1:8000"], token="p3t_...")
 
 `Py3fsFileSystem` is an `AsyncFileSystem`: its coroutines run on fsspec's IO
 loop (or the caller's, with `asynchronous=True`), where it builds its `Client`
@@ -38,7 +42,7 @@ from fsspec.asyn import AsyncFileSystem, sync, sync_wrapper
 from fsspec.spec import AbstractBufferedFile
 
 from client.client import Client, File
-from client.config import ClientConfig, load_client_config
+from client.config import ClientConfig, load_client_config, with_token
 from py3fs import errors
 from py3fs.proto.messages import Inode, InodeType
 
@@ -80,6 +84,8 @@ class Py3fsFileSystem(AsyncFileSystem):
         client_config: ClientConfig | None = None,
         block_size: int = DEFAULT_BLOCK,
         auto_mkdir: bool = True,
+        token: str | None = None,
+        token_file: str | None = None,
         **storage_options: Any,
     ) -> None:
         super().__init__(**storage_options)
@@ -89,7 +95,7 @@ class Py3fsFileSystem(AsyncFileSystem):
                 client_config = ClientConfig(mgmt=addrs)
             else:
                 client_config = load_client_config(cluster)
-        self.client_config = client_config
+        self.client_config = with_token(client_config, token, token_file)
         self.blocksize = block_size
         self.auto_mkdir = auto_mkdir
         self._client: Client | None = None

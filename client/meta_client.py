@@ -25,6 +25,7 @@ from py3fs.msgrpc import MsgClient, Stub
 from py3fs.proto.messages import MetaReq, Msg, OpenReq, RenewReq
 from py3fs.proto.services import MetaService, Rpc
 from py3fs.retry import RetryPolicy
+from py3fs.tls import Tls
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
@@ -65,8 +66,10 @@ class MetaClient(MetaService):
         retry_timeout: float = 60.0,
         call_timeout: float = 10.0,
         session_lease: float = 0.0,
+        tls: Tls | None = None,
     ) -> None:
         self._routing = routing
+        self._tls = tls
         self.client_id = client_id
         self.uid = uid
         self.gid = gid
@@ -85,7 +88,7 @@ class MetaClient(MetaService):
     def _rpc(self, address: str) -> MsgClient:
         client = self._clients.get(address)
         if client is None:
-            client = MsgClient(address, MetaService)
+            client = MsgClient(address, MetaService, tls=self._tls)
             self._clients[address] = client
         return client
 

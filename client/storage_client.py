@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from client.routing_cache import RoutingCache
 from client.striping import Piece, pieces
-from py3fs import errors, ids, wire
+from py3fs import caps, errors, ids, wire
 from py3fs.dataplane import DataClient
 from py3fs.proto.messages import Layout
 from py3fs.retry import RetryPolicy
@@ -60,8 +60,12 @@ class StorageClient:
         retry_timeout: float = 60.0,
         call_timeout: float = 60.0,
         capability: CapSource | None = None,
+        tool_keys: caps.Keys | None = None,
     ) -> None:
         self._routing = routing
+        # Signs the raw requests of admin tools (`call`), never reads or writes:
+        # those go with a capability like any user's.
+        self._tool_keys = tool_keys
         # Storage serves a client's read or write only with meta's capability
         # for the inode (py3fs.caps); cached until a minute before it expires.
         self.capability = capability
@@ -437,7 +441,10 @@ class StorageClient:
     async def call(
         self, address: str, mtype: wire.MsgType, body: wire.Body
     ) -> tuple[wire.Body, bytearray | None]:
-        """One raw data-plane request (tools and tests: LIST_CHUNKS, TARGET_STATS)."""
+        """One raw data-plane request (tools and tests: LIST_CHUNKS, TARGET_STATS),
+        signed when this client holds the cluster secret."""
+        if self._tool_keys is not None and hasattr(body, "auth"):
+            body = self._tool_keys.sign(body)
         return await self._data.call(address, mtype, body, timeout=self._call_timeout)
 
     async def aclose(self) -> None:

@@ -30,6 +30,7 @@ import logging
 from typing import Any
 
 from client import ClientConfig, load_client_config
+from client.config import with_token
 from kv_cache.sync import SyncKVCacheStore
 from py3fs import errors
 
@@ -47,8 +48,9 @@ class Py3fsHiCacheStorage(_Base):  # type: ignore[misc,valid-type]
     is the dict SGLang's dynamic loader passes second; its keys, then
     `storage_config.extra_config`'s, then the keyword arguments, configure the
     store: `store_name`, `page_bytes` (one flat page of the host pool; 0: taken
-    from the pool SGLang registers), `capacity_bytes`, and the cluster as
-    `cluster` (a cluster file) or `mgmt` (addresses)."""
+    from the pool SGLang registers), `capacity_bytes`, the cluster as
+    `cluster` (a cluster file) or `mgmt` (addresses), and the identity as
+    `token` or `token_file` (else $PY3FS_TOKEN, $PY3FS_TOKEN_FILE, ...)."""
 
     def __init__(
         self,
@@ -80,6 +82,9 @@ class Py3fsHiCacheStorage(_Base):  # type: ignore[misc,valid-type]
             client_config = ClientConfig(mgmt=[mgmt] if isinstance(mgmt, str) else mgmt)
         elif client_config is None:
             client_config = load_client_config(opts.get("cluster"))
+        client_config = with_token(
+            client_config, opts.get("token"), opts.get("token_file")
+        )
         self._open_args = (
             client_config,
             opts.get("store_name", name),

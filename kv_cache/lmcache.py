@@ -10,6 +10,7 @@ path), from the engine's LMCache config:
       remote_storage_plugin.py3fs.module_path: kv_cache.lmcache
       remote_storage_plugin.py3fs.class_name: Py3fsConnectorAdapter
       py3fs.cluster: /etc/py3fs/cluster.toml       # or py3fs.mgmt: "h1:p,h2:p"
+      py3fs.token_file: ~/.config/py3fs/token      # or py3fs.token: "p3t_..."
       py3fs.capacity_bytes: 1099511627776          # optional, 0: unlimited
 
 Each LMCache chunk is one page of the store: LMCache's remote metadata header
@@ -40,6 +41,7 @@ from lmcache.v1.storage_backend.connector import (
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from client import Client, ClientConfig, load_client_config
+from client.config import with_token
 from kv_cache.store import KVCacheStore
 from py3fs import errors
 
@@ -56,12 +58,15 @@ def _extra(config: Any, name: str, default: Any = None) -> Any:
 
 def client_config_for(config: Any) -> ClientConfig:
     """The cluster named in LMCache's extra_config (`py3fs.mgmt` addresses or
-    a `py3fs.cluster` file), else the usual cluster-file lookup."""
+    a `py3fs.cluster` file), else the usual cluster-file lookup; with
+    `py3fs.token` or `py3fs.token_file`, that identity."""
     mgmt = _extra(config, "mgmt")
     if mgmt:
         addrs = mgmt.split(",") if isinstance(mgmt, str) else list(mgmt)
-        return ClientConfig(mgmt=[a.strip() for a in addrs if a.strip()])
-    return load_client_config(_extra(config, "cluster"))
+        cfg = ClientConfig(mgmt=[a.strip() for a in addrs if a.strip()])
+    else:
+        cfg = load_client_config(_extra(config, "cluster"))
+    return with_token(cfg, _extra(config, "token"), _extra(config, "token_file"))
 
 
 def store_name_from_url(url: str) -> str:

@@ -21,6 +21,8 @@ from py3fs import app, config, errors
 @click.option("--heartbeat-interval", default=None, help="mgmtd heartbeat [0.5s]")
 @click.option("--secret-file", default=None, help="cluster secret file")
 @click.option("--trash-interval", default=None, help="expired trash scan [60s]")
+@click.option("--rpc-max-connections", type=int, default=None, help="[4096]")
+@click.option("--rpc-idle-timeout", default=None, help="close idle peers [600s]")
 @click.option("--ready-file", default=None, help="write pid and address here")
 @click.option("--config", "config_file", default=None, help="TOML config file")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -36,6 +38,8 @@ def main(
     heartbeat_interval: str | None,
     secret_file: str | None,
     trash_interval: str | None,
+    rpc_max_connections: int | None,
+    rpc_idle_timeout: str | None,
     ready_file: str | None,
     config_file: str | None,
     log_level: str,
@@ -52,6 +56,8 @@ def main(
         "heartbeat_interval": heartbeat_interval,
         "secret_file": secret_file,
         "trash_interval": trash_interval,
+        "rpc_max_connections": rpc_max_connections,
+        "rpc_idle_timeout": rpc_idle_timeout,
     }
     try:
         cfg = config.load(MetaConfig, "meta", config_file, overrides)

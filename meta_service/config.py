@@ -32,3 +32,9 @@ class MetaConfig:
     # how often to look for write sessions whose client stopped renewing
     session_scan_interval: float = 1.0
     id_batch: int = 1000
+    # Bounds on RPC peers (py3fs.msgrpc.ServerLimits): connections, idle
+    # seconds before a connection with nothing in flight is closed, and the
+    # largest request body in bytes.
+    rpc_max_connections: int = 4096
+    rpc_idle_timeout: float = 600.0
+    rpc_max_request: int = 4 * 1024 * 1024

@@ -33,7 +33,7 @@ from py3fs.kv.base import Database
 from py3fs.kv.registry import open_database
 from py3fs.kv.sqlite import SqliteDatabase
 from py3fs.mgmt_client import MgmtClient
-from py3fs.msgrpc import MsgServer
+from py3fs.msgrpc import MsgServer, ServerLimits
 from py3fs.proto.messages import (
     CapReply,
     CapReq,
@@ -86,7 +86,13 @@ class MetaServer(ServiceResource):
         )
         self._store = MetaStore(db, ctx, IdAllocator(db, cfg.id_batch))
         await asyncio.to_thread(self._store.ensure_root)
-        self._rpc = MsgServer(MetaService, _Authenticated(self, Authenticator(db)))
+        limits = ServerLimits(
+            max_connections=cfg.rpc_max_connections,
+            idle_timeout=cfg.rpc_idle_timeout,
+            max_request=cfg.rpc_max_request,
+        )
+        impl = _Authenticated(self, Authenticator(db))
+        self._rpc = MsgServer(MetaService, impl, limits)
         self.address = await self._rpc.start(cfg.host, cfg.port)
         self._mgmt = MgmtClient(cfg.mgmt, keys=self._keys)
         try:
@@ -250,10 +256,21 @@ class MetaServer(ServiceResource):
         if node.type != InodeType.FILE:
             raise errors.InvalidArgument(f"inode {req.inode} is not a file")
         check_access(node, req, R | W if req.write else R)
+        if (
+            req.first_chunk < 0
+            or req.end_chunk < 0
+            or 0 < req.end_chunk <= req.first_chunk
+        ):
+            raise errors.InvalidArgument(
+                f"bad chunk range [{req.first_chunk}, {req.end_chunk})"
+            )
         if self._keys is None:
             return CapReply(cap=b"", ttl=caps.DEFAULT_TTL)
         ttl = caps.DEFAULT_TTL
-        return CapReply(cap=self._keys.issue(req.inode, req.write, ttl), ttl=ttl)
+        cap = self._keys.issue(
+            req.inode, req.write, ttl, req.first_chunk, req.end_chunk
+        )
+        return CapReply(cap=cap, ttl=ttl)
 
     async def whoami(self, req: MetaReq) -> WhoAmIReply:
         return WhoAmIReply(uid=req.uid, gid=req.gid, groups=list(req.groups))

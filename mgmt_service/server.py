@@ -194,8 +194,11 @@ class MgmtServer(ServiceResource):
     # ------------------------------------------------------------------ RPCs
 
     def _verify(
-        self, req: RegisterNodeReq | HeartbeatReq | CreateChainTableReq
+        self,
+        req: RegisterNodeReq | HeartbeatReq | CreateChainTableReq | DecommissionReq,
     ) -> None:
+        """Every RPC that changes cluster state comes from a service or an
+        admin tool holding the cluster secret; GetRouting is open to clients."""
         if self._keys is not None:
             self._keys.verify(req)
 
@@ -223,6 +226,7 @@ class MgmtServer(ServiceResource):
         return info
 
     async def decommission(self, req: DecommissionReq) -> RoutingInfo:
+        self._verify(req)
         info = self.state.decommission(req.node_id)
         await self._persist()
         return info

@@ -1,10 +1,11 @@
 """Data-plane capabilities and node signatures, both keyed by the cluster secret.
 
 Storage never sees users, so meta hands a client a short-lived *capability*
-for an inode (read, or read+write) after checking its permissions; storage
-checks the capability's HMAC and expiry on every client read, write and
-truncate. Messages only services may send (chain forwards, repair, resync,
-REMOVE from meta's GC) carry a *node signature*: an HMAC over the encoded
+for a range of an inode's chunks (read, or read+write; by default all of
+them) after checking its permissions; storage checks the capability's HMAC,
+expiry and chunk range on every client read, write and truncate. Messages
+only services may send (chain forwards, repair, resync, REMOVE from meta's
+GC) carry a *node signature*: an HMAC over the encoded
 body. The secret is one file (0600) every service of the cluster reads
 (`--secret-file`); a service started without one checks nothing, as before.
 """
@@ -33,6 +34,14 @@ class Capability(msgspec.Struct, array_like=True, frozen=True):
     inode: int
     write: bool
     expires_ms: int  # wall clock, ms since the epoch
+    # Chunk indexes [first_chunk, end_chunk) it covers; end 0: no end.
+    first_chunk: int = 0
+    end_chunk: int = 0
+
+    def covers(self, chunk: int) -> bool:
+        return self.first_chunk <= chunk and (
+            not self.end_chunk or chunk < self.end_chunk
+        )
 
 
 class Keys:
@@ -49,37 +58,74 @@ class Keys:
             return None
         return cls(bytes.fromhex(Path(path).read_text().strip()))
 
+    @classmethod
+    def load_if_readable(cls, path: str) -> Keys | None:
+        """As `load`, but None when this user cannot read `path` (a cluster
+        file names the secret for its admin; other users just lack it)."""
+        try:
+            return cls.load(path)
+        except (OSError, ValueError):
+            return None
+
     # -- capabilities
 
-    def issue(self, inode: int, write: bool, ttl: float = DEFAULT_TTL) -> bytes:
+    def issue(
+        self,
+        inode: int,
+        write: bool,
+        ttl: float = DEFAULT_TTL,
+        first_chunk: int = 0,
+        end_chunk: int = 0,
+    ) -> bytes:
+        expires_ms = int((time.time() + ttl) * 1000)
         body = msgspec.msgpack.encode(
-            Capability(inode, write, int((time.time() + ttl) * 1000))
+            Capability(inode, write, expires_ms, first_chunk, end_chunk)
         )
         return body + hmac.new(self.cap, body, hashlib.sha256).digest()[:MAC_LEN]
 
-    def check(self, raw: bytes, inode: int, write: bool) -> None:
-        """PermissionDenied unless `raw` is a valid, unexpired capability for
-        `inode` that allows writing when `write`."""
+    def open(self, raw: bytes) -> Capability:
+        """The capability in `raw` once its signature holds (PermissionDenied
+        otherwise), whatever it covers and even if expired: `allows` decides."""
         if not raw:
-            raise errors.PermissionDenied(
-                f"no capability for inode {inode}: ask meta (open) first"
-            )
+            raise errors.PermissionDenied("no capability: ask meta (open) first")
         body, mac = raw[:-MAC_LEN], raw[-MAC_LEN:]
         want = hmac.new(self.cap, body, hashlib.sha256).digest()[:MAC_LEN]
         if not hmac.compare_digest(mac, want):
             raise errors.PermissionDenied("forged capability")
         try:
-            cap = msgspec.msgpack.decode(body, type=Capability)
+            return msgspec.msgpack.decode(body, type=Capability)
         except msgspec.DecodeError:
             raise errors.PermissionDenied("malformed capability") from None
+
+    @staticmethod
+    def allows(cap: Capability, inode: int, write: bool, chunk: int | None) -> None:
+        """PermissionDenied unless opened capability `cap` is for `inode`,
+        allows writing when `write` and covers chunk index `chunk` (None: any);
+        CapabilityExpired (retryable: ask meta again) past its expiry."""
         if cap.inode != inode:
             raise errors.PermissionDenied(
                 f"capability is for inode {cap.inode}, not {inode}"
             )
         if write and not cap.write:
             raise errors.PermissionDenied(f"read-only capability for inode {inode}")
+        if chunk is not None and not cap.covers(chunk):
+            raise errors.PermissionDenied(
+                f"capability for chunks [{cap.first_chunk}, "
+                f"{cap.end_chunk or 'end'}) of inode {inode} does not cover {chunk}"
+            )
         if cap.expires_ms < time.time() * 1000:
             raise errors.CapabilityExpired(f"capability for inode {inode} expired")
+
+    def check(
+        self, raw: bytes, inode: int, write: bool, chunk: int | None = None
+    ) -> None:
+        """PermissionDenied unless `raw` is a valid, unexpired capability for
+        `inode` (and chunk index `chunk`) that allows writing when `write`."""
+        if not raw:
+            raise errors.PermissionDenied(
+                f"no capability for inode {inode}: ask meta (open) first"
+            )
+        self.allows(self.open(raw), inode, write, chunk)
 
     # -- node signatures
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from py3fs import auth, caps, errors
+from py3fs import auth, caps, errors, tls
 from py3fs.etcd_local import (
     EtcdMember,
     endpoints_of,
@@ -63,6 +63,8 @@ class ClusterSpec:
     # Capabilities and node signatures on the data plane (py3fs.caps); off
     # only to measure what they cost (benchmarks/caps_cost.py).
     capabilities: bool = True
+    # TLS on mgmtd's gRPC and meta's msgrpc with a local CA (py3fs.tls).
+    tls: bool = False
     # Extra command-line arguments per role ("mgmtd", "meta", "storage").
     extra: dict[str, list[str]] = field(default_factory=dict)
     # Process name ("etcd-1", "mgmtd-1", "meta-11", "storage-21") -> [network
@@ -101,6 +103,21 @@ class LocalCluster:
     def secret_file(self) -> Path:
         """The cluster secret (0600) services sign and check with (py3fs.caps)."""
         return self.data_dir / "cluster.secret"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Certificates when `spec.tls` (py3fs.tls): ca.pem for clients,
+        cert.pem and key.pem (0600) for services."""
+        return self.data_dir / "tls"
+
+    def _tls_env(self) -> None:
+        """Services find the certificates through $PY3FS_TLS_DIR."""
+        if self.spec.tls:
+            for proc in [*self.mgmtds, *self.metas, *self.storages]:
+                proc.env[tls.TLS_ENV] = str(self.tls_dir)
+
+    def _tls(self) -> tls.Tls | None:
+        return tls.Tls.load(str(self.tls_dir)) if self.spec.tls else None
 
     def _secret_args(self) -> list[str]:
         if not self.spec.capabilities:
@@ -156,10 +173,18 @@ class LocalCluster:
 
     def _write_files(self) -> None:
         mgmt = ", ".join(f'"{a}"' for a in self.mgmt_addresses)
+        # The secret (0600) lets this user's admin tools (fsck, decommission)
+        # sign what only services may send; other users cannot read it.
+        secret = (
+            f'secret_file = "{self.secret_file}"\n' if self.spec.capabilities else ""
+        )
+        if self.spec.tls:
+            secret += f'tls_dir = "{self.tls_dir}"\n'
+
         self.cluster_file.write_text(
             "# Written by `py3fs cluster up`; clients read [client].\n"
             f"[client]\nmgmt = [{mgmt}]\n"
-            f'token_file = "{self.admin_token_file}"\n'
+            f'token_file = "{self.admin_token_file}"\n' + secret
         )
         state = {
             "kv_url": self.kv_url,
@@ -228,6 +253,7 @@ class LocalCluster:
                 cluster.metas.append(proc)
             else:
                 cluster.storages.append(proc)
+        cluster._tls_env()
         return cluster
 
     # ------------------------------------------------------------ lifecycle
@@ -297,6 +323,7 @@ class LocalCluster:
             for i in range(spec.storage)
         ]
         procs = [*self.mgmtds, *self.metas, *self.storages]
+        self._tls_env()
         ports = free_ports(2 * len(procs))
         for proc, port, http in zip(procs, ports[::2], ports[1::2], strict=True):
             proc.address = f"{HOST}:{port}"
@@ -363,6 +390,8 @@ class LocalCluster:
         try:
             start_members(self.etcd, timeout)
             caps.write_secret(self.secret_file)
+            if self.spec.tls:
+                tls.make_local(self.tls_dir)
             self._ensure_admin()
             self._plan()
             # One by one: the first takes the lease, the others stand by.
@@ -422,7 +451,9 @@ class LocalCluster:
 
     async def _create_chains(self, timeout: float) -> None:
         mgmt = MgmtClient(
-            self.mgmt_addresses, keys=caps.Keys.load(str(self.secret_file))
+            self.mgmt_addresses,
+            keys=caps.Keys.load(str(self.secret_file)),
+            tls=self._tls(),
         )
         try:
             deadline = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from py3fs.proto.messages import (
 from py3fs.retry import RetryPolicy
 from py3fs.routing import RoutingView
 from py3fs.rpc import RpcClient
+from py3fs.tls import Tls
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Msg)
@@ -48,14 +49,17 @@ class MgmtClient:
         addresses: list[str],
         timeout: float = 10.0,
         keys: caps.Keys | None = None,
+        tls: Tls | None = None,
     ) -> None:
-        # Services sign registrations, heartbeats and chain-table creation with
-        # the cluster secret; clients only read routing and hold no key.
+        # Services and admin tools sign registrations, heartbeats, chain-table
+        # creation and decommissions with the cluster secret; clients only
+        # read routing and hold no key.
         self._keys = keys
         if not addresses:
             raise errors.InvalidArgument("no mgmtd address configured")
         self._clients = [
-            RpcClient(a, mgmt_pb2_grpc.MgmtStub, MGMT_RPCS, timeout) for a in addresses
+            RpcClient(a, mgmt_pb2_grpc.MgmtStub, MGMT_RPCS, timeout, tls)
+            for a in addresses
         ]
         self._current = 0
 
@@ -89,7 +93,7 @@ class MgmtClient:
         return RoutingView(await self._call("CreateChainTable", req, RoutingInfo))
 
     async def decommission(self, node_id: int) -> RoutingView:
-        req = DecommissionReq(node_id=node_id)
+        req = self._signed(DecommissionReq(node_id=node_id))
         return RoutingView(await self._call("Decommission", req, RoutingInfo))
 
     async def aclose(self) -> None:

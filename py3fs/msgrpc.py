@@ -12,8 +12,16 @@ A frame is a little-endian header and a msgpack body:
 
 A request's code is the RPC's number in the table; a reply's is 0 with the
 msgpack reply, or a `py3fs.errors` code with the UTF-8 message as its body.
-Requests pipeline: a connection carries any number in flight, the server runs
-each in a task of its own and replies in completion order, matched by id.
+Requests pipeline: a connection carries many in flight, the server runs each
+in a task of its own and replies in completion order, matched by id.
+
+The server is bounded like the data plane's (`py3fs.dataplane.DataServer`),
+by `ServerLimits`: a connection cap, an idle timeout, a request size checked
+from the header before any body byte is read (an oversized one is answered
+FrameTooLarge and the connection closed), a budget for the bodies of all
+connections together, a deadline to deliver an announced body, a per
+connection cap on requests in flight (past it the server stops reading that
+connection) and a deadline for the peer to take its replies.
 """
 
 from __future__ import annotations
@@ -25,17 +33,22 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgspec
 
 from py3fs import errors, metrics
+from py3fs import tls as tls_mod
+from py3fs.dataplane import PayloadBudget
 from py3fs.proto.messages import Msg
 from py3fs.proto.services import Rpc, Service
 
 logger = logging.getLogger(__name__)
 
 HEADER: Final = struct.Struct("<IQI")
+# What a client accepts in a reply (a ListDir page of 10,000 stat'ed entries is
+# a few MiB); requests are bounded by `ServerLimits.max_request`.
 MAX_BODY: Final = 64 * 1024 * 1024
 OK: Final = 0
 A = TypeVar("A", bound=Msg)
@@ -51,11 +64,59 @@ def _split_address(address: str) -> tuple[str, int]:
 Handler = Callable[[Any], Awaitable[Msg]]
 
 
-class MsgServer:
-    """Serves `table` with `impl.<rpc.name>(req)` for every RPC of the table."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one peer, and all of them together, may hold of a server."""
 
-    def __init__(self, table: type[Service], impl: object) -> None:
+    max_connections: int = 4096
+    # A connection with no request in flight that sends nothing for this long
+    # is closed (clients reconnect on their next call).
+    idle_timeout: float = 600.0
+    # The largest request body. Meta's requests are small: the biggest, a KV
+    # cache batch of 1,024 keys, is well under 1 MiB.
+    max_request: int = 4 * 1024 * 1024
+    # Request bodies all connections may hold at once, in bytes.
+    body_budget: int = 256 * 1024 * 1024
+    # Seconds to deliver a body once its header arrived, and to take a reply.
+    body_timeout: float = 30.0
+    reply_timeout: float = 60.0
+    # Requests in flight per connection; past it the server reads no more
+    # from that connection until one finishes (TCP pushes back on the peer).
+    max_inflight: int = 256
+
+
+_SMALL: Final = 64 * 1024
+# Replies queued past this (asyncio's default high-water mark) wait for the
+# peer to take them.
+_DRAIN_ABOVE: Final = 64 * 1024
+
+
+class _Conn:
+    """Requests in flight on one server connection, and when it last made
+    progress (a request read or answered)."""
+
+    def __init__(self, max_inflight: int) -> None:
+        self.slots = asyncio.Semaphore(max_inflight)
+        self.inflight = 0
+        self.last = time.monotonic()
+
+
+class MsgServer:
+    """Serves `table` with `impl.<rpc.name>(req)` for every RPC of the table,
+    within `limits`."""
+
+    def __init__(
+        self,
+        table: type[Service],
+        impl: object,
+        limits: ServerLimits | None = None,
+        tls: tls_mod.Tls | None = None,
+    ) -> None:
         self._table = table
+        # TLS when given certificates, or $PY3FS_TLS_DIR names them.
+        self._tls = tls or tls_mod.from_env()
+        self._limits = limits or ServerLimits()
+        self._budget = PayloadBudget(self._limits.body_budget)
         self._dispatch: dict[
             int, tuple[Rpc[Any, Any], msgspec.msgpack.Decoder[Any], Handler]
         ] = {
@@ -67,7 +128,8 @@ class MsgServer:
         self.address = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._server = await asyncio.start_server(self._serve_conn, host, port)
+        ctx = None if self._tls is None else self._tls.server_context()
+        self._server = await asyncio.start_server(self._serve_conn, host, port, ssl=ctx)
         bound = self._server.sockets[0].getsockname()[1]
         self.address = f"{host}:{bound}"
         return self.address
@@ -86,26 +148,119 @@ class MsgServer:
     async def _serve_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        limits = self._limits
+        peer = writer.get_extra_info("peername")
+        if len(self._writers) >= limits.max_connections:
+            logger.warning("refusing %s: %d connections open", peer, len(self._writers))
+            writer.close()
+            return
         self._writers.add(writer)
+        conn = _Conn(limits.max_inflight)
         try:
             async with asyncio.TaskGroup() as tg:
-                while True:
-                    try:
-                        head = await reader.readexactly(HEADER.size)
-                        size, rid, number = HEADER.unpack(head)
-                        if size > MAX_BODY:
-                            logger.warning("frame of %d bytes: closing", size)
+                watchdog = tg.create_task(self._close_when_idle(writer, conn, peer))
+                try:
+                    while True:
+                        await conn.slots.acquire()
+                        try:
+                            got = await self._read_request(reader, writer, peer)
+                        except (asyncio.IncompleteReadError, ConnectionError):
+                            got = None
+                        if got is None:
+                            conn.slots.release()
                             break
-                        body = await reader.readexactly(size) if size else b""
-                    except (asyncio.IncompleteReadError, ConnectionError):
-                        break
-                    tg.create_task(self._handle(writer, rid, number, body))
+                        conn.inflight += 1
+                        conn.last = time.monotonic()
+                        tg.create_task(self._handle(writer, conn, *got))
+                finally:
+                    watchdog.cancel()
         finally:
             self._writers.discard(writer)
             writer.close()
 
+    async def _close_when_idle(
+        self, writer: asyncio.StreamWriter, conn: _Conn, peer: object
+    ) -> None:
+        """Close the connection once it has had nothing in flight and
+        delivered no whole request for the idle timeout (a stalled partial
+        request included). One timer per connection, not one per request:
+        a meta call costs tens of µs."""
+        idle = self._limits.idle_timeout
+        while True:
+            await asyncio.sleep(idle / 4)
+            if not conn.inflight and time.monotonic() - conn.last >= idle:
+                logger.info("closing %s: idle for %.0f s", peer, idle)
+                writer.close()
+                return
+
+    async def _read_request(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: object,
+    ) -> tuple[int, int, bytes, int] | None:
+        """The next request (id, number, body, bytes taken from the body
+        budget); None when the connection is to be closed."""
+        limits = self._limits
+        head = await reader.readexactly(HEADER.size)
+        size, rid, number = HEADER.unpack(head)
+        if size > limits.max_request:
+            # Refused from the header: nothing of the body is read or held.
+            logger.warning(
+                "closing %s: request of %d bytes (limit %d)",
+                peer,
+                size,
+                limits.max_request,
+            )
+            exc = errors.FrameTooLarge(
+                f"request of {size} bytes; the limit is {limits.max_request}"
+            )
+            out = exc.message.encode()
+            writer.write(HEADER.pack(len(out), rid, exc.code) + out)
+            return None
+        if size <= _SMALL:
+            # Nearly every request: no budget to wait for (a peer announcing
+            # big bodies and stalling must not stall everyone else) and no
+            # deadline of its own (the idle watchdog ends a stalled one).
+            data = await reader.readexactly(size) if size else b""
+            return rid, number, data, 0
+        taken = size
+        await self._budget.take(taken)
+        try:
+            async with asyncio.timeout(limits.body_timeout):
+                data = await reader.readexactly(size)
+        except TimeoutError:
+            logger.warning("closing %s: %d-byte body not delivered", peer, size)
+            await self._budget.give(taken)
+            return None
+        except BaseException:
+            await self._budget.give(taken)
+            raise
+        return rid, number, data, taken
+
     async def _handle(
-        self, writer: asyncio.StreamWriter, rid: int, number: int, body: bytes
+        self,
+        writer: asyncio.StreamWriter,
+        conn: _Conn,
+        rid: int,
+        number: int,
+        body: bytes,
+        size: int,
+    ) -> None:
+        try:
+            await self._answer(writer, rid, number, body, size)
+        finally:
+            conn.inflight -= 1
+            conn.last = time.monotonic()
+            conn.slots.release()
+
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        rid: int,
+        number: int,
+        body: bytes,
+        size: int,
     ) -> None:
         title = str(number)
         start = time.perf_counter()
@@ -124,6 +279,10 @@ class MsgServer:
                 raise errors.BadFrame(
                     f"{title}: cannot decode request: {exc}"
                 ) from None
+            finally:
+                if size:
+                    await self._budget.give(size)
+                size = 0
             out = _encoder.encode(await handler(req))
             code = OK
         except errors.Py3fsError as exc:
@@ -135,9 +294,25 @@ class MsgServer:
             outcome = "internal"
             logger.exception("%s: unexpected error", title)
             code, out = errors.Py3fsError.code, f"internal: {exc}".encode()
+        finally:
+            if size:
+                await self._budget.give(size)
         metrics.record(title, outcome, time.perf_counter() - start)
-        if not writer.is_closing():
-            writer.write(HEADER.pack(len(out), rid, code) + out)
+        if writer.is_closing():
+            return
+        writer.write(HEADER.pack(len(out), rid, code) + out)
+        if writer.transport.get_write_buffer_size() <= _DRAIN_ABOVE:
+            return  # sent, or nearly: no need to wait (nor to arm a timer)
+        try:
+            # A peer that does not read its replies holds at most
+            # `max_inflight` of them here, then loses the connection.
+            async with asyncio.timeout(self._limits.reply_timeout):
+                await writer.drain()
+        except TimeoutError:
+            logger.warning("closing a connection whose peer takes no replies")
+            writer.close()
+        except ConnectionError:
+            writer.close()
 
 
 class MsgClient:
@@ -151,8 +326,11 @@ class MsgClient:
         *,
         default_timeout: float = 30.0,
         connect_timeout: float = 5.0,
+        tls: tls_mod.Tls | None = None,
     ) -> None:
         self.address = address
+        tls = tls or tls_mod.from_env()
+        self._ssl = None if tls is None else tls.client_context()
         self._decoders = {
             rpc.number: msgspec.msgpack.Decoder(rpc.reply) for rpc in table.rpcs()
         }
@@ -176,7 +354,12 @@ class MsgClient:
             host, port = _split_address(self.address)
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=self._ssl,
+                        server_hostname=host if self._ssl else None,
+                    )
             except (OSError, TimeoutError) as exc:
                 raise errors.RPCUnavailable(
                     f"cannot connect to {self.address}: {exc}"

@@ -19,6 +19,7 @@ import grpc.aio
 import msgspec
 
 from py3fs import errors, metrics
+from py3fs import tls as tls_mod
 from py3fs.proto import envelope_pb2
 from py3fs.proto.messages import Msg
 from py3fs.proto.services import Rpc, Service
@@ -91,15 +92,21 @@ async def start_server(
     servicer: object,
     host: str = "127.0.0.1",
     port: int = 0,
+    tls: tls_mod.Tls | None = None,
 ) -> tuple[grpc.aio.Server, str]:
-    """Start a gRPC server on host:port (0: any free port); returns it and the
-    bound address. Raises AddressInUse when the port is taken or invalid."""
+    """Start a gRPC server on host:port (0: any free port), with TLS when `tls`
+    or $PY3FS_TLS_DIR names certificates; returns it and the bound address.
+    Raises AddressInUse when the port is taken or invalid."""
+    tls = tls or tls_mod.from_env()
     if not 0 <= port <= 65535:
         raise errors.InvalidArgument(f"port {port} is out of range 0-65535")
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     add_to_server(servicer, server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", tls.grpc_server())
     except RuntimeError as exc:
         raise errors.AddressInUse(f"cannot bind {host}:{port}: {exc}") from None
     if bound == 0:
@@ -117,9 +124,17 @@ class RpcClient:
         stub_factory: Callable[[grpc.aio.Channel], Any],
         table: dict[str, tuple[type[Msg], type[Msg]]],
         default_timeout: float = 30.0,
+        tls: tls_mod.Tls | None = None,
     ) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=_GRPC_OPTIONS)
+        # TLS when given certificates, or $PY3FS_TLS_DIR names them.
+        tls = tls or tls_mod.from_env()
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(address, options=_GRPC_OPTIONS)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                address, tls.grpc_channel(), options=_GRPC_OPTIONS
+            )
         self._stub = stub_factory(self._channel)
         self._decoders = {
             name: msgspec.msgpack.Decoder(reply) for name, (_r, reply) in table.items()

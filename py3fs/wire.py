@@ -167,6 +167,9 @@ class RemoveReply(Body):
 class QueryChunkReq(Body):
     target_id: int
     chunk_id: bytes
+    # Node signature: chunk metadata (which inodes exist, their lengths and
+    # checksums) is for chain peers, meta and the cluster's admin tools.
+    auth: bytes = b""
 
 
 class ChunkMeta(Body):
@@ -181,6 +184,7 @@ class ChunkMeta(Body):
 class ListChunksReq(Body):
     target_id: int
     inode: int = 0
+    auth: bytes = b""  # node signature, as QueryChunkReq
 
 
 class ListChunksReply(Body):
@@ -233,7 +237,7 @@ class FlushReply(Body):
 
 
 class TargetStatsReq(Body):
-    pass
+    auth: bytes = b""  # node signature, as QueryChunkReq
 
 
 class TargetStat(Body):

@@ -37,23 +37,29 @@ json_option = click.option(
 
 
 def _run(cluster_file: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
+    cfg = client_config.load_client_config(cluster_file)
+    if not cfg.secret_file:
+        # A cluster file from before it named the secret.
+        cfg = client_config.replace(cfg, secret_file=_secret_path(cluster_file))
+
     async def main() -> T:
-        async with Client.from_cluster(cluster_file) as fs:
+        async with Client(cfg) as fs:
             return await fn(fs)
 
     return uvloop.run(main())
 
 
+def _secret_path(cluster_file: str | None) -> str:
+    return str(Path(client_config.cluster_file(cluster_file)).parent / "cluster.secret")
+
+
 def _cluster_keys(cluster_file: str | None) -> caps.Keys | None:
     """The cluster secret beside the cluster file (a local cluster's data
-    directory), if this operator can read it: fsck signs its direct removes
-    and replica reads with it, as meta's GC does. None: storage checks
-    nothing, or the operator lacks the secret and storage will refuse."""
-    secret = Path(client_config.cluster_file(cluster_file)).parent / "cluster.secret"
-    try:
-        return caps.Keys.load(str(secret))
-    except OSError:
-        return None
+    directory), if this operator can read it: fsck signs its direct removes,
+    chunk listings and replica reads with it, as meta's GC does; decommission
+    and create-chain-table sign for mgmtd. None: nothing checks, or the
+    operator lacks the secret and storage and mgmtd will refuse."""
+    return caps.Keys.load_if_readable(_secret_path(cluster_file))
 
 
 def _routing(cluster_file: str | None) -> RoutingView:

@@ -44,6 +44,13 @@ def cluster() -> None:
 )
 @click.option("--chunk-size", default="4MiB", show_default=True)
 @click.option("--heartbeat-timeout", default="2s", show_default=True)
+@click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="TLS on mgmtd's gRPC and meta's RPCs, with a local CA in DATA_DIR/tls "
+    "(clients find it through the cluster file's tls_dir)",
+)
 def up(
     data_dir: Path,
     meta: int,
@@ -54,6 +61,7 @@ def up(
     fsync: bool,
     chunk_size: str,
     heartbeat_timeout: str,
+    tls: bool,
 ) -> None:
     """Start mgmtd, meta and storage processes and create the chain table.
 
@@ -69,6 +77,7 @@ def up(
         fsync=fsync,
         chunk_size=chunk_size,
         heartbeat_timeout=heartbeat_timeout,
+        tls=tls,
     )
     local = LocalCluster(spec)
     if local.state_file.exists():

@@ -68,7 +68,9 @@ class Report:
 Chunks = dict[tuple[int, bytes], wire.ChunkMeta]
 
 
-async def list_chunks(fs: Client, view: RoutingView) -> Chunks:
+async def list_chunks(
+    fs: Client, view: RoutingView, keys: caps.Keys | None = None
+) -> Chunks:
     out: Chunks = {}
     for target in sorted(view.targets):
         try:
@@ -78,7 +80,9 @@ async def list_chunks(fs: Client, view: RoutingView) -> Chunks:
         if not view.nodes[view.targets[target].node_id].up:
             continue
         body, _ = await fs.storage.call(
-            address, wire.MsgType.LIST_CHUNKS, wire.ListChunksReq(target_id=target)
+            address,
+            wire.MsgType.LIST_CHUNKS,
+            _signed(keys, wire.ListChunksReq(target_id=target)),
         )
         assert isinstance(body, wire.ListChunksReply)
         for meta in body.chunks:
@@ -286,7 +290,7 @@ async def fsck(
     report = Report()
     view = await fs.mgmt.routing()
     found = await walk(fs, report, repair)
-    chunks = await list_chunks(fs, view)
+    chunks = await list_chunks(fs, view, keys)
     report.chunks = len({cid for _, cid in chunks})
     orphans = await check_orphans(fs, view, chunks, set(found), report)
     if repair and orphans:

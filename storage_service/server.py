@@ -29,6 +29,36 @@ logger = logging.getLogger(__name__)
 M = wire.MsgType
 
 
+def _check_read_caps(keys: caps.Keys, body: wire.ReadReq) -> None:
+    """Every io of a READ needs a capability for its inode covering its chunk.
+    Each capability's signature is checked once, however many ios it covers."""
+    by_inode: dict[int, list[caps.Capability]] = {}
+    for raw in body.caps:
+        try:
+            cap = keys.open(raw)
+        except errors.PermissionDenied:
+            continue  # a forged one counts as none
+        by_inode.setdefault(cap.inode, []).append(cap)
+    for io in body.ios:
+        inode, index = ids.split_chunk_id(io.chunk_id)
+        held = by_inode.get(inode)
+        if not held:
+            keys.check(b"", inode, write=False)
+            continue
+        refusal: errors.Py3fsError | None = None
+        for cap in held:
+            try:
+                keys.allows(cap, inode, False, index)
+                break
+            except (errors.PermissionDenied, errors.CapabilityExpired) as exc:
+                # Expired wins: the client then asks meta for a fresh one.
+                if refusal is None or isinstance(exc, errors.CapabilityExpired):
+                    refusal = exc
+        else:
+            assert refusal is not None
+            raise refusal
+
+
 class StorageServer(ServiceResource):
     def __init__(self, cfg: StorageConfig) -> None:
         self.cfg = cfg
@@ -154,36 +184,33 @@ class StorageServer(ServiceResource):
 
     def _authorize(self, body: wire.Body) -> None:
         """Refuse what the sender may not do: client reads and writes need a
-        capability from meta for the chunk's inode; forwards, repairs, resync
-        and removes need a node signature (py3fs.caps)."""
+        capability from meta for the chunk's inode; forwards, repairs, resync,
+        removes and chunk inspection need a node signature (py3fs.caps)."""
         keys = self.keys
         if keys is None:
             return
         if isinstance(body, wire.WriteReq):
             if body.update_ver == 0 and not body.repair:
-                inode, _ = ids.split_chunk_id(body.chunk_id)
-                keys.check(body.cap, inode, write=True)
+                inode, index = ids.split_chunk_id(body.chunk_id)
+                keys.check(body.cap, inode, write=True, chunk=index)
             else:
                 keys.verify(body)
         elif isinstance(body, wire.ReadReq):
             if body.auth:
                 keys.verify(body)
                 return
-            allowed: set[int] = set()
-            for io in body.ios:
-                inode, _ = ids.split_chunk_id(io.chunk_id)
-                if inode in allowed:
-                    continue
-                for raw in body.caps:
-                    try:
-                        keys.check(raw, inode, write=False)
-                    except errors.PermissionDenied:
-                        continue
-                    allowed.add(inode)
-                    break
-                else:
-                    keys.check(b"", inode, write=False)
-        elif isinstance(body, wire.RemoveReq | wire.SyncChunkReq | wire.SyncDoneReq):
+            _check_read_caps(keys, body)
+        elif isinstance(
+            body,
+            wire.RemoveReq
+            | wire.SyncChunkReq
+            | wire.SyncDoneReq
+            | wire.QueryChunkReq
+            | wire.ListChunksReq
+            | wire.TargetStatsReq,
+        ):
+            # Chunk inspection too: which inodes a target holds, with their
+            # lengths and checksums, is for services and admin tools only.
             keys.verify(body)
 
     async def _handle(self, frame: wire.Frame, conn: ServerConn) -> None:
@@ -203,8 +230,10 @@ class StorageServer(ServiceResource):
             self._authorize(body)
             await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
         elif isinstance(body, wire.QueryChunkReq):
+            self._authorize(body)
             await conn.reply(M.QUERY_CHUNK_REPLY, self.reads.query(body))
         elif isinstance(body, wire.ListChunksReq):
+            self._authorize(body)
             await conn.reply(M.LIST_CHUNKS_REPLY, self.reads.list_chunks(body))
         elif isinstance(body, wire.SyncChunkReq):
             self._authorize(body)
@@ -219,6 +248,7 @@ class StorageServer(ServiceResource):
             flushed = await self.ctx.flush(body.target_ids)
             await conn.reply(M.FLUSH_REPLY, wire.FlushReply(chunks=flushed))
         elif isinstance(body, wire.TargetStatsReq):
+            self._authorize(body)
             stats = await self.ctx.target_stats()
             await conn.reply(M.TARGET_STATS_REPLY, wire.TargetStatsReply(stats))
         elif frame.type == M.PING:

@@ -34,7 +34,13 @@ def running_cluster(data_dir: Path, **overrides: Any) -> Iterator[LocalCluster]:
 
 
 def client_for(cluster: LocalCluster, **overrides: Any) -> Client:
-    fields: dict[str, Any] = {"token_file": str(cluster.admin_token_file)}
+    fields: dict[str, Any] = {
+        "token_file": str(cluster.admin_token_file),
+        # The cluster's admin: raw chunk listings are signed as fsck's are.
+        "secret_file": str(cluster.secret_file),
+    }
+    if cluster.spec.tls:
+        fields["tls_dir"] = str(cluster.tls_dir)
     fields.update(overrides)
     return Client(ClientConfig(mgmt=cluster.mgmt_addresses, **fields))
 

@@ -25,6 +25,7 @@ from meta_service import dentries, inodes, kvindex
 from meta_service.kvindex import BYTES, PageEntry
 from meta_service.ops import lookup, mkdir
 from meta_service.ops.context import OpContext
+from meta_service.ops.lookup import R, W, X
 from meta_service.ops.open_close import make_layout
 from meta_service.ops.unlink import drop_link
 from py3fs import errors
@@ -45,6 +46,7 @@ from py3fs.proto.messages import (
     KvStoreInfo,
     KvStoreReq,
     KvStoreStats,
+    MetaReq,
     MkdirReq,
 )
 
@@ -66,6 +68,17 @@ def _holder(req: KvKeysReq | KvLookupReq) -> str:
     return f"{req.client_id}/{req.holder}"
 
 
+def store_for(tr: Transaction, store: str, who: MetaReq, want: int) -> KvStoreInfo:
+    """Store `store`, after checking that `who` has `want` (R to look pages
+    up, W to add or remove them) and search permission on its directory: a
+    store is shared exactly as its directory is. NotFound without the store."""
+    info = kvindex.get_store(tr, store)
+    top = inodes.load(tr, info.dir_inode)
+    if top is not None:
+        lookup.check_access(top, who, want | X)
+    return info
+
+
 def check_batch(n: int) -> None:
     if n > MAX_BATCH:
         raise errors.InvalidArgument(f"at most {MAX_BATCH} pages per request")
@@ -85,12 +98,14 @@ def open_store(
     _check_store_name(req.store)
     info = kvindex.load_store(tr, req.store)
     if info is not None:
+        change = bool(req.capacity_bytes) and req.capacity_bytes != info.capacity_bytes
+        store_for(tr, req.store, req, W if change else R)
         if req.page_bytes and info.page_bytes and req.page_bytes != info.page_bytes:
             raise errors.InvalidArgument(
                 f"store {req.store!r} has {info.page_bytes}-byte pages, "
                 f"not {req.page_bytes}"
             )
-        if req.capacity_bytes and req.capacity_bytes != info.capacity_bytes:
+        if change:
             info = msgspec.structs.replace(info, capacity_bytes=req.capacity_bytes)
             kvindex.save_store(tr, info)
         return info
@@ -115,7 +130,7 @@ def open_store(
 
 
 def stats(tr: Transaction, req: KvStoreReq) -> KvStoreStats:
-    info = kvindex.get_store(tr, req.store)
+    info = store_for(tr, req.store, req, R)
     return KvStoreStats(
         pages=kvindex.read_count(tr, req.store, kvindex.PAGES),
         used_bytes=kvindex.read_count(tr, req.store, BYTES),
@@ -130,7 +145,7 @@ def stage(
     """`req.count` new empty files in the store's staging directory, with their
     layouts, for the client to write pages into."""
     check_batch(req.count)
-    info = kvindex.get_store(tr, req.store)
+    info = store_for(tr, req.store, req, W)
     now_ns = ctx.now_ns()
     files = []
     for _ in range(req.count):
@@ -174,7 +189,7 @@ def put(tr: Transaction, ctx: OpContext, req: KvPutReq) -> KvPutReply:
     already happened finds its own inode indexed and reports it added. NotFound
     when a staging file is gone (removed as stale: write the page again)."""
     check_batch(len(req.pages))
-    info = kvindex.get_store(tr, req.store)
+    info = store_for(tr, req.store, req, W)
     now = ctx.clock()
     added = []
     for page in req.pages:
@@ -219,7 +234,7 @@ def page_lookup(tr: Transaction, ctx: OpContext, req: KvLookupReq) -> KvLookupRe
     missing key. `touch` moves found pages to the LRU's recent end; `lease_ttl`
     protects them from eviction while the caller reads them."""
     check_batch(len(req.keys))
-    kvindex.get_store(tr, req.store)
+    store_for(tr, req.store, req, R)
     now = ctx.clock()
     holder = _holder(req)
     found: list[KvPageLoc] = []
@@ -256,7 +271,7 @@ def page_lookup(tr: Transaction, ctx: OpContext, req: KvLookupReq) -> KvLookupRe
 
 def touch(tr: Transaction, ctx: OpContext, req: KvKeysReq) -> KvCountReply:
     """Mark pages as just used; returns how many exist."""
-    kvindex.get_store(tr, req.store)
+    store_for(tr, req.store, req, R)
     now = ctx.clock()
     n = 0
     for key in req.keys:
@@ -273,7 +288,7 @@ def lease(tr: Transaction, ctx: OpContext, req: KvKeysReq) -> KvCountReply:
     """Lease existing pages to (client, holder) for `ttl` seconds, or release
     that holder's lease when ttl <= 0. Returns how many pages exist."""
     check_batch(len(req.keys))
-    kvindex.get_store(tr, req.store)
+    store_for(tr, req.store, req, R)
     now = ctx.clock()
     holder = _holder(req)
     n = 0

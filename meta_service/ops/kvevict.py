@@ -7,7 +7,8 @@ from __future__ import annotations
 from meta_service import dentries, inodes, kvindex
 from meta_service.kvindex import BYTES, PageEntry
 from meta_service.ops.context import OpContext
-from meta_service.ops.kvcache import MAX_BATCH, check_batch, drop_file
+from meta_service.ops.kvcache import MAX_BATCH, check_batch, drop_file, store_for
+from meta_service.ops.lookup import R, W
 from py3fs.kv import keys
 from py3fs.kv.base import Transaction
 from py3fs.proto.messages import (
@@ -34,7 +35,7 @@ def remove(tr: Transaction, ctx: OpContext, req: KvKeysReq) -> KvCountReply:
     """Remove pages (index entry and file together); leased pages stay. Returns
     how many were removed."""
     check_batch(len(req.keys))
-    info = kvindex.get_store(tr, req.store)
+    info = store_for(tr, req.store, req, W)
     now = ctx.clock()
     n = 0
     for key in req.keys:
@@ -49,7 +50,7 @@ def evict(tr: Transaction, ctx: OpContext, req: KvEvictReq) -> KvEvictReply:
     """Remove least recently used unleased pages while the store is above
     `target_bytes` or they are older than `ttl`, up to `limit` pages; then
     staging files older than `staging_ttl`."""
-    info = kvindex.get_store(tr, req.store)
+    info = store_for(tr, req.store, req, W)
     limit = max(1, min(req.limit, MAX_BATCH))
     now = ctx.clock()
     used = kvindex.read_count(tr, req.store, BYTES)
@@ -120,7 +121,7 @@ def _remove_stale_staging(
 
 def list_pages(tr: Transaction, ctx: OpContext, req: KvListReq) -> KvListReply:
     """Index entries in key order after `start_after` (for fsck and tests)."""
-    kvindex.get_store(tr, req.store)
+    store_for(tr, req.store, req, R)
     begin, end = keys.kv_page_range(req.store)
     if req.start_after:
         begin = keys.kv_page_key(req.store, req.start_after) + b"\0"

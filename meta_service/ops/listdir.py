@@ -36,4 +36,5 @@ def list_dir(tr: Transaction, ctx: OpContext, req: ListDirReq) -> ListDirReply:
     found = [
         node if e.inode == node.inode else inodes.load(tr, e.inode) for e in entries
     ]
+    found = [n if n is None else lookup.for_caller(n, req) for n in found]
     return ListDirReply(entries=entries, more=more, inodes=found)

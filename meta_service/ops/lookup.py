@@ -12,6 +12,8 @@ name is at most 255 bytes (NameTooLong).
 
 from __future__ import annotations
 
+import msgspec
+
 from meta_service import dentries, inodes
 from py3fs import errors, ids
 from py3fs.kv.base import Transaction
@@ -66,6 +68,22 @@ def check_access(node: Inode, who: MetaReq, want: int) -> None:
 
 def is_owner(node: Inode, who: MetaReq) -> bool:
     return who.uid == 0 or who.uid == node.uid
+
+
+def for_caller(node: Inode, who: MetaReq) -> Inode:
+    """`node` as a stat shows it to `who`: the layout (where the data lives)
+    only to the owner, root, or a caller with read or write permission. stat
+    needs no permission on the file itself (POSIX: search on the path, and
+    StatInode names no path), but a file's data is for those who may open it."""
+    if node.layout is None or is_owner(node, who):
+        return node
+    for want in (R, W):
+        try:
+            check_access(node, who, want)
+        except errors.PermissionDenied:
+            continue
+        return node
+    return msgspec.structs.replace(node, layout=None)
 
 
 def root(tr: Transaction) -> Inode:
@@ -138,8 +156,10 @@ def resolve_parent(
 
 
 def stat(tr: Transaction, req: PathReq) -> Inode:
-    return resolve(tr, req.path, req, req.follow, req.at)
+    return for_caller(resolve(tr, req.path, req, req.follow, req.at), req)
 
 
 def stat_inode(tr: Transaction, req: InodeReq) -> Inode:
-    return inodes.get(tr, req.inode)
+    """Any caller may stat an inode (the mount's getattr does, for the kernel,
+    which checked the path); the layout only as `for_caller` allows."""
+    return for_caller(inodes.get(tr, req.inode), req)

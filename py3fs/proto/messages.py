@@ -143,6 +143,7 @@ class CreateChainTableReq(Msg):
 
 class DecommissionReq(Msg):
     node_id: int
+    auth: bytes = b""  # node signature (py3fs.caps): the cluster's admin tools
 
 
 MGMT_RPCS: Final[dict[str, tuple[type[Msg], type[Msg]]]] = {
@@ -282,10 +283,14 @@ class OpenReq(MetaReq):
 
 class CapReq(MetaReq):
     """A data-plane capability (py3fs.caps) for `inode`: read, or read and
-    write; meta checks the caller's permission on the inode first."""
+    write; meta checks the caller's permission on the inode first. It covers
+    chunk indexes [first_chunk, end_chunk), by default (end 0) all of them: a
+    holder may ask for a narrower one to hand to a worker."""
 
     inode: int = 0
     write: bool = False
+    first_chunk: int = 0
+    end_chunk: int = 0
 
 
 class CapReply(Msg):

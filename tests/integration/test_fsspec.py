@@ -20,15 +20,24 @@ from py3fs.cluster import LocalCluster  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _admin_token(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Clients built from mgmt addresses find the admin's token as a user's would.
-    monkeypatch.setenv("PY3FS_TOKEN_FILE", str(cluster.admin_token_file))
+def _no_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clients built from mgmt addresses get their token from the `token`
+    # option alone (an integrator's way), not from the environment.
+    monkeypatch.delenv("PY3FS_TOKEN", raising=False)
+    monkeypatch.delenv("PY3FS_TOKEN_FILE", raising=False)
+
+
+def admin_token(cluster: LocalCluster) -> str:
+    return cluster.admin_token_file.read_text().strip()
 
 
 @pytest.fixture
 def pfs(cluster: LocalCluster) -> Iterator[Py3fsFileSystem]:
     fs = fsspec.filesystem(
-        "py3fs", mgmt=cluster.mgmt_addresses, skip_instance_cache=True
+        "py3fs",
+        mgmt=cluster.mgmt_addresses,
+        token=admin_token(cluster),
+        skip_instance_cache=True,
     )
     try:
         yield fs
@@ -38,7 +47,7 @@ def pfs(cluster: LocalCluster) -> Iterator[Py3fsFileSystem]:
 
 @pytest.fixture
 def opts(cluster: LocalCluster) -> dict[str, object]:
-    return {"mgmt": cluster.mgmt_addresses}
+    return {"mgmt": cluster.mgmt_addresses, "token": admin_token(cluster)}
 
 
 def test_protocol_is_registered() -> None:
@@ -155,7 +164,10 @@ def test_namespace_operations(pfs: Py3fsFileSystem, tmp_path: Path) -> None:
 
 async def test_async_api(cluster: LocalCluster) -> None:
     fs = Py3fsFileSystem(
-        mgmt=cluster.mgmt_addresses, asynchronous=True, skip_instance_cache=True
+        mgmt=cluster.mgmt_addresses,
+        token_file=str(cluster.admin_token_file),
+        asynchronous=True,
+        skip_instance_cache=True,
     )
     try:
         await fs._pipe_file("/async/x", b"abcdef")

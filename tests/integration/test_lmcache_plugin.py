@@ -31,9 +31,15 @@ CHUNK, LAYERS, DIM = 256, 4, 576  # MLA latent chunks of 256 tokens
 
 
 @pytest.fixture(autouse=True)
-def _admin_token(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Clients built from mgmt addresses find the admin's token as a user's would.
-    monkeypatch.setenv("PY3FS_TOKEN_FILE", str(cluster.admin_token_file))
+def _no_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clients built from mgmt addresses get their token from the `token`
+    # option alone (an integrator's way), not from the environment.
+    monkeypatch.delenv("PY3FS_TOKEN", raising=False)
+    monkeypatch.delenv("PY3FS_TOKEN_FILE", raising=False)
+
+
+def admin_token(cluster: LocalCluster) -> str:
+    return cluster.admin_token_file.read_text().strip()
 
 
 @pytest.fixture
@@ -60,6 +66,7 @@ def engine(cluster: LocalCluster, store: str) -> tuple[Any, Any, Any]:
             "remote_storage_plugin.py3fs.module_path": "kv_cache.lmcache",
             "remote_storage_plugin.py3fs.class_name": "Py3fsConnectorAdapter",
             "py3fs.mgmt": ",".join(cluster.mgmt_addresses),
+            "py3fs.token_file": str(cluster.admin_token_file),
         },
     )
     metadata = LMCacheMetadata(

@@ -53,9 +53,15 @@ class CpuMLAHostPool:
 
 
 @pytest.fixture(autouse=True)
-def _admin_token(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Clients built from mgmt addresses find the admin's token as a user's would.
-    monkeypatch.setenv("PY3FS_TOKEN_FILE", str(cluster.admin_token_file))
+def _no_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clients built from mgmt addresses get their token from the `token`
+    # option alone (an integrator's way), not from the environment.
+    monkeypatch.delenv("PY3FS_TOKEN", raising=False)
+    monkeypatch.delenv("PY3FS_TOKEN_FILE", raising=False)
+
+
+def admin_token(cluster: LocalCluster) -> str:
+    return cluster.admin_token_file.read_text().strip()
 
 
 def storage_config(cluster: LocalCluster, *, page_first: bool = True) -> Any:
@@ -76,6 +82,7 @@ def storage_config(cluster: LocalCluster, *, page_first: bool = True) -> Any:
             "module_path": "kv_cache.hicache",
             "class_name": "Py3fsHiCacheStorage",
             "mgmt": cluster.mgmt_addresses,
+            "token": admin_token(cluster),
             "store_name": f"sglang-mla-{int(page_first)}",
         },
     )
