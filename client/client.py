@@ -100,6 +100,7 @@ class Client:
             call_timeout=config.call_timeout,
             capability=self._capability,
             tool_keys=keys,
+            tls=tls,
         )
         # File data: the one inode-level API every layer above uses.
         self.files = FileIO(self)

@@ -23,6 +23,7 @@ from py3fs.dataplane import DataClient
 from py3fs.proto.messages import Layout
 from py3fs.retry import RetryPolicy
 from py3fs.routing import RoutingView
+from py3fs.tls import Tls
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +62,7 @@ class StorageClient:
         call_timeout: float = 60.0,
         capability: CapSource | None = None,
         tool_keys: caps.Keys | None = None,
+        tls: Tls | None = None,
     ) -> None:
         self._routing = routing
         # Signs the raw requests of admin tools (`call`), never reads or writes:
@@ -71,7 +73,7 @@ class StorageClient:
         self.capability = capability
         self._caps: dict[tuple[int, bool], tuple[float, bytes]] = {}
         self._client_id = client_id
-        self._data = DataClient(max_idle_per_peer=max_inflight)
+        self._data = DataClient(max_idle_per_peer=max_inflight, tls=tls)
         self._sem = asyncio.Semaphore(max_inflight)
         self._ids = itertools.count(1)
         self._rr = itertools.count()

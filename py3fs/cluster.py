@@ -63,7 +63,8 @@ class ClusterSpec:
     # Capabilities and node signatures on the data plane (py3fs.caps); off
     # only to measure what they cost (benchmarks/caps_cost.py).
     capabilities: bool = True
-    # TLS on mgmtd's gRPC and meta's msgrpc with a local CA (py3fs.tls).
+    # TLS on mgmtd's gRPC, meta's msgrpc and the data plane, with a local CA
+    # (py3fs.tls).
     tls: bool = False
     # Extra command-line arguments per role ("mgmtd", "meta", "storage").
     extra: dict[str, list[str]] = field(default_factory=dict)

@@ -4,6 +4,12 @@ Both sides speak `py3fs.wire` over TCP with asyncio's socket primitives
 (`sock_recv_into`, `sock_sendall`) so payloads land straight in caller buffers.
 A connection carries one request at a time; concurrency comes from the pool
 holding several per peer.
+
+With TLS on (py3fs.tls: the cluster's CA and certificate, `$PY3FS_TLS_DIR` or
+a `tls` argument) every connection is TLS over the same primitives
+(py3fs.tls_sock): clients verify the server's certificate against the CA, a
+server refuses plain-text frames with a clear error and a client certificate
+the CA did not sign.
 """
 
 from __future__ import annotations
@@ -13,11 +19,14 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from py3fs import caps, errors, metrics, wire
+from py3fs import tls as tls_mod
+from py3fs.tls_sock import TlsSock, handshake_error
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +39,7 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 class _ClientConn:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: wire.Conn) -> None:
         self.sock = sock
         self.broken = False
 
@@ -39,10 +48,14 @@ class _ClientConn:
             self.sock.close()
 
 
-def _usable(sock: socket.socket) -> bool:
+def _usable(sock: wire.Conn) -> bool:
     """Whether an idle pooled connection may carry a request: not closed by the
     peer meanwhile (a restarted server on the same port would otherwise get
     every request on a dead connection first)."""
+    if isinstance(sock, TlsSock):
+        if sock.pending():
+            return False  # bytes nobody asked for (an alert, a close)
+        sock = sock.sock
     try:
         sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
@@ -62,8 +75,12 @@ class DataClient:
         max_idle_per_peer: int = 32,
         connect_timeout: float = 5.0,
         keys: caps.Keys | None = None,
+        tls: tls_mod.Tls | None = None,
     ) -> None:
         self._idle: dict[str, list[_ClientConn]] = {}
+        # TLS when given the CA, or $PY3FS_TLS_DIR names it.
+        tls = tls or tls_mod.from_env()
+        self._ssl = None if tls is None else tls.client_context()
         self._ids = itertools.count(1)
         self._max_payload = max_payload
         self._max_idle = max_idle_per_peer
@@ -90,7 +107,19 @@ class DataClient:
         except (OSError, TimeoutError) as exc:
             raise errors.RPCUnavailable(f"cannot connect to {address}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _ClientConn(sock)
+        if self._ssl is None:
+            return _ClientConn(sock)
+        tsock = TlsSock(sock, self._ssl, server_side=False, server_hostname=host)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await tsock.handshake()
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            tsock.close()
+            raise handshake_error(address, exc) from None
+        except BaseException:
+            tsock.close()
+            raise
+        return _ClientConn(tsock)
 
     async def call(
         self,
@@ -200,7 +229,7 @@ class ServerConn:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: wire.Conn,
         peer: str,
         budget: PayloadBudget | None = None,
         payload_timeout: float = 60.0,
@@ -312,8 +341,12 @@ class DataServer:
         idle_timeout: float = 600.0,
         payload_timeout: float = 60.0,
         payload_budget: int = 1 << 30,
+        tls: tls_mod.Tls | None = None,
     ) -> None:
         self._handler = handler
+        # TLS when given certificates, or $PY3FS_TLS_DIR names them.
+        tls = tls or tls_mod.from_env()
+        self._ssl = None if tls is None else tls.data_server_context()
         # Bounds on what clients can hold: connections, time between frames
         # (and to deliver one), payload bytes in memory at once.
         self._max_connections = max_connections
@@ -382,10 +415,52 @@ class DataServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, sock: socket.socket, peer: str) -> None:
+    async def _start_tls(self, sock: socket.socket, peer: str) -> TlsSock | None:
+        """The TLS connection over `sock`, or None (closed, refused, logged)."""
+        assert self._ssl is not None
         loop = asyncio.get_running_loop()
-        conn = ServerConn(sock, peer, self._budget, self._payload_timeout)
+        first = bytearray(wire.HEADER_SIZE)
         try:
+            async with asyncio.timeout(self._payload_timeout):
+                n = await loop.sock_recv_into(sock, first)
+                if n and first[0] == wire.MAGIC[0]:
+                    # A plain-text frame (TLS records start with 20..24):
+                    # tell the sender why, in its own protocol.
+                    await wire.recv_into(loop, sock, memoryview(first)[n:])
+                    _, rid, blen, plen = wire.parse_header(first, self._max_payload)
+                    logger.warning("refusing %s: plain text, TLS is on", peer)
+                    exc = errors.PermissionDenied(
+                        "this storage node accepts only TLS connections "
+                        "(give the client the cluster's tls_dir)"
+                    )
+                    await wire.send_frame(
+                        loop, sock, wire.MsgType.ERROR, rid, wire.error_body(exc)
+                    )
+                    # Read the rest of the request: closing on unread bytes
+                    # would reset the connection, losing the answer.
+                    await wire.discard(loop, sock, blen + plen)
+                    return None
+                if n == 0:
+                    return None
+                tsock = TlsSock(
+                    sock, self._ssl, server_side=True, first=bytes(first[:n])
+                )
+                await tsock.handshake()
+                return tsock
+        except (OSError, ssl.SSLError, TimeoutError, errors.RPCError) as exc:
+            logger.warning("TLS handshake with %s failed: %s", peer, exc)
+            return None
+
+    async def _serve(self, raw: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        sock: wire.Conn = raw
+        try:
+            if self._ssl is not None:
+                tsock = await self._start_tls(raw, peer)
+                if tsock is None:
+                    return
+                sock = tsock
+            conn = ServerConn(sock, peer, self._budget, self._payload_timeout)
             while True:
                 try:
                     async with asyncio.timeout(self._idle_timeout):

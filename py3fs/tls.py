@@ -1,4 +1,4 @@
-"""Optional TLS on the control plane: mgmtd's gRPC and meta's msgrpc.
+"""Optional TLS: mgmtd's gRPC, meta's msgrpc and the data plane.
 
 One switch, a directory holding `ca.pem` (the certificate authority clients
 trust, readable by all), `cert.pem` and `key.pem` (the services' certificate
@@ -9,9 +9,10 @@ a local CA and a certificate for 127.0.0.1 (`make_local`, with `openssl`).
 
 Clients check the server's certificate against the CA; servers do not ask
 clients for one: clients prove who they are with tokens, services with node
-signatures (py3fs.caps). The data plane (storage's framed protocol) is not
-encrypted: capabilities and node signatures keep it from being forged, not
-read.
+signatures (py3fs.caps). The data plane (storage's framed protocol, client
+to storage and storage to storage) is TLS too (py3fs.tls_sock), with the same
+files; there a client certificate is optional, but one the CA did not sign is
+refused.
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ class Tls:
         cert, key = self._files()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def data_server_context(self) -> ssl.SSLContext:
+        """The data plane's server side (py3fs.dataplane)."""
+        ctx = self.server_context()
+        # Connections are pooled and long-lived: no session tickets to resume
+        # with (they would also arrive as unasked bytes on an idle connection).
+        ctx.num_tickets = 0
+        ctx.load_verify_locations(cadata=self.ca.decode())
+        ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
 
     def client_context(self) -> ssl.SSLContext:

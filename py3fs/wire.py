@@ -18,12 +18,18 @@ import socket
 import struct
 from collections.abc import Sequence
 from enum import IntEnum
+from functools import partial
 from typing import Any, Final
 
 import crc32c as _crc32c
 import msgspec
 
 from py3fs import errors
+from py3fs.tls_sock import TlsSock
+
+# A data-plane connection: a plain socket, or TLS over one (py3fs.tls_sock).
+# Each helper below picks the path once per call with one type check.
+Conn = socket.socket | TlsSock
 
 MAGIC: Final = b"P3FS"
 VERSION: Final = 1
@@ -360,9 +366,16 @@ def decode_body(mtype: int, raw: bytes, crc: int) -> Body:
 
 
 async def recv_into(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview
+    loop: asyncio.AbstractEventLoop, sock: Conn, view: memoryview
 ) -> None:
     """Fill `view` exactly from `sock`."""
+    if isinstance(sock, TlsSock):
+        while view.nbytes:
+            n = await sock.recv_into(view)
+            if n == 0:
+                raise ConnectionClosed("connection closed by peer")
+            view = view[n:]
+        return
     while view.nbytes:
         n = await loop.sock_recv_into(sock, view)
         if n == 0:
@@ -372,7 +385,7 @@ async def recv_into(
 
 async def recv_frame(
     loop: asyncio.AbstractEventLoop,
-    sock: socket.socket,
+    sock: Conn,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     *,
     at_boundary_ok: bool = False,
@@ -381,7 +394,10 @@ async def recv_frame(
     frames and `at_boundary_ok`; the payload is left for the caller to read."""
     hbuf = bytearray(HEADER_SIZE)
     view = memoryview(hbuf)
-    first = await loop.sock_recv_into(sock, view)
+    if isinstance(sock, TlsSock):
+        first = await sock.recv_into(view)
+    else:
+        first = await loop.sock_recv_into(sock, view)
     if first == 0:
         if at_boundary_ok:
             return None
@@ -399,7 +415,7 @@ async def recv_frame(
     return Frame(type=MsgType(mtype), request_id=rid, body=body, payload_len=plen)
 
 
-async def discard(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> None:
+async def discard(loop: asyncio.AbstractEventLoop, sock: Conn, n: int) -> None:
     """Read and drop `n` bytes (an unwanted payload), keeping the stream in sync."""
     scratch = memoryview(bytearray(min(n, 1 << 20) or 1))
     while n > 0:
@@ -410,20 +426,24 @@ async def discard(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) 
 
 async def send_frame(
     loop: asyncio.AbstractEventLoop,
-    sock: socket.socket,
+    sock: Conn,
     mtype: MsgType,
     request_id: int,
     body: Body,
     payload: Sequence[Any] = (),
 ) -> None:
-    """Send a frame; payload buffers (bytes/memoryview) go out without copying."""
+    """Send a frame; payload buffers (bytes/memoryview) go out without copying
+    (over TLS they are encrypted from where they lie)."""
     views = [memoryview(p).cast("B") for p in payload]
     plen = sum(v.nbytes for v in views)
     head = encode_frame(mtype, request_id, body, plen)
+    send = (
+        sock.sendall if isinstance(sock, TlsSock) else partial(loop.sock_sendall, sock)
+    )
     if plen <= _COALESCE:
-        await loop.sock_sendall(sock, b"".join([head, *views]))
+        await send(b"".join([head, *views]))
         return
-    await loop.sock_sendall(sock, head)
+    await send(head)
     for v in views:
         if v.nbytes:
-            await loop.sock_sendall(sock, v)
+            await send(v)

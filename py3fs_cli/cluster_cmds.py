@@ -48,7 +48,8 @@ def cluster() -> None:
     "--tls/--no-tls",
     default=False,
     show_default=True,
-    help="TLS on mgmtd's gRPC and meta's RPCs, with a local CA in DATA_DIR/tls "
+    help="TLS on mgmtd's gRPC, meta's RPCs and the data plane, with a local CA "
+    "in DATA_DIR/tls "
     "(clients find it through the cluster file's tls_dir)",
 )
 def up(

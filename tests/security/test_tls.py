@@ -1,10 +1,12 @@
-"""Optional TLS on the control plane (issue 11), on a real cluster started
-with `tls=True` (`py3fs cluster up --tls`).
+"""Optional TLS (issue 11), on a real cluster started with `tls=True`
+(`py3fs cluster up --tls`).
 
-Before there was no TLS anywhere. Now, with the switch on, mgmtd's gRPC and
-meta's msgrpc speak only TLS with the cluster's certificate: a client given
-the CA (the cluster file's `tls_dir`) works as usual, a plain-text client is
-refused, and a client that trusts another CA refuses the servers.
+Before there was no TLS anywhere. Now, with the switch on, mgmtd's gRPC,
+meta's msgrpc and the data plane (client to storage, storage to storage along
+the chain) speak only TLS with the cluster's certificate: a client given the
+CA (the cluster file's `tls_dir`) works as usual, a plain-text client is
+refused, a client that trusts another CA refuses the servers, and a storage
+node refuses a client certificate from another CA.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from collections.abc import Iterator
 import pytest
 from harness import client_for, running_cluster
 
-from py3fs import errors, tls
+from py3fs import errors, tls, wire
 from py3fs.cluster import LocalCluster
+from py3fs.dataplane import DataClient
 from py3fs.mgmt_client import MgmtClient
 from py3fs.msgrpc import MsgClient
 from py3fs.proto.messages import MetaReq
@@ -72,7 +75,9 @@ async def test_plain_text_clients_refused(cluster: LocalCluster) -> None:
 def test_servers_present_the_clusters_certificate(cluster: LocalCluster) -> None:
     files = tls.Tls.load(str(cluster.tls_dir))
     assert files is not None
-    for address in [cluster.metas[0].address, *cluster.mgmt_addresses]:
+    data = [p.address for p in cluster.storages]
+    assert len(data) == 3
+    for address in [cluster.metas[0].address, *cluster.mgmt_addresses, *data]:
         host, port = host_port(address)
         with (
             socket.create_connection((host, port), timeout=10) as raw,
@@ -86,3 +91,112 @@ def test_servers_present_the_clusters_certificate(cluster: LocalCluster) -> None
             pytest.raises(ssl.SSLCertVerificationError),
         ):
             other.wrap_socket(raw, server_hostname=host)
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> tls.Tls:
+    """Certificates from a CA the cluster does not know."""
+    directory = tmp_path_factory.mktemp("other-ca")
+    tls.make_local(directory)
+    files = tls.Tls.load(str(directory))
+    assert files is not None
+    return files
+
+
+async def test_data_plane_writes_replicate_over_tls(cluster: LocalCluster) -> None:
+    """A client's writes reach storage over TLS and go along each 3-replica
+    chain over TLS: every replica holds the same committed chunks."""
+    data = bytes(range(256)) * (9 * 4096 + 7)  # 3 chunks of 4 MiB, the last short
+    async with client_for(cluster) as fs:
+        await fs.write_file("/chain-over-tls", data)
+        assert await fs.read_file("/chain-over-tls") == data
+        inode = (await fs.stat("/chain-over-tls")).inode
+        view = await fs.mgmt.routing()
+        found = 0
+        for chain in view.chains.values():
+            assert len(chain.targets) == 3
+            lists = []
+            for target in chain.targets:
+                body, _ = await fs.storage.call(
+                    view.target_address(target),
+                    wire.MsgType.LIST_CHUNKS,
+                    wire.ListChunksReq(target_id=target, inode=inode),
+                )
+                assert isinstance(body, wire.ListChunksReply)
+                lists.append(body.chunks)
+            assert all(lst == lists[0] for lst in lists), lists
+            found += len(lists[0])
+        assert found == 3
+
+
+async def test_plain_text_data_client_refused(cluster: LocalCluster) -> None:
+    address = cluster.storages[0].address
+    plain = DataClient()
+    try:
+        # Refused with a reason, at once (not retryable), payload or not.
+        with pytest.raises(errors.PermissionDenied, match="only TLS"):
+            await plain.call(
+                address, wire.MsgType.TARGET_STATS, wire.TargetStatsReq(), timeout=30
+            )
+        with pytest.raises(errors.PermissionDenied, match="only TLS"):
+            await plain.call(
+                address,
+                wire.MsgType.PING,
+                wire.Ping(),
+                [b"x" * (1 << 20)],
+                timeout=30,
+            )
+    finally:
+        await plain.aclose()
+    # The node keeps serving TLS clients, and logged one line per refusal.
+    async with client_for(cluster) as fs:
+        await fs.write_file("/after-plain", b"p" * 300_000)
+        assert await fs.read_file("/after-plain") == b"p" * 300_000
+    log = cluster.storages[0].log_file.read_text()
+    assert log.count("plain text, TLS is on") >= 2
+    assert "Traceback" not in log
+
+
+async def test_data_client_refuses_a_server_from_another_ca(
+    cluster: LocalCluster, other_ca: tls.Tls
+) -> None:
+    address = cluster.storages[1].address
+    client = DataClient(tls=other_ca)
+    try:
+        with pytest.raises(errors.PermissionDenied, match="certificate"):
+            await client.call(
+                address, wire.MsgType.TARGET_STATS, wire.TargetStatsReq(), timeout=30
+            )
+    finally:
+        await client.aclose()
+
+
+def test_storage_refuses_a_client_certificate_from_another_ca(
+    cluster: LocalCluster, other_ca: tls.Tls
+) -> None:
+    files = tls.Tls.load(str(cluster.tls_dir))
+    assert files is not None
+    host, port = host_port(cluster.storages[2].address)
+    ctx = files.client_context()  # trusts the cluster's CA...
+    # ...but shows a certificate the cluster's CA did not sign.
+    ctx.load_cert_chain(
+        f"{other_ca.directory}/{tls.CERT}", f"{other_ca.directory}/{tls.KEY}"
+    )
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        ping_over(ctx, host, port)
+
+
+def ping_over(ctx: ssl.SSLContext, host: str, port: int) -> None:
+    """Send a PING over TLS with `ctx`; raises when refused (any time: TLS
+    1.3's client side of the handshake ends before the server has checked the
+    client's certificate, so a refusal may come with the first read)."""
+    ping = wire.encode_frame(wire.MsgType.PING, 1, wire.Ping())
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as s,
+    ):
+        s.sendall(ping)
+        got = s.recv(wire.HEADER_SIZE)
+    if not got:
+        raise ConnectionResetError("closed without an alert")
+    raise AssertionError(f"answered: {got!r}")
