@@ -11,11 +11,24 @@ node refuses a client certificate from another CA.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from fault_tools import (
+    all_serving,
+    check_replicas,
+    fault_cluster,
+    fresh_routing,
+    node_down,
+    resync_log,
+    storage_proc,
+    wait_routing,
+)
 from harness import client_for, running_cluster
 
 from py3fs import errors, tls, wire
@@ -200,3 +213,33 @@ def ping_over(ctx: ssl.SSLContext, host: str, port: int) -> None:
     if not got:
         raise ConnectionResetError("closed without an alert")
     raise AssertionError(f"answered: {got!r}")
+
+
+async def test_resync_over_tls(
+    tmp_path: Path, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    """A node that was down catches up from its chain peers over TLS."""
+    with fault_cluster(tmp_path, targets=1, tls=True) as cluster:
+        fs = client_for(cluster)
+        try:
+            before = os.urandom(1 << 20)
+            await fs.write_file("/before.bin", before)
+            view = await fresh_routing(fs)
+            (chain,) = view.chains.values()
+            victim = chain.targets[-1]
+            proc = storage_proc(cluster, view.targets[victim].node_id)
+            proc.kill()
+            await wait_routing(fs, node_down(proc.node_id), timeout=30)
+            during = os.urandom(3 << 20)
+            await fs.write_file("/during.bin", during)
+            await asyncio.to_thread(cluster.restart, proc)
+            await wait_routing(fs, all_serving, timeout=120)
+            assert victim in {t for t, *_ in resync_log(cluster)}
+            assert await check_replicas(fs) > 0
+            assert await fs.read_file("/during.bin") == during
+            assert await fs.read_file("/before.bin") == before
+            # Every hop spoke TLS: a plain-text one would have been refused.
+            for p in cluster.storages:
+                assert "plain text, TLS is on" not in p.log_file.read_text()
+        finally:
+            await fs.aclose()
