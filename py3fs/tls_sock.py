@@ -19,9 +19,11 @@ from typing import Any, cast
 
 from py3fs import errors
 
-# Ciphertext read from the socket per system call, and plaintext encrypted per
-# send: a few TLS records (16 KiB each) at a time.
-_CHUNK = 256 * 1024
+# Ciphertext read from the socket per system call (a buffer each connection
+# keeps: pools hold many), and plaintext encrypted per send (transient): a few
+# TLS records (16 KiB each) at a time.
+_RECV = 64 * 1024
+_SEND = 256 * 1024
 
 
 class TlsSock:
@@ -49,7 +51,7 @@ class TlsSock:
             server_side=server_side,
             server_hostname=server_hostname,
         )
-        self._raw = bytearray(_CHUNK)
+        self._raw = bytearray(_RECV)
         self._eof = False
 
     async def _flush(self) -> None:
@@ -119,9 +121,9 @@ class TlsSock:
 
     async def sendall(self, data: Any) -> None:
         view = memoryview(data).cast("B")
-        for start in range(0, view.nbytes, _CHUNK):
+        for start in range(0, view.nbytes, _SEND):
             try:
-                self._obj.write(view[start : start + _CHUNK])
+                self._obj.write(view[start : start + _SEND])
             except ssl.SSLError as exc:
                 raise ConnectionResetError(f"TLS error: {exc}") from None
             await self._flush()
