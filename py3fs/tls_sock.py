@@ -19,10 +19,11 @@ from typing import Any, cast
 
 from py3fs import errors
 
-# Ciphertext read from the socket per system call (a buffer each connection
-# keeps: pools hold many), and plaintext encrypted per send (transient): a few
-# TLS records (16 KiB each) at a time.
-_RECV = 64 * 1024
+# Ciphertext read from the socket per system call, and plaintext encrypted per
+# send: several TLS records (16 KiB each) at a time. A connection keeps its
+# receive buffer (a plain one keeps a payload buffer of up to 8 MiB); 64 KiB
+# read slower in benchmarks/tls_cost.py.
+_RECV = 256 * 1024
 _SEND = 256 * 1024
 
 
