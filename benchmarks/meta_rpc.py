@@ -49,9 +49,14 @@ class StoreImpl:
         self._store = store
 
     def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
-        op = getattr(self._store, name)
+        # The servers look up a handler for every RPC of the table at start;
+        # the server-only ones (capability, whoami, trash...) the store lacks
+        # are not called here.
+        op = getattr(self._store, name, None)
 
         async def call(req: Msg) -> Msg:
+            if op is None:
+                raise NotImplementedError(name)
             result: Msg = await asyncio.to_thread(op, req)
             return result
 
