@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +45,22 @@ def client_for(cluster: LocalCluster, **overrides: Any) -> Client:
         fields["tls_dir"] = str(cluster.tls_dir)
     fields.update(overrides)
     return Client(ClientConfig(mgmt=cluster.mgmt_addresses, **fields))
+
+
+def add_user(
+    cluster: LocalCluster, name: str, uid: int, gid: int | None = None, groups: str = ""
+) -> str:
+    """`py3fs admin user add` as an operator runs it; returns the token it prints."""
+    args = ["--uid", str(uid), "--gid", str(uid if gid is None else gid)]
+    if groups:
+        args += ["--groups", groups]
+    args += ["--data-dir", str(cluster.data_dir)]
+    return subprocess.run(
+        [sys.executable, "-m", "py3fs", "admin", "user", "add", name, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def mint_capabilities(cluster: LocalCluster, fs: Client) -> None:

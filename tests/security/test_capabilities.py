@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from harness import client_for, list_chunks, running_cluster
+from harness import add_user, client_for, list_chunks, running_cluster
 
 from client import Client, ClientConfig
 from py3fs import caps, errors, ids, wire
@@ -42,29 +40,6 @@ async def dc() -> AsyncIterator[DataClient]:
         yield client
     finally:
         await client.aclose()
-
-
-def add_user(cluster: LocalCluster, name: str, uid: int) -> str:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "py3fs",
-            "admin",
-            "user",
-            "add",
-            name,
-            "--uid",
-            str(uid),
-            "--gid",
-            str(uid),
-            "--data-dir",
-            str(cluster.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 async def secret_file(cluster: LocalCluster, name: str) -> Inode:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import harness
 import pytest
 from harness import client_for, running_cluster
 
@@ -34,29 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def add_user(cluster: LocalCluster, name: str, uid: int, gid: int) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "py3fs",
-            "admin",
-            "user",
-            "add",
-            name,
-            "--uid",
-            str(uid),
-            "--gid",
-            str(gid),
-            "--groups",
-            "5000,5001",
-            "--data-dir",
-            str(cluster.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = out.stdout.strip()
+    token = harness.add_user(cluster, name, uid, gid, groups="5000,5001")
     assert token.startswith("p3t_")
     return token
 

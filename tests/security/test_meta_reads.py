@@ -12,12 +12,10 @@ pages up, W to add, remove or evict them.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-from harness import client_for, running_cluster
+from harness import add_user, client_for, running_cluster
 
 from client import Client, ClientConfig
 from py3fs import errors
@@ -42,29 +40,6 @@ KEY = b"k" * 32
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with running_cluster(tmp_path_factory.mktemp("metareads")) as c:
         yield c
-
-
-def add_user(cluster: LocalCluster, name: str, uid: int) -> str:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "py3fs",
-            "admin",
-            "user",
-            "add",
-            name,
-            "--uid",
-            str(uid),
-            "--gid",
-            str(uid),
-            "--data-dir",
-            str(cluster.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")

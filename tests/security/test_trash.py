@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness import FAST, client_for, running_cluster
+from harness import FAST, add_user, client_for, running_cluster
 
 from client import Client, ClientConfig, trash
 from py3fs import errors
@@ -106,29 +106,7 @@ def test_trashed_tree_restores_byte_for_byte(cluster: LocalCluster) -> None:
 
 
 def test_trash_is_per_user_and_expires(cluster: LocalCluster) -> None:
-    def add(name: str, uid: int) -> str:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "py3fs",
-                "admin",
-                "user",
-                "add",
-                name,
-                "--uid",
-                str(uid),
-                "--gid",
-                str(uid),
-                "--data-dir",
-                str(cluster.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    alice, bob = add("t-alice", 3001), add("t-bob", 3002)
+    alice, bob = add_user(cluster, "t-alice", 3001), add_user(cluster, "t-bob", 3002)
 
     async def run() -> None:
         async with client_for(cluster) as root:
