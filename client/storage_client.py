@@ -1,9 +1,13 @@
 """Chunk I/O against storage chains: striped, parallel, retried.
 
 Writes go to the chain head (CRAQ) and are retried with the same request id, so a
-retry after a lost reply is not applied twice. Reads go to any serving replica,
-spread round-robin; a dirty replica sends the read to the tail, a corrupt one to
-another replica, and a chunk that does not exist reads as zeros (a hole).
+retry after a lost reply is not applied twice. Reads go to any serving replica:
+each chunk to the one its id hashes to (`replica_for`), so reads spread over the
+replicas chunk by chunk while every client reads a given chunk from the same one,
+whose page cache then serves it (spread at random, each replica's cache would
+hold the same data and three times as many reads would go to disk). A dirty
+replica sends the read to the tail, a corrupt one to another replica, and a
+chunk that does not exist reads as zeros (a hole).
 Received data lands straight in the caller's buffer.
 """
 
@@ -76,7 +80,6 @@ class StorageClient:
         self._data = DataClient(max_idle_per_peer=max_inflight, tls=tls)
         self._sem = asyncio.Semaphore(max_inflight)
         self._ids = itertools.count(1)
-        self._rr = itertools.count()
         self._retry = RetryPolicy(initial=0.01, maximum=0.2, timeout=retry_timeout)
         self._call_timeout = call_timeout
 
@@ -236,7 +239,7 @@ class StorageClient:
         cid = ids.chunk_id(inode, p.index)
         avoid: set[int] = set()
         tail_only = False
-        start = next(self._rr)
+        start = replica_for(inode, p.index)
 
         def sink(frame: wire.Frame) -> Sequence[memoryview]:
             body = frame.body
@@ -325,7 +328,8 @@ class StorageClient:
             if not targets:
                 slow.append(io)
                 continue
-            groups.setdefault(targets[next(self._rr) % len(targets)], []).append(io)
+            pick = replica_for(io.inode, io.piece.index) % len(targets)
+            groups.setdefault(targets[pick], []).append(io)
         failed: list[BaseException | None] = [None] * len(items)
 
         async def one_frame(target: int, group: list[_Io]) -> None:
@@ -468,6 +472,12 @@ async def _gather(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
                 tg.create_task(coro)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from None
+
+
+def replica_for(inode: int, index: int) -> int:
+    """Which serving replica reads chunk `index` of `inode` (modulo their
+    number): the same in every client process (ints hash the same everywhere)."""
+    return hash((inode, index)) & 0x7FFFFFFF
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -16,7 +16,7 @@ import pytest
 from fault_tools import KiB, check_replicas, fault_cluster, fresh_routing
 from harness import client_for, mint_capabilities
 
-from client.storage_client import ReadItem
+from client.storage_client import ReadItem, replica_for
 from py3fs import errors, ids
 from py3fs.cluster import STORAGE_BASE
 from py3fs.proto.messages import Layout
@@ -40,14 +40,16 @@ async def test_flipped_bytes_are_served_around_and_repaired(tmp_path: Path) -> N
             cid = ids.chunk_id(inode, 0)
             view = await fresh_routing(fs)
             (chain,) = view.chains.values()
-            bad = chain.targets[1]
+            # The replica every client reads this chunk from.
+            serving = view.serving_targets(chain.chain_id)
+            bad = serving[replica_for(inode, 0) % len(serving)]
             path = chunk_file(cluster.data_dir, bad, cid)
             raw = bytearray(path.read_bytes())
             for i in range(1000, 1010):
                 raw[i] ^= 0xFF
             path.write_bytes(raw)
 
-            # Reads spread over the replicas: some hit the damaged one, all succeed.
+            # Reads hit the damaged replica first, and all succeed.
             for _ in range(6):
                 assert await fs.read_file("/victim.bin") == data
             start = time.monotonic()
