@@ -22,7 +22,7 @@ Names and labels:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -47,9 +47,22 @@ GC_QUEUE = Gauge("py3fs_gc_queue_length", "Removed files awaiting chunk deletion
 KVCACHE_LOOKUPS = Counter("py3fs_kvcache_lookups", "KV cache page lookups", ["result"])
 
 
+# (method, outcome) -> the bound observe/inc of its children: `labels()`
+# hashes and locks on every call, a few microseconds per request.
+_RECORDERS: dict[
+    tuple[str, str], tuple[Callable[[float], None], Callable[[], None]]
+] = {}
+
+
 def record(method: str, outcome: str, seconds: float) -> None:
-    RPC_SECONDS.labels(method).observe(seconds)
-    RPC_REQUESTS.labels(method, outcome).inc()
+    pair = _RECORDERS.get((method, outcome))
+    if pair is None:
+        pair = _RECORDERS[(method, outcome)] = (
+            RPC_SECONDS.labels(method).observe,
+            RPC_REQUESTS.labels(method, outcome).inc,
+        )
+    pair[0](seconds)
+    pair[1]()
 
 
 @contextmanager

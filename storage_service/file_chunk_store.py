@@ -116,6 +116,7 @@ class FileChunkStore(ChunkStore):
         self._unsynced: set[bytes] = set()
         self._device = 0  # st_dev of root, read once by load()
         self._nowait = _NOWAIT
+        self._bases: dict[bytes, str] = {}  # chunk id -> base(), computed once
 
     # -- layout
 
@@ -124,8 +125,14 @@ class FileChunkStore(ChunkStore):
 
     def base(self, chunk_id: bytes) -> str:
         """The path of a chunk without suffix (format 1 kept its file there)."""
-        inode, _ = ids.split_chunk_id(chunk_id)
-        return os.path.join(self._dir(inode), ids.chunk_file_name(chunk_id))
+        path = self._bases.get(chunk_id)
+        if path is None:
+            inode, _ = ids.split_chunk_id(chunk_id)
+            path = os.path.join(self._dir(inode), ids.chunk_file_name(chunk_id))
+            if len(self._bases) >= 65536:
+                self._bases.clear()
+            self._bases[chunk_id] = path
+        return path
 
     def data_path(self, chunk_id: bytes) -> str:
         return self.base(chunk_id) + DATA_SUFFIX
@@ -295,31 +302,44 @@ class FileChunkStore(ChunkStore):
     async def read(
         self, chunk_id: bytes, offset: int, length: int, verify: bool = True
     ) -> tuple[ChunkInfo, memoryview]:
-        async with self._reading(chunk_id):
-            meta = self._meta(chunk_id)
-            if meta is None:
-                if chunk_id in self._damaged:
-                    raise errors.ChecksumMismatch(
-                        f"chunk {chunk_id.hex()} is damaged on disk"
-                    )
-                raise errors.ChunkNotFound(f"chunk {chunk_id.hex()} not found")
-            start, end = read_window(meta.info.length, offset, length)
+        # Most reads hit the page cache: served on the loop they cost a few
+        # microseconds, while a worker thread's round trip costs ~100 us of
+        # CPU (4 KiB random reads spent most of their time there). Only a
+        # read that would wait for the disk goes to a thread. With no apply
+        # under way, a read on the loop needs no place in the gate: nothing
+        # else runs until it returns.
+        gate = self._gates.get(chunk_id)
+        if self._nowait and (gate is None or gate.writer is None):
+            meta, start, end = self._window(chunk_id, offset, length)
             if start == end:
                 return meta.info, memoryview(b"")
-            # Most reads hit the page cache: served on the loop they cost a few
-            # microseconds, while a worker thread's round trip costs ~100 us of
-            # CPU (4 KiB random reads spent most of their time there). Only a
-            # read that would wait for the disk goes to a thread.
-            if self._nowait:
-                try:
-                    return self._read(chunk_id, meta, start, end, verify, _NOWAIT)
-                except BlockingIOError:
-                    pass
-                except _NoWaitUnsupported:
-                    self._nowait = False
+            try:
+                return self._read(chunk_id, meta, start, end, verify, _NOWAIT)
+            except BlockingIOError:
+                pass
+            except _NoWaitUnsupported:
+                self._nowait = False
+        async with self._reading(chunk_id):
+            meta, start, end = self._window(chunk_id, offset, length)
+            if start == end:
+                return meta.info, memoryview(b"")
             return await asyncio.to_thread(
                 self._read, chunk_id, meta, start, end, verify
             )
+
+    def _window(
+        self, chunk_id: bytes, offset: int, length: int
+    ) -> tuple[ChunkMeta, int, int]:
+        """The committed chunk and the part of [offset, offset+length) it has."""
+        meta = self._meta(chunk_id)
+        if meta is None:
+            if chunk_id in self._damaged:
+                raise errors.ChecksumMismatch(
+                    f"chunk {chunk_id.hex()} is damaged on disk"
+                )
+            raise errors.ChunkNotFound(f"chunk {chunk_id.hex()} not found")
+        start, end = read_window(meta.info.length, offset, length)
+        return meta, start, end
 
     def _read(
         self,
