@@ -34,6 +34,10 @@ SLICE_IOS = 256  # reads per `read_batch` call
 SLICE_BYTES = 32 << 20
 SLICES_IN_FLIGHT = 8
 SCAN_INTERVAL = 0.05  # s: look at a ring even without a doorbell (prepare w/o submit)
+# s: how long the owner's open files, read from /proc, answer for later batches.
+# Reading them (a worker thread, one /proc file per fd) cost more than a 4 KiB
+# read itself; an io on an inode the snapshot does not allow reads them again.
+HELD_TTL = 1.0
 
 
 @dataclass
@@ -50,6 +54,9 @@ class _Ring:
     owner: int = 0  # pid whose open files bound what the ring may touch; 0: none
     task: asyncio.Task[None] | None = None
     batches: set[asyncio.Task[None]] = field(default_factory=set)
+    # The owner's open files (inode -> access mode) and when they were read.
+    held: dict[int, int] = field(default_factory=dict)
+    held_at: float = float("-inf")
 
 
 class UsrbioServer:
@@ -244,10 +251,20 @@ class UsrbioServer:
     async def _owned(self, r: _Ring, batch: list[Sqe]) -> list[Sqe]:
         """The ios of `batch` on inodes the ring's owner holds open with a mode
         that allows them; the others complete at once with EBADF (not open)
-        or EACCES (open, but not for this direction)."""
+        or EACCES (open, but not for this direction). The owner's open files
+        are read again when the last reading is HELD_TTL old or does not
+        allow an io of the batch, so a refusal always reflects the present,
+        and a file closed less than HELD_TTL ago may still be served (3FS
+        trusts a registered fd until it is deregistered)."""
         assert self._open_files is not None
-        held = await asyncio.to_thread(self._open_files, r.owner)
         want = (os.O_RDONLY, os.O_RDWR) if r.ring.for_read else (os.O_WRONLY, os.O_RDWR)
+        held = r.held
+        if time.monotonic() - r.held_at > HELD_TTL or any(
+            held.get(sqe[2]) not in want for sqe in batch
+        ):
+            read_at = time.monotonic()
+            held = await asyncio.to_thread(self._open_files, r.owner)
+            r.held, r.held_at = held, read_at
         ok: list[Sqe] = []
         refused: list[int] = []
         for sqe in batch:
