@@ -9,10 +9,11 @@ with no meta call.
 
 An entry is kept for `ttl` seconds from the reply it came from, and the
 kernel is told to keep it only for what remains of that: an answer from here
-is never older than the kernel's own cache would be. The reply to one of this
-mount's changes always replaces what is held; a read (lookup, getattr,
-readdir) older than what is held (by ctime) does not, so a read that raced
-with a change does not undo it.
+is never older than the kernel's own cache would be. Nothing older than what
+is held (by ctime) replaces it: a read (lookup, getattr, readdir) that raced
+with a change is dropped, and a change reply older than the held one (a
+handle's release finishing after an unlink through another name) drops the
+held copy too, so the next GETATTR asks meta.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ class AttrCache:
         if self.ttl <= 0:
             return
         held = self._nodes.get(node.inode)
-        if read and held is not None and held[0].ctime > node.ctime:
-            return  # read before the change whose reply is held
+        if held is not None and held[0].ctime > node.ctime:
+            if not read:
+                # A change reply older than the held one (a handle's close
+                # finishing after an unlink of another name, or another meta's
+                # clock behind): which is newer is unknown, so meta decides at
+                # the next GETATTR.
+                del self._nodes[node.inode]
+            return  # a read from before the change whose reply is held
         if expiry is None:
             expiry = self._clock() + self.ttl
         self._nodes.pop(node.inode, None)

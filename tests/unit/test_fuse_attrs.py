@@ -49,8 +49,11 @@ def test_an_older_read_does_not_replace_a_change() -> None:
     held = cache.get(5)
     assert held is not None
     assert held[0].length == 7
-    # The reply to a change always wins (another meta's clock may be behind).
-    cache.put(node(5, 10, length=4))
+    # A change reply older than the held one (a release finishing after an
+    # unlink of another name): neither is trusted, the next GETATTR asks meta.
+    cache.put(node(5, 10, length=4, nlink=2))
+    assert cache.get(5) is None
+    cache.put(node(5, 30, length=4))  # a newer change replaces
     held = cache.get(5)
     assert held is not None
     assert held[0].length == 4
