@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -47,9 +48,19 @@ GC_QUEUE = Gauge("py3fs_gc_queue_length", "Removed files awaiting chunk deletion
 KVCACHE_LOOKUPS = Counter("py3fs_kvcache_lookups", "KV cache page lookups", ["result"])
 
 
+# The labelled children of the two RPC metrics, by (method, outcome): `labels()`
+# validates and locks on every call, a few µs that every request paid. The key
+# space is small (RPC names x error classes) and bounded by the code.
+_rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def record(method: str, outcome: str, seconds: float) -> None:
-    RPC_SECONDS.labels(method).observe(seconds)
-    RPC_REQUESTS.labels(method, outcome).inc()
+    children = _rpc_children.get((method, outcome))
+    if children is None:
+        children = (RPC_SECONDS.labels(method), RPC_REQUESTS.labels(method, outcome))
+        _rpc_children[(method, outcome)] = children
+    children[0].observe(seconds)
+    children[1].inc()
 
 
 @contextmanager
