@@ -108,6 +108,7 @@ class MetaServer(ServiceResource):
             self._data,
             client_id=f"meta-{cfg.node_id}",
             interval=cfg.gc_interval,
+            poll=cfg.gc_poll,
             batch=cfg.gc_batch,
             retry_interval=cfg.gc_retry_interval,
             idempotency_ttl=cfg.idempotency_ttl,
