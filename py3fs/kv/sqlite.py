@@ -13,9 +13,11 @@ loaded host, but it must never sleep on a lock (see `SqliteDatabase.nowait`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -34,12 +36,74 @@ def _translate(exc: sqlite3.Error) -> errors.KVError:
     return errors.KVError(f"sqlite: {text}")
 
 
+class _WriteLock:
+    """A writer's turn: a thread lock for the writers of this process, then an
+    flock on a file beside the database for those of other processes (the
+    meta processes of a host, mgmtd). Both hand over as soon as the holder
+    commits; SQLite's own busy handler, which these replace (it remains for
+    foreign writers), sleeps 1, 2, 5, 10 ms... between tries however soon the
+    writer before it finishes. The kernel drops the flock of a killed process."""
+
+    # Seconds between tries for the file lock: short, as a holder commits in
+    # about 100 µs; flock has no timeout of its own.
+    FIRST_SLEEP = 0.00005
+    MAX_SLEEP = 0.001
+
+    def __init__(self, path: str | None) -> None:
+        self._thread = threading.Lock()
+        self._fd = -1
+        if path is not None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def acquire(self, timeout: float) -> bool:
+        """Take both locks within `timeout` seconds (<= 0: only if both are
+        free now); False, holding neither, when that fails."""
+        if timeout > 0:
+            deadline = time.monotonic() + timeout
+            if not self._thread.acquire(timeout=timeout):
+                return False
+        else:
+            deadline = 0.0
+            if not self._thread.acquire(blocking=False):
+                return False
+        if self._fd < 0:
+            return True
+        delay = self.FIRST_SLEEP
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._thread.release()
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._thread.release()
+                return False
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, self.MAX_SLEEP)
+
+    def release(self) -> None:
+        try:
+            if self._fd >= 0:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread.release()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class SqliteTransaction(Transaction):
     def __init__(
         self,
         conn: sqlite3.Connection,
         read_only: bool,
-        write_lock: threading.Lock,
+        write_lock: _WriteLock,
         lock_timeout: float,
     ) -> None:
         self._conn = conn
@@ -60,14 +124,12 @@ class SqliteTransaction(Transaction):
                     "another transaction is open on this thread's connection"
                 )
             if not self._read_only:
-                # Writers of this process queue on a lock rather than on
-                # SQLite's busy handler, which sleeps 1 ms and more between
-                # tries however soon the writer before it commits.
-                got = (
-                    self._write_lock.acquire(timeout=self._lock_timeout)
-                    if self._lock_timeout > 0
-                    else self._write_lock.acquire(blocking=False)
-                )
+                # Writers queue on `_WriteLock` rather than on SQLite's busy
+                # handler (see there).
+                try:
+                    got = self._write_lock.acquire(self._lock_timeout)
+                except OSError as exc:
+                    raise errors.KVUnavailable(f"sqlite write lock: {exc}") from None
                 if not got:
                     raise errors.KVUnavailable("sqlite: another writer holds the lock")
                 self._locked = True
@@ -170,7 +232,6 @@ class SqliteDatabase(Database):
         self._nowait = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         if path != ":memory:":
@@ -178,6 +239,9 @@ class SqliteDatabase(Database):
             # its -wal and -shm files the database file's mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(path, 0o600)
+        # A file of its own: SQLite's POSIX locks on the database file would
+        # be dropped when any other descriptor of that file is closed.
+        self._write_lock = _WriteLock(None if path == ":memory:" else path + "-wlock")
         conn = self._conn()
         conn.execute(
             "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) "
@@ -248,5 +312,6 @@ class SqliteDatabase(Database):
             for conn in self._all:
                 conn.close()
             self._all.clear()
+            self._write_lock.close()
         self._local = threading.local()
         self._nowait = threading.local()

@@ -11,7 +11,7 @@ import pytest
 from kv_conformance import KVConformance, read
 
 from py3fs import errors
-from py3fs.kv.base import Database, Transaction
+from py3fs.kv.base import Database, Transaction, decode_counter
 from py3fs.kv.registry import open_database
 from py3fs.kv.sqlite import SqliteDatabase
 
@@ -102,3 +102,29 @@ def test_nowait_gives_up_at_once_while_another_process_writes(tmp_path: Path) ->
         with b.nowait():
             b.run(lambda t: t.set(b"k", b"v"))
         assert read(a, b"k") == b"v"
+
+
+def test_writers_of_two_handles_take_turns(tmp_path: Path) -> None:
+    """Two handles on one file stand for two processes (each has its own
+    write-lock file descriptor, and flock locks are per descriptor): their
+    read-modify-write transactions interleave without losing an update, and a
+    handle that is closed releases its turn."""
+    path = str(tmp_path / "kv.db")
+    n = 200
+    with SqliteDatabase(path) as a, SqliteDatabase(path) as b:
+
+        def bump(db: SqliteDatabase) -> None:
+            for _ in range(n):
+                db.run(lambda tr: tr.add(b"count", 1))
+
+        threads = [threading.Thread(target=bump, args=(db,)) for db in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert decode_counter(read(a, b"count")) == 4 * n
+        holder = a.create_transaction()
+        holder.set(b"x", b"1")  # a's turn, never finished...
+        a.close()  # ...until its handle goes
+        b.run(lambda tr: tr.set(b"y", b"2"))
+        assert read(b, b"y") == b"2"
