@@ -103,7 +103,7 @@ class MetaClient(MetaService):
 
     async def _pick(self, refresh: bool, mutating: bool) -> str:
         """A meta for the next attempt: the home meta for a mutation, the next
-        in turn for a read, skipping those that failed lately."""
+        of the others in turn for a read, skipping those that failed lately."""
         view = await self._routing.get()
         if refresh:
             view = await self._routing.refresh(view)
@@ -119,9 +119,13 @@ class MetaClient(MetaService):
                 if until < now:
                     del self._bad[address]
             good = [a for a in addresses if a not in self._bad] or addresses
+        home = good[self._home % len(good)]
         if mutating:
-            return good[self._home % len(good)]
-        return good[next(self._rr) % len(good)]
+            return home
+        # Reads rotate over the others, leaving the home meta's loop (which
+        # serializes this client's writes) to the writes.
+        others = [a for a in good if a != home] or good
+        return others[next(self._rr) % len(others)]
 
     async def _invoke(self, rpc: Rpc[Any, R], req: MetaReq) -> R:
         """Call `rpc` on some meta, retrying retryable failures on others."""
