@@ -199,15 +199,19 @@ class MetaServer(ServiceResource):
         if name not in _PASS_THROUGH:
             raise AttributeError(name)
         op = getattr(self.store, name)
+        inline = name in _INLINE
 
         async def call(req: Msg) -> Msg:
-            return await self._run(op, req)
+            return await self._run(op, req, inline)
 
         return call
 
-    async def _run(self, op: Callable[[Msg], Msg], req: Msg) -> Msg:
-        """`op(req)`, a MetaStore call: on the loop itself where the store is
-        SQLite, else (and when that would wait for a lock) in a worker thread.
+    async def _run(
+        self, op: Callable[[Msg], Msg], req: Msg, inline: bool = True
+    ) -> Msg:
+        """`op(req)`, a MetaStore call: with `inline`, on the loop itself
+        where the store is SQLite, else (and when that would wait for a lock)
+        in a worker thread.
 
         A SQLite transaction of a namespace op takes ~100-200 µs of CPU; a
         worker thread adds two hand-offs (a futex wake, then the loop's
@@ -218,7 +222,7 @@ class MetaServer(ServiceResource):
         the ordinary way, waiting and retrying in a thread. Fault points may
         sleep, so with any switched on everything goes to threads."""
         db = self._db
-        if isinstance(db, SqliteDatabase) and not faults.any_enabled():
+        if inline and isinstance(db, SqliteDatabase) and not faults.any_enabled():
             try:
                 with db.nowait():
                     return op(req)
@@ -232,14 +236,15 @@ class MetaServer(ServiceResource):
         on NoChainTable refresh once and retry. If mgmtd is unreachable the client
         still sees NoChainTable (retryable), not an error that blames this meta."""
         op = getattr(self.store, name)
+        inline = name in _INLINE
         try:
-            result: Msg = await self._run(op, req)
+            result: Msg = await self._run(op, req, inline)
         except errors.NoChainTable:
             try:
                 await self.refresh_routing()
             except errors.Py3fsError as exc:
                 logger.warning("cannot refresh routing: %s", exc)
-            result = await self._run(op, req)
+            result = await self._run(op, req, inline)
         return result
 
     async def open(self, req: OpenReq) -> Msg:
@@ -327,6 +332,29 @@ class _Authenticated:
         return call
 
 
+# Namespace ops: each a transaction of a few keys, ~100-200 µs, run on the loop
+# (`_run`). The others (a directory page of up to thousands of entries, KV
+# cache batches of up to 1,024 pages) may hold it for milliseconds: threads.
+_INLINE = frozenset(
+    {
+        "stat",
+        "stat_inode",
+        "readlink",
+        "mkdir",
+        "mknod",
+        "symlink",
+        "link",
+        "unlink",
+        "rmdir",
+        "rename",
+        "set_attr",
+        "open",
+        "close",
+        "sync",
+        "append",
+        "renew",
+    }
+)
 _PASS_THROUGH = frozenset(r.name for r in MetaService.rpcs()) - {
     name for name, value in vars(MetaServer).items() if callable(value)
 }
