@@ -13,6 +13,7 @@ import contextvars
 import itertools
 import logging
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from py3fs.msgrpc import MsgClient, Stub
 from py3fs.proto.messages import MetaReq, Msg, OpenReq, RenewReq
 from py3fs.proto.services import MetaService, Rpc
 from py3fs.retry import RetryPolicy
+from py3fs.routing import RoutingView
 from py3fs.tls import Tls
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,13 @@ class MetaClient(MetaService):
         self._clients: dict[str, MsgClient] = {}
         self._bad: dict[str, float] = {}
         self._rr = itertools.count()
+        # Mutations go to one "home" meta per client (while it is up): two
+        # meta processes sharing one SQLite file would otherwise take turns on
+        # its write lock, and a writer that finds it taken sleeps >= 1 ms in
+        # SQLite's busy handler. Clients spread over the metas by their id.
+        self._home = zlib.crc32(client_id.encode())
+        self._view: RoutingView | None = None
+        self._addresses: list[str] = []
         self._retry = RetryPolicy(initial=0.02, maximum=1.0, timeout=retry_timeout)
         self._call_timeout = call_timeout
         # Write sessions last `session_lease` seconds past the last renewal;
@@ -92,16 +101,31 @@ class MetaClient(MetaService):
             self._clients[address] = client
         return client
 
-    async def _pick(self, refresh: bool) -> str:
+    async def _pick(self, refresh: bool, mutating: bool) -> str:
+        """A meta for the next attempt: the home meta for a mutation, the next
+        of the others in turn for a read, skipping those that failed lately."""
         view = await self._routing.get()
         if refresh:
             view = await self._routing.refresh(view)
-        addresses = sorted(n.address for n in view.nodes_of_role("meta"))
+        if view is not self._view:
+            self._view = view
+            self._addresses = sorted(n.address for n in view.nodes_of_role("meta"))
+        good = addresses = self._addresses
         if not addresses:
             raise errors.RoutingUnavailable("no meta service is up")
-        now = time.monotonic()
-        good = [a for a in addresses if self._bad.get(a, 0.0) < now] or addresses
-        return good[next(self._rr) % len(good)]
+        if self._bad:
+            now = time.monotonic()
+            for address, until in list(self._bad.items()):
+                if until < now:
+                    del self._bad[address]
+            good = [a for a in addresses if a not in self._bad] or addresses
+        home = good[self._home % len(good)]
+        if mutating:
+            return home
+        # Reads rotate over the others, leaving the home meta's loop (which
+        # serializes this client's writes) to the writes.
+        others = [a for a in good if a != home] or good
+        return others[next(self._rr) % len(others)]
 
     async def _invoke(self, rpc: Rpc[Any, R], req: MetaReq) -> R:
         """Call `rpc` on some meta, retrying retryable failures on others."""
@@ -122,7 +146,7 @@ class MetaClient(MetaService):
         req = msgspec.structs.replace(req, **fields)
 
         async def attempt(n: int) -> R:
-            address = await self._pick(refresh=n > 0)
+            address = await self._pick(refresh=n > 0, mutating=rpc.mutating)
             try:
                 return await self._rpc(address).call(
                     rpc, req, timeout=self._call_timeout
@@ -136,7 +160,16 @@ class MetaClient(MetaService):
                     )
                 raise
 
-        return await self._retry.acall(attempt, what=f"meta {rpc.title}")
+        # The first attempt outside the policy: nearly every call needs only
+        # that one, and the policy's set-up (deadline, delays) costs µs.
+        try:
+            return await attempt(0)
+        except errors.Py3fsError as exc:
+            if not exc.retryable:
+                raise
+        return await self._retry.acall(
+            lambda n: attempt(n + 1), what=f"meta {rpc.title}"
+        )
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -24,8 +24,7 @@ import asyncio
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pyfuse3
 
@@ -68,10 +67,8 @@ def _name(raw: bytes) -> str:
         raise pyfuse3.FUSEError(errno.EINVAL) from None
 
 
-@contextmanager
-def _as(ctx: pyfuse3.RequestContext) -> Iterator[None]:
-    with acting_as(ctx.uid, ctx.gid, groups_of(ctx.pid, ctx.uid)):
-        yield
+def _as(ctx: pyfuse3.RequestContext) -> AbstractContextManager[None]:
+    return acting_as(ctx.uid, ctx.gid, groups_of(ctx.pid, ctx.uid))
 
 
 def _perm(mode: int, ctx: pyfuse3.RequestContext) -> int:

@@ -24,6 +24,9 @@ class MetaConfig:
     chunk_size: int = 4 * 1024 * 1024
     heartbeat_interval: float = 0.5  # mgmtd fails a node after 2 s (4 beats)
     gc_interval: float = 1.0
+    # between full GC passes, how often to look for due files (a read of one
+    # key when there are none), so removal follows unlinks closely
+    gc_poll: float = 0.1
     gc_batch: int = 256
     # a claimed GC entry comes due again after this long unless its removal finishes,
     # so a meta killed mid-removal leaves the work to another

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -75,6 +76,7 @@ class GcWorker:
         *,
         client_id: str,
         interval: float = 1.0,
+        poll: float = 0.1,
         batch: int = 64,
         retry_interval: float = 30.0,
         idempotency_ttl: float = 600.0,
@@ -85,6 +87,7 @@ class GcWorker:
         self._data = data
         self._client_id = client_id
         self._interval = interval
+        self._poll = min(poll, interval)
         self._batch = batch
         self._retry_ms = int(retry_interval * 1000)
         self._ttl = idempotency_ttl
@@ -96,34 +99,62 @@ class GcWorker:
         self._last_claimed = 0
 
     async def run(self) -> None:
-        """Work every `interval` seconds until cancelled, and at once again
-        after a full batch (a backlog: keep up with unlink rates)."""
+        """Until cancelled: a full pass (`run_once`) every `interval` seconds;
+        between them, every `poll` seconds, only the removal of due files (one
+        small read when none are due), at once again after a full batch. So
+        removal starts within `poll` of an unlink and keeps up with unlink
+        rates, while the bookkeeping (queue length, idempotency sweep) stays
+        at once per `interval`."""
+        last_full = -math.inf
         while True:
             full = False
             try:
-                await self.run_once()
+                now = time.monotonic()
+                if now - last_full >= self._interval:
+                    last_full = now
+                    await self.run_once()
+                else:
+                    await self._remove_due(only_if_due=True)
                 full = self._last_claimed >= self._batch
             except errors.Py3fsError as exc:
                 logger.warning("gc pass failed: %s", exc)
             except Exception:
                 # A bad record must not stop GC for the life of the process.
                 logger.exception("gc pass failed unexpectedly")
-            await asyncio.sleep(0 if full else self._interval)
+            await asyncio.sleep(0 if full else self._poll)
 
-    async def run_once(self) -> int:
-        """One pass: remove due files' chunks, expire a slice of idempotency
-        records. Returns the number of files whose removal finished."""
+    async def _remove_due(self, only_if_due: bool = False) -> int:
+        """Claim a batch of due files, remove their chunks, finish them.
+        Returns the number of files whose removal finished. With
+        `only_if_due`, first look for a due entry in a read-only transaction,
+        so an empty queue costs no write lock."""
         now_ms = int(self._clock() * 1000)
         lease_ms = now_ms + self._retry_ms
+        self._last_claimed = 0
+        if only_if_due:
+            due = await self._db.arun(
+                lambda tr: tr.get_range(*keys.gc_range(now_ms), limit=1),
+                read_only=True,
+            )
+            if not due:
+                return 0
         claimed = await self._db.arun(
             lambda tr: claim(tr, now_ms, self._batch, lease_ms)
         )
+        self._last_claimed = len(claimed)
         # A batch's files are removed with one REMOVE per chain (each walks
         # the chain once), chains concurrently, and finished in one transaction.
         failed = await self._remove_chunks(claimed)
         done = [node.inode for node in claimed if node.inode not in failed]
         if done:
             await self._db.arun(functools.partial(finish, done=done, lease_ms=lease_ms))
+        return len(done)
+
+    async def run_once(self) -> int:
+        """One full pass: remove due files' chunks, count the queue, expire a
+        slice of idempotency records. Returns the number of files whose
+        removal finished."""
+        done = await self._remove_due()
         # The queue length for /metrics, counted up to a bound: a pass must stay
         # cheap however far behind GC is.
         queued = await self._db.arun(
@@ -136,8 +167,7 @@ class GcWorker:
         _cleared, self._sweep_from = await self._db.arun(
             lambda tr: idempotency.expire(tr, cutoff, start, IDEMPOTENCY_SWEEP)
         )
-        self._last_claimed = len(claimed)
-        return len(done)
+        return done
 
     async def _remove_chunks(self, nodes: list[Inode]) -> set[int]:
         """Ask the head of every chain used by `nodes` to remove their chunks,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from py3fs import ids
+from py3fs import errors, ids
 from py3fs.kv import keys
 from py3fs.kv.base import Database, Transaction, decode_counter, encode_counter
 
@@ -33,8 +33,12 @@ class IdAllocator:
         return start
 
     def take(self, n: int) -> list[int]:
-        """`n` fresh ids; may reserve a new range (blocking KV transaction)."""
-        with self._lock:
+        """`n` fresh ids; may reserve a new range (blocking KV transaction).
+        Where the database may not wait (`Database.waits`), KVUnavailable
+        instead of waiting for another thread's reservation."""
+        if not self._lock.acquire(blocking=self._db.waits()):
+            raise errors.KVUnavailable("another thread is reserving inode ids")
+        try:
             if self._end - self._next < n:
                 size = max(self._batch, n)
                 start = self._db.run(lambda tr: self._reserve(tr, size))
@@ -43,3 +47,5 @@ class IdAllocator:
             out = list(range(self._next, self._next + n))
             self._next += n
             return out
+        finally:
+            self._lock.release()

@@ -1,5 +1,6 @@
 """The meta RPC surface: `MetaService` (py3fs/proto/services.py) served over
-`py3fs.msgrpc`; each op runs in a worker thread (KV transactions block).
+`py3fs.msgrpc`; each op is one MetaStore call, on the event loop where the
+store is SQLite and its lock is free, else in a worker thread (`_run`).
 
 `MetaServer` is an async resource: entering it opens the KV store, creates the
 root if missing, starts the RPC server, registers with mgmtd and starts the
@@ -25,7 +26,7 @@ from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import R, W, check_access
 from meta_service.recovery import SessionReaper
 from meta_service.store import MetaStore
-from py3fs import caps, errors
+from py3fs import caps, errors, faults
 from py3fs.app import ServiceResource
 from py3fs.auth import Authenticator
 from py3fs.dataplane import DataClient
@@ -38,6 +39,7 @@ from py3fs.proto.messages import (
     CapReply,
     CapReq,
     HeartbeatReq,
+    Inode,
     InodeReq,
     InodeType,
     KvStageReq,
@@ -106,6 +108,7 @@ class MetaServer(ServiceResource):
             self._data,
             client_id=f"meta-{cfg.node_id}",
             interval=cfg.gc_interval,
+            poll=cfg.gc_poll,
             batch=cfg.gc_batch,
             retry_interval=cfg.gc_retry_interval,
             idempotency_ttl=cfg.idempotency_ttl,
@@ -192,38 +195,56 @@ class MetaServer(ServiceResource):
     # ------------------------------------------------------------ RPCs
 
     def __getattr__(self, name: str) -> Callable[[Msg], Awaitable[Msg]]:
-        """Every RPC not defined below is one MetaStore call in a worker thread
-        (KV transactions block), except small reads on an embedded store."""
+        """Every RPC not defined below is one MetaStore call (`_run`)."""
         if name not in _PASS_THROUGH:
             raise AttributeError(name)
         op = getattr(self.store, name)
-        inline = name in _INLINE_READS and isinstance(self._db, SqliteDatabase)
+        inline = name in _INLINE
 
         async def call(req: Msg) -> Msg:
-            if inline:
-                # A SQLite read in WAL mode never waits for a lock and takes
-                # tens of µs: two thread hand-offs would cost more than that,
-                # and on a loaded host each hand-off may wait for a CPU.
-                result: Msg = op(req)
-            else:
-                result = await asyncio.to_thread(op, req)
-            return result
+            return await self._run(op, req, inline)
 
         return call
+
+    async def _run(
+        self, op: Callable[[Msg], Msg], req: Msg, inline: bool = True
+    ) -> Msg:
+        """`op(req)`, a MetaStore call: with `inline`, on the loop itself
+        where the store is SQLite, else (and when that would wait for a lock)
+        in a worker thread.
+
+        A SQLite transaction of a namespace op takes ~100-200 µs of CPU; a
+        worker thread adds two hand-offs (a futex wake, then the loop's
+        wake-up and a GIL transfer) that cost as much again on a loaded host,
+        and each may wait for a CPU. On the loop the transaction never waits:
+        `SqliteDatabase.nowait` makes it fail at once with nothing written
+        when another thread or process holds the write lock, and then it runs
+        the ordinary way, waiting and retrying in a thread. Fault points may
+        sleep, so with any switched on everything goes to threads."""
+        db = self._db
+        if inline and isinstance(db, SqliteDatabase) and not faults.any_enabled():
+            try:
+                with db.nowait():
+                    return op(req)
+            except errors.Py3fsError as exc:
+                if not exc.retryable:
+                    raise
+        return await asyncio.to_thread(op, req)
 
     async def _with_routing_retry(self, name: str, req: Msg) -> Msg:
         """Ops that place a new file: our routing may predate the chain table, so
         on NoChainTable refresh once and retry. If mgmtd is unreachable the client
         still sees NoChainTable (retryable), not an error that blames this meta."""
         op = getattr(self.store, name)
+        inline = name in _INLINE
         try:
-            result: Msg = await asyncio.to_thread(op, req)
+            result: Msg = await self._run(op, req, inline)
         except errors.NoChainTable:
             try:
                 await self.refresh_routing()
             except errors.Py3fsError as exc:
                 logger.warning("cannot refresh routing: %s", exc)
-            result = await asyncio.to_thread(op, req)
+            result = await self._run(op, req, inline)
         return result
 
     async def open(self, req: OpenReq) -> Msg:
@@ -249,10 +270,11 @@ class MetaServer(ServiceResource):
     async def capability(self, req: CapReq) -> CapReply:
         """A capability for the inode's chunks after the permission check an
         open would make (read; write as well when asked)."""
-        node = await asyncio.to_thread(
-            self.store.stat_inode,
+        node = await self._run(
+            self.store.stat_inode,  # type: ignore[arg-type]
             InodeReq(inode=req.inode, uid=req.uid, gid=req.gid, groups=req.groups),
         )
+        assert isinstance(node, Inode)
         if node.type != InodeType.FILE:
             raise errors.InvalidArgument(f"inode {req.inode} is not a file")
         check_access(node, req, R | W if req.write else R)
@@ -310,7 +332,29 @@ class _Authenticated:
         return call
 
 
-_INLINE_READS = frozenset({"stat", "stat_inode", "readlink"})
+# Namespace ops: each a transaction of a few keys, ~100-200 µs, run on the loop
+# (`_run`). The others (a directory page of up to thousands of entries, KV
+# cache batches of up to 1,024 pages) may hold it for milliseconds: threads.
+_INLINE = frozenset(
+    {
+        "stat",
+        "stat_inode",
+        "readlink",
+        "mkdir",
+        "mknod",
+        "symlink",
+        "link",
+        "unlink",
+        "rmdir",
+        "rename",
+        "set_attr",
+        "open",
+        "close",
+        "sync",
+        "append",
+        "renew",
+    }
+)
 _PASS_THROUGH = frozenset(r.name for r in MetaService.rpcs()) - {
     name for name, value in vars(MetaServer).items() if callable(value)
 }

@@ -89,6 +89,11 @@ def enabled(name: str, spec: str) -> Iterator[None]:
         disable(name)
 
 
+def any_enabled() -> bool:
+    """Whether any point is switched on (one may sleep or crash)."""
+    return bool(_rules)
+
+
 def fault_point(name: str) -> None:
     """Mark a crash/error point; a no-op unless `name` was switched on."""
     rule = _rules.get(name)

@@ -315,6 +315,15 @@ class MsgServer:
             writer.close()
 
 
+class _Expired(Exception):
+    """A reply that did not come within the call's timeout."""
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class MsgClient:
     """Calls to one server over one pipelined connection (re-opened after a
     failure). Safe for concurrent use."""
@@ -414,11 +423,16 @@ class MsgClient:
                 f"{rpc.title} to {self.address}: connection lost"
             )
         body = _encoder.encode(req)
+        # A timer handle that fails the reply's future rather than
+        # asyncio.timeout(), which also tracks and uncancels this task: every
+        # meta call pays for it, and only the wait for the reply needs bounding.
+        timer = asyncio.get_running_loop().call_later(
+            timeout or self._timeout, _expire, fut
+        )
         try:
             writer.write(HEADER.pack(len(body), rid, rpc.number) + body)
-            async with asyncio.timeout(timeout or self._timeout):
-                code, out = await fut
-        except TimeoutError:
+            code, out = await fut
+        except _Expired:
             raise errors.RPCTimeout(
                 f"{rpc.title} to {self.address} timed out"
             ) from None
@@ -427,6 +441,7 @@ class MsgClient:
                 f"{rpc.title} to {self.address}: {exc}"
             ) from None
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
         if code != OK:
             raise errors.error_from_code(code, out.decode(errors="replace"))

@@ -98,6 +98,12 @@ class Database(abc.ABC):
     @abc.abstractmethod
     def create_transaction(self, read_only: bool = False) -> Transaction: ...
 
+    def waits(self) -> bool:
+        """Whether this thread's transactions may wait for locks (and retry);
+        False only inside a backend's no-wait block (`SqliteDatabase.nowait`),
+        where helpers that would block raise KVUnavailable instead."""
+        return True
+
     def run(self, fn: Callable[[Transaction], T], *, read_only: bool = False) -> T:
         """Run `fn(tr)` and commit, retrying retryable errors with backoff.
 
