@@ -114,6 +114,7 @@ class FileChunkStore(ChunkStore):
         self._pending: dict[bytes, int] = {}
         self._gates: dict[bytes, _Gate] = {}
         self._unsynced: set[bytes] = set()
+        self._flushing: list[set[bytes]] = []  # what running sync()s flush
         self._device = 0  # st_dev of root, read once by load()
         self._nowait = _NOWAIT
 
@@ -533,6 +534,30 @@ class FileChunkStore(ChunkStore):
 
     async def sync(self) -> int:
         chunks, self._unsynced = self._unsynced, set()
+        self._flushing.append(chunks)
+        try:
+            await self._fsync_chunks(chunks)
+        except BaseException:
+            self._unsynced |= chunks
+            raise
+        finally:
+            self._flushing.remove(chunks)
+        return len(chunks)
+
+    async def sync_chunk(self, chunk_id: bytes) -> None:
+        if chunk_id not in self._unsynced and not any(
+            chunk_id in s for s in self._flushing
+        ):
+            return  # already on disk (or written with fsync on)
+        # A flush under way may not be done with it yet: fsync it here too.
+        self._unsynced.discard(chunk_id)
+        try:
+            await self._fsync_chunks({chunk_id})
+        except BaseException:
+            self._unsynced.add(chunk_id)
+            raise
+
+    async def _fsync_chunks(self, chunks: set[bytes]) -> None:
         files: list[str] = []
         dirs: set[str] = set()
         for cid in chunks:
@@ -545,14 +570,9 @@ class FileChunkStore(ChunkStore):
         # particular order, so they run at once: concurrent fsyncs share one
         # journal commit (ext4), ~4.3 ms -> ~1 ms for a one-chunk flush here.
         jobs = [(path, False) for path in files] + [(path, True) for path in dirs]
-        try:
-            await asyncio.gather(
-                *(asyncio.to_thread(_fsync_if_exists, p, d) for p, d in jobs)
-            )
-        except BaseException:
-            self._unsynced |= chunks
-            raise
-        return len(chunks)
+        await asyncio.gather(
+            *(asyncio.to_thread(_fsync_if_exists, p, d) for p, d in jobs)
+        )
 
     async def remove_inode(self, inode: int) -> int:
         return await self.remove_inodes([inode])
