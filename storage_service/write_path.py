@@ -254,9 +254,12 @@ class WritePath:
             repair=repair,
             sync=req.sync,
         )
-        staged, acked = await asyncio.gather(
-            stage,
+        # The forward goes first: a small stage runs on the loop without
+        # yielding (FileChunkStore._inline), so it overlaps the successor's work
+        # only if the request is out before it starts.
+        acked, staged = await asyncio.gather(
             self._forward(routing, succ, wire.MsgType.WRITE, fwd, [data]),
+            stage,
             return_exceptions=True,
         )
         if isinstance(staged, BaseException):
