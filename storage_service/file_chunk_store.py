@@ -94,6 +94,7 @@ class _Plan:
     payload: memoryview  # empty when it was appended in place
     flags: int
     base: str
+    fresh: bool = False  # the first write of the chunk: see `_commit_new`
 
 
 class _Gate:
@@ -466,9 +467,10 @@ class FileChunkStore(ChunkStore):
             meta = make_meta(version, length, chain_ver, crcs)
             flags = (STAGE_FULL if full else 0) | (STAGE_INPLACE if inplace else 0)
             stored = memoryview(b"") if inplace else payload
-            if not inplace:
-                # An append needs no staged record: its bytes sit past the
-                # committed length, and its commit is one atomic table swap.
+            fresh = inplace and old is None
+            if not fresh:
+                # A new chunk needs no staged record: its bytes are in a data
+                # file no table describes yet (see `_commit_new`).
                 crc = data_crc if data_crc is not None else crc32c(stored)
                 head = pack_stage(version, offset, crc, flags, meta, payload.nbytes)
                 fd = os.open(
@@ -484,7 +486,8 @@ class FileChunkStore(ChunkStore):
             unlink(base + PENDING_SUFFIX)
             raise errors.from_oserror(exc) from None
         fault_point(STAGE_WRITTEN)
-        return Staged(chunk_id, meta.info, _Plan(meta, offset, stored, flags, base))
+        plan = _Plan(meta, offset, stored, flags, base, fresh)
+        return Staged(chunk_id, meta.info, plan)
 
     async def commit(self, staged: Staged) -> ChunkInfo:
         plan: _Plan = staged.plan
@@ -513,8 +516,8 @@ class FileChunkStore(ChunkStore):
 
     def _commit(self, plan: _Plan) -> None:
         base = plan.base
-        if plan.flags & STAGE_INPLACE:
-            self._commit_append(plan)
+        if plan.fresh:
+            self._commit_new(plan)
             return
         try:
             os.rename(base + PENDING_SUFFIX, base + REDO_SUFFIX)
@@ -545,10 +548,13 @@ class FileChunkStore(ChunkStore):
         if plan.flags & STAGE_FULL:
             unlink(base)  # a format-1 file this replaces
 
-    def _commit_append(self, plan: _Plan) -> None:
-        """Commit an append: its bytes are in the data file already, past the
-        committed length; the new block table replaces the old one by rename
-        (the commit point), so a crash leaves the old table or the new one."""
+    def _commit_new(self, plan: _Plan) -> None:
+        """Commit the first write of a chunk: its bytes are in the data file
+        already, and its block table appears by a rename (the commit point), so
+        a crash leaves no chunk (load drops a data file without a table) or the
+        whole new one. Later updates keep the redo record: a rename over an
+        existing table costs more here than the record (ext4 starts writeback
+        of a file renamed over another, ~80 us against ~20-60 us)."""
         try:
             write_meta(plan.base, plan.meta, sync=self.fsync, atomic=True)
         except OSError as exc:
