@@ -423,11 +423,12 @@ class File:
         self.pos = reply.offset + n
         return n
 
-    async def fsync(self) -> None:
+    async def fsync(self, *, length: int = -1) -> None:
         """Make what was written durable: the data on every replica's disk, the
-        length in meta."""
+        length in meta (at least `length`: a caller's sync write still under
+        way, see fuse_mount.handles.OpenFiles.sync)."""
         self._check(write=True)
-        req = SyncReq(inode=self.inode.inode, length=self._written_end)
+        req = SyncReq(inode=self.inode.inode, length=max(self._written_end, length))
         # Every replica acknowledged the writes, so the length may be recorded
         # while they go to disk: both at once, and fsync returns when both are
         # done (the first failure raised).

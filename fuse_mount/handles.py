@@ -153,6 +153,10 @@ class FileHandle:
             self.pending = bytearray()
             self.pending_at = start + len(data)
             self.start_send(data, start, peers, sync)
+        await self.wait_sends()
+
+    async def wait_sends(self) -> None:
+        """Wait for every send of this handle under way (not what is gathered)."""
         while self._reap():
             await asyncio.shield(self.inflight[0][2])
 
@@ -400,13 +404,30 @@ class OpenFiles:
         """Send gathered writes and report this handle's length to meta (flush,
         fsync)."""
         handle = self.get(fh)
-        # A plain send: the flush of the data runs beside meta's Sync below,
-        # where a sync send would have to finish before it.
-        await handle.flush_pending(self._peers(handle))
+        peers = self._peers(handle)
+        if not handle.file.writable or not (handle.pending or handle.file.written):
+            await handle.flush_pending(peers)
+            handle.raise_error()
+            return
+        # Earlier sends first: the flush below must cover them.
+        await handle.wait_sends()
         handle.raise_error()
-        if handle.file.writable and handle.file.written:
-            await handle.file.fsync()
-            self._attrs.put(handle.file.inode)
+        # The gathered bytes (a small file's only write) go out as a sync
+        # write while meta records the length: one round instead of a write,
+        # then a flush beside the Sync. The length may so be in meta a moment
+        # before its last bytes are acknowledged (as over NFS); a send that
+        # fails is reported by this flush/fsync all the same.
+        end = handle.pending_at + len(handle.pending) if handle.pending else -1
+        sent, synced = await asyncio.gather(
+            handle.flush_pending(peers, sync=True),
+            handle.file.fsync(length=end),
+            return_exceptions=True,
+        )
+        handle.raise_error()
+        for outcome in (sent, synced):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self._attrs.put(handle.file.inode)
 
     async def set_length(self, ino: int, length: int, fh: int | None = None) -> Inode:
         """Truncate or extend `ino` to `length` (through handle `fh`: ftruncate,
