@@ -303,6 +303,9 @@ async def test_remove_inode_and_list(store: ChunkStore) -> None:
         await store.read(ids.chunk_id(20, 0), 0, 1)
     assert await store.remove_chunk(ids.chunk_id(21, 0))
     assert not await store.remove_chunk(ids.chunk_id(21, 0))
+    await put(store, ids.chunk_id(21, 1), 0, b"e" * 10, 2)  # 2 bytes -> 10
+    stats = await store.stats()
+    assert (stats.chunk_count, stats.used_bytes) == (2, 13)
     await put(store, ids.chunk_id(22, 0), 0, b"e", 1)
     assert await store.remove_inodes([21, 22, 23]) == 3
     assert store.list_chunks() == []
