@@ -12,14 +12,20 @@ table). An update:
    into `<name>.d` (only the bytes written, never the whole chunk), rewrite
    `<name>.m`, unlink `<name>.r`.
 
-On load, a `.p` is an uncommitted pending version and is dropped; a `.r` newer
-than `<name>.m` is replayed (idempotent), so a crash anywhere leaves each write
-wholly old or wholly new. Reads that overlap an overwrite's apply wait for it
-(a per-chunk gate), so they never mix old and new bytes.
+The first write of a chunk (no table yet) stages no `.p`: its bytes go into a
+new `<name>.d`, and its commit writes the table to `<name>.m.tmp` and renames it
+to `<name>.m` (the commit point; see `_commit_new`).
+
+On load, a `.p` is an uncommitted pending version and is dropped, as are a
+`.m.tmp` and a `.d` without a table; a `.r` newer than `<name>.m` is replayed
+(idempotent), so a crash anywhere leaves each write wholly old or wholly new.
+Reads that overlap an overwrite's apply wait for it (a per-chunk gate), so they
+never mix old and new bytes.
 
 Durability: with `fsync=False` (the default) an update reaches the page cache
 when it is acknowledged and the disk on `sync()` (a client's fsync/close); with
-`fsync=True` every update is on disk before it is acknowledged.
+`fsync=True` every update is on disk before it is acknowledged; `sync_chunk`
+puts one chunk on disk (a write that carries `sync`).
 Disk I/O runs in worker threads, except small updates without fsync and reads
 the page cache holds (`_inline`, `read`); block tables are cached in memory.
 """
