@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from py3fs import errors, ids
+from py3fs import errors, faults, ids
 from py3fs.faults import fault_point
 from py3fs.wire import crc32c
 from storage_service.chunk_files import (
@@ -83,6 +83,7 @@ from storage_service.chunk_store import (
 )
 
 logger = logging.getLogger(__name__)
+_UPDATE_POINTS = (STAGE_WRITTEN, AFTER_STAGE, MID_APPLY, AFTER_APPLY)
 # Update steps of at most this many payload bytes run on the loop (`_inline`).
 INLINE_BYTES = 128 * 1024
 # preadv that fails with EAGAIN instead of waiting for the disk (Linux 4.14+).
@@ -440,7 +441,11 @@ class FileChunkStore(ChunkStore):
         (a create, a pwrite of at most INLINE_BYTES, a rename: tens of us),
         where a worker thread's round trip costs ~100 us of CPU and, on a busy
         host, a wait for a core; a small write paid two per replica."""
-        return not self.fsync and nbytes <= INLINE_BYTES
+        return (
+            not self.fsync
+            and nbytes <= INLINE_BYTES
+            and not faults.delaying(*_UPDATE_POINTS)
+        )
 
     def _stage(
         self,
