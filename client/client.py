@@ -260,7 +260,11 @@ class Client:
 
     async def write_file(self, path: str, data: Any, **kwargs: Any) -> int:
         async with await self.open(path, "wb", **kwargs) as f:
-            return await f.write(data)
+            # Written and put on disk in one round: the close then has no
+            # flush to wait for.
+            n = await f.pwrite(data, 0, sync=True)
+            f.pos = n
+            return n
 
     async def read_file(self, path: str) -> bytes:
         async with await self.open(path, "rb") as f:
@@ -373,17 +377,20 @@ class File:
         self.pos += len(data)
         return data
 
-    async def pwrite(self, data: Any, offset: int) -> int:
+    async def pwrite(self, data: Any, offset: int, *, sync: bool = False) -> int:
+        """Write `data` at `offset`; returns once every replica holds it. With
+        `sync` also on their disks (one round instead of a write and a flush,
+        for the last write before a close or fsync)."""
         self._check(write=True)
         view = memoryview(data).cast("B")
         if view.nbytes:
             assert self.inode.layout is not None
             await self._ahead.invalidate()
             await self._client.files.write(
-                self.inode.inode, self.inode.layout, offset, view
+                self.inode.inode, self.inode.layout, offset, view, sync=sync
             )
             self._written_end = max(self._written_end, offset + view.nbytes)
-            self._unflushed = True
+            self._unflushed = self._unflushed or not sync
         return view.nbytes
 
     async def write(self, data: Any) -> int:
@@ -416,11 +423,12 @@ class File:
         self.pos = reply.offset + n
         return n
 
-    async def fsync(self) -> None:
+    async def fsync(self, *, length: int = -1) -> None:
         """Make what was written durable: the data on every replica's disk, the
-        length in meta."""
+        length in meta (at least `length`: a caller's sync write still under
+        way, see fuse_mount.handles.OpenFiles.sync)."""
         self._check(write=True)
-        req = SyncReq(inode=self.inode.inode, length=self._written_end)
+        req = SyncReq(inode=self.inode.inode, length=max(self._written_end, length))
         # Every replica acknowledged the writes, so the length may be recorded
         # while they go to disk: both at once, and fsync returns when both are
         # done (the first failure raised).
@@ -438,11 +446,21 @@ class File:
             return
         self.closed = True
         await self._ahead.aclose()
-        await self.flush_data()
-        if self.session_id:
-            req = CloseReq(
-                inode=self.inode.inode,
-                session_id=self.session_id,
-                length=self._written_end,
-            )
-            self.inode = await self._client.meta.close(req)
+        if not self.session_id:
+            await self.flush_data()
+            return
+        req = CloseReq(
+            inode=self.inode.inode,
+            session_id=self.session_id,
+            length=self._written_end,
+        )
+        # As in fsync: every replica acknowledged the writes, so the session
+        # may end while they go to disk; close returns when both are done.
+        flushed, closed = await asyncio.gather(
+            self.flush_data(), self._client.meta.close(req), return_exceptions=True
+        )
+        for outcome in (flushed, closed):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(closed, Inode)
+        self.inode = closed

@@ -68,11 +68,15 @@ class FileIO:
         frame per storage target; per item None or the error that failed it."""
         return await self._client.storage.read_batch(items)
 
-    async def write(self, inode: int, layout: Layout, offset: int, data: Any) -> int:
-        """Write `data` at `offset`; returns its length once every replica has it."""
+    async def write(
+        self, inode: int, layout: Layout, offset: int, data: Any, *, sync: bool = False
+    ) -> int:
+        """Write `data` at `offset`; returns its length once every replica has it
+        (with `sync`, on every replica's disk: the chunks it touched need no
+        `flush` then)."""
         view = memoryview(data).cast("B")
         if view.nbytes:
-            await self._client.storage.write(inode, layout, offset, view)
+            await self._client.storage.write(inode, layout, offset, view, sync=sync)
         return view.nbytes
 
     async def flush(self, layout: Layout) -> None:

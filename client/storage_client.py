@@ -135,12 +135,23 @@ class StorageClient:
     # ------------------------------------------------------------------ writes
 
     async def write(
-        self, inode: int, layout: Layout, offset: int, data: memoryview
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        data: memoryview,
+        *,
+        sync: bool = False,
     ) -> None:
-        """Write `data` at `offset` of the file; returns when every replica has it."""
+        """Write `data` at `offset` of the file; returns when every replica has
+        it (with `sync`: on disk)."""
         await _gather(
             self._write_piece(
-                inode, layout, p, data[p.buf_offset : p.buf_offset + p.length]
+                inode,
+                layout,
+                p,
+                data[p.buf_offset : p.buf_offset + p.length],
+                sync=sync,
             )
             for p in pieces(layout, offset, data.nbytes)
         )
@@ -178,6 +189,7 @@ class StorageClient:
         data: memoryview,
         *,
         full_replace: bool = False,
+        sync: bool = False,
     ) -> None:
         request_id = next(self._ids)
         crc = wire.crc32c(data)
@@ -199,6 +211,7 @@ class StorageClient:
                 request_id=request_id,
                 full_replace=full_replace,
                 cap=cap,
+                sync=sync,
             )
             try:
                 await self._data.call(

@@ -94,16 +94,26 @@ class FileHandle:
         self.file.forget_writes_past(length)
 
     async def _send(
-        self, data: bytearray, start: int, before: list[asyncio.Task[None]]
+        self,
+        data: bytearray,
+        start: int,
+        before: list[asyncio.Task[None]],
+        sync: bool = False,
     ) -> None:
         if before:
             await asyncio.wait(before)  # their failures are their handles' errors
         try:
-            await self.file.pwrite(data, start)
+            await self.file.pwrite(data, start, sync=sync)
         except Exception as exc:
             self.error = self.error or exc
 
-    def start_send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
+    def start_send(
+        self,
+        data: bytearray,
+        start: int,
+        peers: list[FileHandle],
+        sync: bool = False,
+    ) -> None:
         """Send `data` at `start` in the background, after every in-flight send
         of `peers` (this inode's handles) that overlaps it. The send is listed
         in `inflight` at once, so any flush that starts later waits for it."""
@@ -114,7 +124,7 @@ class FileHandle:
             for s, e, task in peer.inflight
             if s < end and start < e and not task.done()
         ]
-        task = asyncio.ensure_future(self._send(data, start, before))
+        task = asyncio.ensure_future(self._send(data, start, before, sync))
         self.inflight.append((start, end, task))
 
     async def send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
@@ -131,14 +141,22 @@ class FileHandle:
         self.inflight = [x for x in self.inflight if not x[2].done()]
         return bool(self.inflight)
 
-    async def flush_pending(self, peers: list[FileHandle]) -> None:
+    async def flush_pending(
+        self, peers: list[FileHandle], *, sync: bool = False
+    ) -> None:
         """Send what is gathered and wait for every send of this handle; a
-        failure stays in `error` (raised by `raise_error`)."""
+        failure stays in `error` (raised by `raise_error`). With `sync` (close,
+        fsync) what is gathered goes to disk as it is written, so a file whose
+        only write is that one needs no separate flush."""
         if self.pending:
             data, start = self.pending, self.pending_at
             self.pending = bytearray()
             self.pending_at = start + len(data)
-            self.start_send(data, start, peers)
+            self.start_send(data, start, peers, sync)
+        await self.wait_sends()
+
+    async def wait_sends(self) -> None:
+        """Wait for every send of this handle under way (not what is gathered)."""
         while self._reap():
             await asyncio.shield(self.inflight[0][2])
 
@@ -254,7 +272,7 @@ class OpenFiles:
         handle.releasing = True
         try:
             try:
-                await handle.flush_pending(self._peers(handle))
+                await handle.flush_pending(self._peers(handle), sync=True)
                 handle.raise_error()
             finally:
                 await handle.file.close()
@@ -386,11 +404,30 @@ class OpenFiles:
         """Send gathered writes and report this handle's length to meta (flush,
         fsync)."""
         handle = self.get(fh)
-        await handle.flush_pending(self._peers(handle))
+        peers = self._peers(handle)
+        if not handle.file.writable or not (handle.pending or handle.file.written):
+            await handle.flush_pending(peers)
+            handle.raise_error()
+            return
+        # Earlier sends first: the flush below must cover them.
+        await handle.wait_sends()
         handle.raise_error()
-        if handle.file.writable and handle.file.written:
-            await handle.file.fsync()
-            self._attrs.put(handle.file.inode)
+        # The gathered bytes (a small file's only write) go out as a sync
+        # write while meta records the length: one round instead of a write,
+        # then a flush beside the Sync. The length may so be in meta a moment
+        # before its last bytes are acknowledged (as over NFS); a send that
+        # fails is reported by this flush/fsync all the same.
+        end = handle.pending_at + len(handle.pending) if handle.pending else -1
+        sent, synced = await asyncio.gather(
+            handle.flush_pending(peers, sync=True),
+            handle.file.fsync(length=end),
+            return_exceptions=True,
+        )
+        handle.raise_error()
+        for outcome in (sent, synced):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self._attrs.put(handle.file.inode)
 
     async def set_length(self, ino: int, length: int, fh: int | None = None) -> Inode:
         """Truncate or extend `ino` to `length` (through handle `fh`: ftruncate,

@@ -94,6 +94,13 @@ def any_enabled() -> bool:
     return bool(_rules)
 
 
+def delaying(*names: str) -> bool:
+    """Whether a `delay` is armed at any of `names` (code that would run those
+    steps on an event loop runs them in a worker thread then: the delay stands
+    for a slow disk, not for a stalled server)."""
+    return any((r := _rules.get(n)) is not None and r.action == "delay" for n in names)
+
+
 def fault_point(name: str) -> None:
     """Mark a crash/error point; a no-op unless `name` was switched on."""
     rule = _rules.get(name)

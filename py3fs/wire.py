@@ -110,6 +110,9 @@ class WriteReq(Body):
     # remembered reply for this chunk at or below its version may describe a
     # write the rebuild did not keep, so retries are applied again.
     repair: bool = False
+    # Every replica puts the chunk on disk before it acks (the last write of a
+    # file being closed or fsynced: no separate FLUSH round is needed then).
+    sync: bool = False
 
 
 class WriteReply(Body):

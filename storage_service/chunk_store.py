@@ -167,6 +167,11 @@ class ChunkStore(abc.ABC):
         fsync/close); returns how many chunks it flushed."""
         return 0
 
+    async def sync_chunk(self, chunk_id: bytes) -> None:
+        """Flush the committed updates of one chunk to stable storage (a write
+        that carries `sync`: the last write of a file being closed)."""
+        return None
+
     async def write(
         self, chunk_id: bytes, offset: int, data: Any, **kw: Any
     ) -> ChunkInfo:

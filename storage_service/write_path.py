@@ -177,6 +177,10 @@ class WritePath:
             syncing=me is not None and me.state == TargetState.SYNCING,
         ).action
         if action is craq.Action.ALREADY_DONE:
+            if req.sync:
+                # A retry of a sync write whose first try may have failed
+                # before its fsync.
+                await store.sync_chunk(req.chunk_id)
             return _reply(info)
         if action is craq.Action.MISSING_UPDATE:
             raise errors.TargetNotServing(
@@ -234,7 +238,7 @@ class WritePath:
             crc = await asyncio.to_thread(wire.crc32c, whole)
         stage = self._stage(store, req, offset, data, crc, version, full)
         if succ is None:
-            return _reply(await store.commit(await stage))
+            return await self._commit(store, req, await stage)
         fwd = wire.WriteReq(
             chain_id=req.chain_id,
             chain_ver=req.chain_ver,
@@ -248,10 +252,14 @@ class WritePath:
             update_ver=version,
             full_replace=full,
             repair=repair,
+            sync=req.sync,
         )
-        staged, acked = await asyncio.gather(
-            stage,
+        # The forward goes first: a small stage runs on the loop without
+        # yielding (FileChunkStore._inline), so it overlaps the successor's work
+        # only if the request is out before it starts.
+        acked, staged = await asyncio.gather(
             self._forward(routing, succ, wire.MsgType.WRITE, fwd, [data]),
+            stage,
             return_exceptions=True,
         )
         if isinstance(staged, BaseException):
@@ -269,7 +277,19 @@ class WritePath:
         if not check.ok:
             await store.abort(staged)
             raise _Diverged(check.reason, acked.chunk_ver)
-        return _reply(await store.commit(staged))
+        return await self._commit(store, req, staged)
+
+    @staticmethod
+    async def _commit(
+        store: ChunkStore, req: wire.WriteReq, staged: Staged
+    ) -> wire.WriteReply:
+        """Commit; with `req.sync`, put the chunk on disk before the ack (the
+        successor did so before its ack: once the head answers, every replica
+        has it on disk)."""
+        info = await store.commit(staged)
+        if req.sync:
+            await store.sync_chunk(req.chunk_id)
+        return _reply(info)
 
     async def _stage(
         self,

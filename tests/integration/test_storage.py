@@ -118,6 +118,7 @@ async def write(
     request_id: int | None = None,
     chain_ver: int | None = None,
     target: int | None = None,
+    sync: bool = False,
 ) -> wire.WriteReply:
     head = view.head(chain.chain_id) if target is None else target
     req = wire.WriteReq(
@@ -130,6 +131,7 @@ async def write(
         data_crc=wire.crc32c(data),
         client_id="test",
         request_id=next(_rids) if request_id is None else request_id,
+        sync=sync,
     )
     body, _ = await dc.call(view.target_address(head), M.WRITE, req, [data])
     assert isinstance(body, wire.WriteReply)
@@ -375,6 +377,40 @@ async def test_flush_puts_acked_writes_on_disk(
     # Earlier tests' writes to this chain count too.
     assert all(n >= 3 for n in counts[:3])
     assert counts[3:] == [0, 0, 0]
+
+
+async def flush_counts(
+    dc: DataClient, view: RoutingView, chain: ChainInfo
+) -> list[int]:
+    counts = []
+    for target in chain.targets:
+        body, _ = await dc.call(
+            view.target_address(target), M.FLUSH, wire.FlushReq([target])
+        )
+        assert isinstance(body, wire.FlushReply)
+        counts.append(body.chunks)
+    return counts
+
+
+async def test_sync_write_is_on_disk_on_every_replica_when_acked(
+    dc: DataClient, view: RoutingView
+) -> None:
+    """A write with `sync` is flushed by every replica before the head answers:
+    a FLUSH right after finds nothing of it left, where a plain write leaves
+    its chunk to flush on every replica."""
+    chain = chain_n(view, 3)
+    await flush_counts(dc, view, chain)  # earlier tests' writes
+    await write(dc, view, chain, ids.chunk_id(8550, 0), 0, b"x" * 100)
+    assert await flush_counts(dc, view, chain) == [1, 1, 1]
+    cid = ids.chunk_id(8551, 0)
+    await write(dc, view, chain, cid, 0, b"s" * 100, sync=True)
+    await write(dc, view, chain, cid, 100, b"t" * 50, sync=True)  # an append
+    await write(dc, view, chain, cid, 10, b"u" * 5, sync=True)  # an overwrite
+    assert await flush_counts(dc, view, chain) == [0, 0, 0]
+    for target in chain.targets:
+        result, data = await read(dc, view, target, cid)
+        assert result.code == 0
+        assert data == b"s" * 10 + b"u" * 5 + b"s" * 85 + b"t" * 50
 
 
 async def test_read_asking_too_much_is_refused_before_allocating(

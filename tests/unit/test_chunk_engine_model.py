@@ -197,6 +197,13 @@ class ChunkEngineMachine(RuleBasedStateMachine):
                 assert info.crc == fmt.content_digest(want)
                 _, view = self._run(s.read(cid, 0, CS))
                 assert bytes(view) == want
+        # The totals heartbeats report, kept up to date as chunks change.
+        for s in self.stores:
+            stats = self._run(s.stats())
+            assert (stats.chunk_count, stats.used_bytes) == (
+                len(self.model),
+                sum(len(v) for v in self.model.values()),
+            )
 
 
 ChunkEngineMachine.TestCase.settings = settings(

@@ -303,6 +303,9 @@ async def test_remove_inode_and_list(store: ChunkStore) -> None:
         await store.read(ids.chunk_id(20, 0), 0, 1)
     assert await store.remove_chunk(ids.chunk_id(21, 0))
     assert not await store.remove_chunk(ids.chunk_id(21, 0))
+    await put(store, ids.chunk_id(21, 1), 0, b"e" * 10, 2)  # 2 bytes -> 10
+    stats = await store.stats()
+    assert (stats.chunk_count, stats.used_bytes) == (2, 13)
     await put(store, ids.chunk_id(22, 0), 0, b"e", 1)
     assert await store.remove_inodes([21, 22, 23]) == 3
     assert store.list_chunks() == []
@@ -360,6 +363,35 @@ async def test_crash_points_leave_old_or_new(
         assert await content(s, cid) == (bytes(expect) if committed else old)
         assert s.get(cid).version == (2 if committed else 1)  # type: ignore[union-attr]
         assert s.pending_version(cid) == 0
+
+
+@pytest.mark.parametrize("point", [STAGE_WRITTEN, AFTER_STAGE, MID_APPLY, AFTER_APPLY])
+async def test_crash_in_first_write_leaves_no_chunk_or_all_of_it(
+    tmp_path: Path, point: str
+) -> None:
+    """The first write of a chunk stages no record (its table appears by a
+    rename): a crash before that leaves no chunk and no files, after it the
+    whole write."""
+    root = str(tmp_path / "t")
+    store = FileChunkStore(root)
+    await store.load()
+    cid = ids.chunk_id(41, 0)
+    data = os.urandom(B + 7)
+    staged = await store.stage(
+        cid, 0, data, version=1, chunk_size=CS, chain_ver=1, data_crc=crc32c(data)
+    )
+    assert not exists(store.base(cid) + fmt.PENDING_SUFFIX)
+    await store.abort(staged)
+    with faults.enabled(point, "error"), pytest.raises(errors.InjectedFault):
+        await put(store, cid, 0, data, 1)
+    again = FileChunkStore(root)
+    await again.load()
+    if point == STAGE_WRITTEN:
+        assert again.get(cid) is None
+        assert os.listdir(os.path.dirname(again.base(cid))) == []
+    else:
+        assert await content(again, cid) == data
+        assert again.get(cid).version == 1  # type: ignore[union-attr]
 
 
 async def test_reads_format_1_chunks(tmp_path: Path) -> None:

@@ -12,6 +12,16 @@ def test_point_is_silent_unless_enabled() -> None:
     faults.fault_point("unit.nothing")
 
 
+def test_delaying_names_points_with_a_delay_armed() -> None:
+    assert not faults.delaying("t.slow", "t.fail")
+    with faults.enabled("t.fail", "error"):
+        assert not faults.delaying("t.slow", "t.fail")
+        with faults.enabled("t.slow", "delay:0.01"):
+            assert faults.delaying("t.slow", "t.fail")
+            assert not faults.delaying("t.fail")
+    assert not faults.delaying("t.slow")
+
+
 def test_error_fires_on_nth_hit_once() -> None:
     with faults.enabled("unit.err", "error@2"):
         faults.fault_point("unit.err")

@@ -18,7 +18,7 @@ from py3fs import errors
 class FailingFile:
     length = 0
 
-    async def pwrite(self, data: bytes, offset: int) -> int:
+    async def pwrite(self, data: bytes, offset: int, sync: bool = False) -> int:
         raise errors.NoSpace("disk full")
 
 
@@ -39,13 +39,15 @@ class SlowFile:
         self.running = 0
         self.most = 0
         self.written: list[tuple[int, int]] = []
+        self.synced: list[int] = []
 
-    async def pwrite(self, data: bytes, offset: int) -> int:
+    async def pwrite(self, data: bytes, offset: int, sync: bool = False) -> int:
         self.running += 1
         self.most = max(self.most, self.running)
         await asyncio.sleep(0.001 * (offset % 3))  # finish out of order
         self.running -= 1
         self.written.append((offset, len(data)))
+        self.synced.extend([offset] if sync else [])
         return len(data)
 
 
@@ -65,6 +67,20 @@ async def test_write_behind_is_bounded_and_drains(
     assert not handle.inflight
     assert sorted(file.written) == [(i * 1000, 1000) for i in range(50)]
     assert 1 < file.most <= 4
+    assert file.synced == []
+
+
+async def test_close_sends_gathered_bytes_as_a_sync_write() -> None:
+    """What close/fsync sends goes to disk as it is written (the file then
+    needs no separate flush round); sends on the way there do not."""
+    file = SlowFile()
+    handle = FileHandle(fh=1, ino=2, file=file, append=False)  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        await handle.send(bytearray(1000), 0, [handle])
+        handle.gather(b"tail", 1000)
+        await handle.flush_pending([handle], sync=True)
+    assert sorted(file.written) == [(0, 1000), (1000, 4)]
+    assert file.synced == [1000]
 
 
 async def test_background_send_failure_is_reported() -> None:
@@ -87,7 +103,7 @@ class GatedFile:
     def length(self) -> int:
         return self.written_end
 
-    async def pwrite(self, data: bytes, offset: int) -> int:
+    async def pwrite(self, data: bytes, offset: int, sync: bool = False) -> int:
         self.started.set()
         await self.release.wait()
         self.written_end = max(self.written_end, offset + len(data))
