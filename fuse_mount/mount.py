@@ -105,6 +105,9 @@ async def probe(client: Client, timeout: float = PROBE_TIMEOUT) -> None:
         ) from None
 
 
+# Request tasks pyfuse3 keeps waiting for the next request when idle.
+IDLE_TASKS = 16
+
 # Kernel read-ahead for the mount, in KiB. The kernel asks for at most 1 MiB per
 # READ (FUSE_MAX_PAGES, which libfuse 3 negotiates), but only as much as its
 # read-ahead window, which defaults to 128 KiB: 128 KiB requests spend most of
@@ -184,7 +187,10 @@ async def serve(
         logger.info("mounted py3fs at %s", mountpoint)
         ready()
         read_ahead = asyncio.ensure_future(widen_read_ahead(mountpoint))
-        await pyfuse3.main()
+        # Idle request tasks kept waiting: with upstream's one, every burst of
+        # concurrent requests ends their extra tasks and the next starts new
+        # ones (a task and its coroutines per request under steady load).
+        await pyfuse3.main(min_tasks=IDLE_TASKS)
     finally:
         if read_ahead is not None and not read_ahead.done():
             read_ahead.cancel()
