@@ -14,8 +14,6 @@ import itertools
 import logging
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
@@ -41,16 +39,26 @@ _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
 )
 
 
-@contextmanager
-def acting_as(uid: int, gid: int, groups: tuple[int, ...] = ()) -> Iterator[None]:
+class _ActingAs:
+    # A class rather than @contextmanager: the FUSE daemon enters one per
+    # request, and a generator-based one costs a generator and its frames.
+    __slots__ = ("_identity", "_token")
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+
+    def __enter__(self) -> None:
+        self._token = _identity.set(self._identity)
+
+    def __exit__(self, *exc: object) -> None:
+        _identity.reset(self._token)
+
+
+def acting_as(uid: int, gid: int, groups: tuple[int, ...] = ()) -> _ActingAs:
     """Meta calls made inside the block (in this task and tasks it starts) act
     as `uid`/`gid` with supplementary `groups` instead of the client's
     configured identity."""
-    token = _identity.set((uid, gid, groups))
-    try:
-        yield
-    finally:
-        _identity.reset(token)
+    return _ActingAs((uid, gid, groups))
 
 
 class MetaClient(MetaService):

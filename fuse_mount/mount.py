@@ -16,6 +16,8 @@ return 0 can use the mount at once. A daemon logs to `--log-file`, by default
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import os
 import signal
@@ -103,6 +105,9 @@ async def probe(client: Client, timeout: float = PROBE_TIMEOUT) -> None:
         ) from None
 
 
+# Request tasks pyfuse3 keeps waiting for the next request when idle.
+IDLE_TASKS = 16
+
 # Kernel read-ahead for the mount, in KiB. The kernel asks for at most 1 MiB per
 # READ (FUSE_MAX_PAGES, which libfuse 3 negotiates), but only as much as its
 # read-ahead window, which defaults to 128 KiB: 128 KiB requests spend most of
@@ -182,7 +187,10 @@ async def serve(
         logger.info("mounted py3fs at %s", mountpoint)
         ready()
         read_ahead = asyncio.ensure_future(widen_read_ahead(mountpoint))
-        await pyfuse3.main()
+        # Idle request tasks kept waiting: with upstream's one, every burst of
+        # concurrent requests ends their extra tasks and the next starts new
+        # ones (a task and its coroutines per request under steady load).
+        await pyfuse3.main(min_tasks=IDLE_TASKS)
     finally:
         if read_ahead is not None and not read_ahead.done():
             read_ahead.cancel()
@@ -190,6 +198,7 @@ async def serve(
             await ops.aclose()
             await agent.aclose()
         finally:
+            _watch.stop()
             pyfuse3.close(unmount=True)
             logger.info("unmounted %s", mountpoint)
 
@@ -219,40 +228,135 @@ def run(
     )
 
 
-def _enable_asyncio() -> None:
-    """Switch pyfuse3 to asyncio, with race-free replacements for its
-    `wait_readable` / `notify_closing`: upstream's reader callback can resolve a
-    future twice (and `notify_closing` fails one already resolved), which raises
-    InvalidStateError in the FUSE loop, most often at unmount."""
-    pyfuse3.asyncio.enable()
-    waiting: dict[int, set[asyncio.Future[None]]] = {}
+class _FuseWatch:
+    """pyfuse3's `wait_readable` / `notify_closing` for asyncio, cheaper and
+    race-free.
 
-    async def wait_readable(fd: int) -> None:
+    Upstream's registers /dev/fuse with the loop for every request and removes
+    it again (in uvloop: a poll handle made, started, stopped and closed, two
+    epoll_ctl calls): a few percent of the daemon's CPU per FUSE op. Here the
+    fd stays registered while requests keep coming: the callback wakes the
+    waiting task, which reads the request before the loop polls again. Only
+    when the fd is readable and no task waits (every task busy) is it removed,
+    since the loop's readiness is level-triggered and would fire on every
+    iteration until a task reads; the next wait adds it back. Upstream's
+    callback could also resolve a future twice (and its `notify_closing` fail
+    one already resolved), raising InvalidStateError in the FUSE loop, most
+    often at unmount; here every resolution checks first.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        self._watched: dict[int, asyncio.AbstractEventLoop] = {}
+
+    async def wait_readable(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            loop.remove_reader(fd)
-            if not future.done():
-                future.set_result(None)
-
-        waiting.setdefault(fd, set()).add(future)
-        loop.add_reader(fd, readable)
+        future = loop.create_future()
+        waiting = self._waiting.get(fd)
+        if waiting is None:
+            waiting = self._waiting[fd] = []
+        waiting.append(future)
+        if self._watched.get(fd) is not loop:
+            self._unwatch(fd)
+            loop.add_reader(fd, self._readable, fd)
+            self._watched[fd] = loop
         try:
             await future
         finally:
-            loop.remove_reader(fd)
-            waiting[fd].discard(future)
-            if not waiting[fd]:
-                del waiting[fd]
+            if not future.done():
+                future.cancel()
+            try:
+                waiting.remove(future)
+            except ValueError:
+                pass  # woken: _readable took it off
 
-    def notify_closing(fd: int) -> None:
-        for future in waiting.get(fd, ()):
+    def _readable(self, fd: int) -> None:
+        waiting = self._waiting.get(fd)
+        if not waiting:
+            self._unwatch(fd)
+            return
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
+        waiting.clear()
+
+    def _unwatch(self, fd: int) -> None:
+        loop = self._watched.pop(fd, None)
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(fd)
+
+    def notify_closing(self, fd: int) -> None:
+        self._unwatch(fd)
+        for future in self._waiting.pop(fd, ()):
             if not future.done():
                 future.set_exception(pyfuse3.asyncio.ClosedResourceError())
 
-    pyfuse3.asyncio.wait_readable = wait_readable  # type: ignore[assignment]
-    pyfuse3.asyncio.notify_closing = notify_closing  # type: ignore[assignment]
+    def stop(self) -> None:
+        """Stop watching every fd (the session's is about to be closed)."""
+        for fd in list(self._watched):
+            self._unwatch(fd)
+
+
+_watch = _FuseWatch()
+
+
+class _ReadLock:
+    """asyncio.Lock for pyfuse3's read lock (the one task at a time that waits
+    for and reads the next request), without asyncio.Lock's per-call costs
+    (its loop lookup, and a generator over its waiters on every acquire):
+    every FUSE request passes through it twice. FIFO; a release hands the lock
+    straight to the first live waiter."""
+
+    __slots__ = ("_locked", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    async def acquire(self) -> bool:
+        if not self._locked:
+            self._locked = True
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # handed the lock as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(future)
+            raise
+        return True  # handed over by release(): _locked stayed True
+
+    def release(self) -> None:
+        if not self._locked:
+            raise RuntimeError("Lock is not acquired.")
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self._locked = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _enable_asyncio() -> None:
+    """Switch pyfuse3 to asyncio, with `_FuseWatch` waiting for requests."""
+    pyfuse3.asyncio.enable()
+    pyfuse3.asyncio.wait_readable = _watch.wait_readable  # type: ignore[assignment]
+    pyfuse3.asyncio.notify_closing = _watch.notify_closing  # type: ignore[assignment]
+    # pyfuse3 makes its read lock with `trio.Lock()`, i.e. this module's Lock.
+    pyfuse3.asyncio.Lock = _ReadLock  # type: ignore[misc,assignment]
 
 
 def _serve(
@@ -274,8 +378,8 @@ def _serve(
 
     try:
         # uvloop, as the services: every FUSE request is a few socket sends
-        # and receives to meta and storage. (Our wait_readable above tolerates
-        # a reader callback firing twice, which upstream's does not.)
+        # and receives to meta and storage. (`_FuseWatch` tolerates a reader
+        # callback firing twice, which upstream's wait_readable does not.)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
     except MountError as exc:
