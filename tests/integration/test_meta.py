@@ -153,16 +153,22 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
                 retried += 1
 
     async def killer() -> None:
-        await asyncio.sleep(0.5)
+        # Lands while the loop awaits a call (a request in flight), however
+        # fast meta runs: it starts after a number of ops, not of seconds.
+        await asyncio.sleep(0.05)
         victim.kill()
 
     n = 0
+    kill_task: asyncio.Task[None] | None = None
     try:
         await call(
             MetaStub.mkdir, MkdirReq(path="/w", request_id=next(request_ids), **ident)
         )
-        kill_task = asyncio.create_task(killer())
-        while n < 400 and (current == 0 or n < 40 or not kill_task.done()):
+        while n < 400 and (
+            kill_task is None or not kill_task.done() or current == 0 or n < 40
+        ):
+            if n == 20:
+                kill_task = asyncio.create_task(killer())
             d = f"/w/d{n:04d}"
             await call(
                 MetaStub.mkdir, MkdirReq(path=d, request_id=next(request_ids), **ident)
@@ -190,6 +196,7 @@ async def test_kill_meta_mid_workload(cluster: Cluster) -> None:
                 ),
             )
             n += 1
+        assert kill_task is not None
         await kill_task
         assert current == 1, "the victim was never killed mid-loop"
         assert not victim.running()
