@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import msgspec
@@ -429,17 +429,21 @@ class File:
         way, see fuse_mount.handles.OpenFiles.sync)."""
         self._check(write=True)
         req = SyncReq(inode=self.inode.inode, length=max(self._written_end, length))
-        # Every replica acknowledged the writes, so the length may be recorded
-        # while they go to disk: both at once, and fsync returns when both are
-        # done (the first failure raised).
-        flushed, synced = await asyncio.gather(
-            self.flush_data(), self._client.meta.sync(req), return_exceptions=True
+        self.inode = await self._flush_beside(self._client.meta.sync(req))
+
+    async def _flush_beside(self, meta_call: Awaitable[Inode]) -> Inode:
+        """Flush the data while `meta_call` (Sync or Close) records the length:
+        every replica acknowledged the writes, so the length may be recorded
+        while they go to disk. Returns when both are done; the first failure
+        is raised."""
+        flushed, node = await asyncio.gather(
+            self.flush_data(), meta_call, return_exceptions=True
         )
-        for outcome in (flushed, synced):
+        for outcome in (flushed, node):
             if isinstance(outcome, BaseException):
                 raise outcome
-        assert isinstance(synced, Inode)
-        self.inode = synced
+        assert isinstance(node, Inode)
+        return node
 
     async def close(self) -> None:
         if self.closed:
@@ -454,13 +458,4 @@ class File:
             session_id=self.session_id,
             length=self._written_end,
         )
-        # As in fsync: every replica acknowledged the writes, so the session
-        # may end while they go to disk; close returns when both are done.
-        flushed, closed = await asyncio.gather(
-            self.flush_data(), self._client.meta.close(req), return_exceptions=True
-        )
-        for outcome in (flushed, closed):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(closed, Inode)
-        self.inode = closed
+        self.inode = await self._flush_beside(self._client.meta.close(req))

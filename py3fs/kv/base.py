@@ -121,6 +121,10 @@ class Database(abc.ABC):
                 tr.cancel()
                 raise
 
+        if not self.waits():
+            # One attempt: retrying means sleeping, which a no-wait block
+            # (an event loop) must not do.
+            return attempt(0)
         policy = dataclasses.replace(TRANSACTION_RETRY, attempts=self.max_retries)
         return policy.call(attempt, what="transaction")
 

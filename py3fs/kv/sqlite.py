@@ -18,13 +18,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 from py3fs import errors
 from py3fs.kv.base import Database, Transaction
-
-T = TypeVar("T")
 
 
 def _translate(exc: sqlite3.Error) -> errors.KVError:
@@ -293,19 +290,6 @@ class SqliteDatabase(Database):
             yield
         finally:
             self._nowait.on = False
-
-    def run(self, fn: Callable[[Transaction], T], *, read_only: bool = False) -> T:
-        if self.waits():
-            return super().run(fn, read_only=read_only)
-        # One attempt: retrying means sleeping, which is not for an event loop.
-        tr = self.create_transaction(read_only=read_only)
-        try:
-            result = fn(tr)
-            tr.commit()
-            return result
-        except BaseException:
-            tr.cancel()
-            raise
 
     def close(self) -> None:
         with self._lock:
