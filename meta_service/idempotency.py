@@ -6,6 +6,12 @@ A client that lost the reply, or whose meta died, retries with the same
 application (a retried mkdir does not fail with AlreadyExists, a retried rename
 with NotFound). Failed requests store nothing, so their retries run again.
 Records expire after a TTL, far longer than any client retries.
+
+The request runs first and its record is then inserted (one statement, where
+looking first would take two on every mutation): a record already there means
+a retry, and `Replayed` cancels the transaction with whatever the second run
+did. A retry that fails (a rename's source is gone) finds the record after
+its error.
 """
 
 from __future__ import annotations
@@ -33,6 +39,15 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Record)
 
 
+class Replayed(Exception):
+    """The request was applied before: its stored reply. Raised out of the
+    transaction so that it is cancelled; `MetaStore` returns the reply."""
+
+    def __init__(self, reply: Msg) -> None:
+        super().__init__("replayed")
+        self.reply = reply
+
+
 def once(
     tr: Transaction,
     method: str,
@@ -41,21 +56,36 @@ def once(
     now: float,
     fn: Callable[[], R],
 ) -> R:
-    """The stored reply of (req.client_id, req.request_id), or `fn()`'s, stored."""
+    """`fn()`'s reply, stored under (req.client_id, req.request_id); raises
+    Replayed with the reply stored before when the request ran already."""
     if not req.request_id:
         return fn()
     key = keys.idempotent_key(req.client_id, req.request_id)
-    raw = tr.get(key)
-    if raw is not None:
-        rec = _decoder.decode(raw)
-        if rec.method != method:
-            raise errors.InvalidArgument(
-                f"request id {req.request_id} was already used for {rec.method}"
-            )
-        return msgspec.msgpack.decode(rec.reply, type=reply_type)
-    reply = fn()
-    tr.set(key, _encoder.encode(Record(method, now, _encoder.encode(reply))))
+    try:
+        reply = fn()
+    except errors.MetaError:
+        _replay(tr, key, method, req, reply_type)
+        raise
+    record = _encoder.encode(Record(method, now, _encoder.encode(reply)))
+    if not tr.insert(key, record):
+        _replay(tr, key, method, req, reply_type)
+        raise errors.KVError(f"idempotency record {key!r} vanished")
     return reply
+
+
+def _replay(
+    tr: Transaction, key: bytes, method: str, req: MetaReq, reply_type: type[R]
+) -> None:
+    """Raise Replayed when `key` holds the record of an earlier run."""
+    raw = tr.get(key)
+    if raw is None:
+        return
+    rec = _decoder.decode(raw)
+    if rec.method != method:
+        raise errors.InvalidArgument(
+            f"request id {req.request_id} was already used for {rec.method}"
+        )
+    raise Replayed(msgspec.msgpack.decode(rec.reply, type=reply_type))
 
 
 def expire(

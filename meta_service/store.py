@@ -130,7 +130,10 @@ class MetaStore:
                 tr, rpc.title, req, rpc.reply, self.ctx.clock(), lambda: fn(tr, new_id)
             )
 
-        return self.db.run(txn)
+        try:
+            return self.db.run(txn)
+        except idempotency.Replayed as done:
+            return done.reply  # type: ignore[return-value]
 
     # ------------------------------------------------------------ reads
 

@@ -122,6 +122,48 @@ class KVConformance:
         assert decode_counter(read(db, b"n")) == -2
         assert read(db, b"n") == encode_counter(-2)
 
+    def test_add_mixed_with_reads_and_writes(self, db: Database) -> None:
+        """Additions are seen by every later read of the transaction, in
+        order with the other writes of that key."""
+        fill(db, {b"c1": encode_counter(10)})
+
+        def fn(tr: Transaction) -> None:
+            tr.add(b"c1", 1)
+            tr.add(b"c2", 4)
+            assert tr.get_range(b"c", b"d") == [
+                (b"c1", encode_counter(11)),
+                (b"c2", encode_counter(4)),
+            ]
+            tr.add(b"c1", 1)
+            tr.set(b"c2", encode_counter(100))  # overrides the pending add
+            tr.add(b"c2", 1)
+            tr.add(b"c3", 7)
+            tr.clear(b"c3")  # the addition before it is moot
+            tr.add(b"c4", 2)
+            tr.clear_range(b"c4", b"c5")
+
+        db.run(fn)
+        assert decode_counter(read(db, b"c1")) == 12
+        assert decode_counter(read(db, b"c2")) == 101
+        assert read(db, b"c3") is None
+        assert read(db, b"c4") is None
+
+    def test_insert_stores_only_when_absent(self, db: Database) -> None:
+        fill(db, {b"old": b"v"})
+
+        def fn(tr: Transaction) -> tuple[bool, bool, bool]:
+            got = tr.insert(b"old", b"w"), tr.insert(b"new", b"x")
+            return (*got, tr.insert(b"new", b"y"))
+
+        assert db.run(fn) == (False, True, False)
+        assert read(db, b"old") == b"v"
+        assert read(db, b"new") == b"x"
+
+    def test_add_in_read_only_transaction_fails(self, db: Database) -> None:
+        with pytest.raises(errors.KVError):
+            db.run(lambda tr: tr.add(b"n", 1), read_only=True)
+        assert read(db, b"n") is None
+
     def test_add_from_many_threads(self, db: Database) -> None:
         def work(_: int) -> None:
             for _ in range(200):

@@ -70,6 +70,13 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def clear_range(self, begin: bytes, end: bytes) -> None: ...
 
+    def insert(self, key: bytes, value: bytes) -> bool:
+        """Store `value` at `key` unless the key exists; whether it stored."""
+        if self.get(key) is not None:
+            return False
+        self.set(key, value)
+        return True
+
     def add(self, key: bytes, delta: int) -> None:
         """Atomically add `delta` to the little-endian int64 at `key` (0 if absent)."""
         self.set(key, encode_counter(decode_counter(self.get(key)) + delta))

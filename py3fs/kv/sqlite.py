@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 from py3fs import errors
-from py3fs.kv.base import Database, Transaction
+from py3fs.kv.base import Database, Transaction, decode_counter, encode_counter
 
 
 def _translate(exc: sqlite3.Error) -> errors.KVError:
@@ -95,7 +95,28 @@ class _WriteLock:
             self._fd = -1
 
 
+def _i64add(old: bytes | None, delta: int) -> bytes:
+    """SQL function `py3fs_i64add`: a counter value (little-endian int64
+    bytes, absent: 0) plus `delta`, as `Transaction.add` defines it."""
+    return encode_counter(decode_counter(old) + delta)
+
+
+# One statement per counter instead of a SELECT and an INSERT.
+_ADD_SQL = (
+    "INSERT INTO kv (k, v) VALUES (?, py3fs_i64add(NULL, ?)) "
+    "ON CONFLICT(k) DO UPDATE SET v = py3fs_i64add(v, ?)"
+)
+
+
 class SqliteTransaction(Transaction):
+    """Besides SQLite's own statement cache, two per-transaction savings (a
+    namespace op is a dozen statements, each ~10 µs of Python and SQLite):
+    values read or written are remembered, so a key read twice (the parent of
+    a rename within one directory) costs one SELECT; and counter additions
+    wait for the commit, where each becomes one UPSERT, unless the
+    transaction reads or overwrites that key first. Both see exactly what
+    SQLite would: a transaction reads its own snapshot plus its own writes."""
+
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -110,6 +131,8 @@ class SqliteTransaction(Transaction):
         self._write_lock = write_lock
         self._lock_timeout = lock_timeout
         self._locked = False
+        self._seen: dict[bytes, bytes | None] = {}  # key -> value in this txn
+        self._adds: dict[bytes, int] = {}  # counter key -> delta not yet written
 
     def _begin(self) -> sqlite3.Connection:
         if self._done:
@@ -144,17 +167,24 @@ class SqliteTransaction(Transaction):
         return self._begin()
 
     def get(self, key: bytes) -> bytes | None:
+        if key in self._adds:
+            self._flush_adds()
+        elif key in self._seen:
+            return self._seen[key]
         try:
             row = (
                 self._begin().execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
             )
         except sqlite3.Error as exc:
             raise _translate(exc) from None
-        return None if row is None else bytes(row[0])
+        value = None if row is None else bytes(row[0])
+        self._seen[key] = value
+        return value
 
     def get_range(
         self, begin: bytes, end: bytes, limit: int = 0, reverse: bool = False
     ) -> list[tuple[bytes, bytes]]:
+        self._flush_adds_within(begin, end)
         order = "DESC" if reverse else "ASC"
         sql = f"SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k {order}"
         params: tuple[object, ...] = (begin, end)
@@ -168,28 +198,82 @@ class SqliteTransaction(Transaction):
         return [(bytes(k), bytes(v)) for k, v in rows]
 
     def set(self, key: bytes, value: bytes) -> None:
+        self._adds.pop(key, None)  # overwritten: the pending delta is moot
         try:
             self._write().execute(
                 "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, value)
             )
         except sqlite3.Error as exc:
+            self._seen.pop(key, None)
             raise _translate(exc) from None
+        self._seen[key] = value
+
+    def insert(self, key: bytes, value: bytes) -> bool:
+        # One statement where the base class reads, then writes.
+        if key in self._adds:
+            self._flush_adds()
+        elif self._seen.get(key) is not None:
+            return False
+        try:
+            cur = self._write().execute(
+                "INSERT OR IGNORE INTO kv (k, v) VALUES (?, ?)", (key, value)
+            )
+        except sqlite3.Error as exc:
+            self._seen.pop(key, None)
+            raise _translate(exc) from None
+        if cur.rowcount != 1:
+            self._seen.pop(key, None)  # there, with a value not read
+            return False
+        self._seen[key] = value
+        return True
 
     def clear(self, key: bytes) -> None:
+        self._adds.pop(key, None)
         try:
             self._write().execute("DELETE FROM kv WHERE k = ?", (key,))
         except sqlite3.Error as exc:
+            self._seen.pop(key, None)
             raise _translate(exc) from None
+        self._seen[key] = None
 
     def clear_range(self, begin: bytes, end: bytes) -> None:
+        self._flush_adds_within(begin, end)
+        for key in [k for k in self._seen if begin <= k < end]:
+            del self._seen[key]
         try:
             self._write().execute("DELETE FROM kv WHERE k >= ? AND k < ?", (begin, end))
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+
+    def add(self, key: bytes, delta: int) -> None:
+        self._write()  # a read-only transaction fails here, not at commit
+        self._adds[key] = self._adds.get(key, 0) + delta
+
+    def _flush_adds_within(self, begin: bytes, end: bytes) -> None:
+        if any(begin <= k < end for k in self._adds):
+            self._flush_adds()
+
+    def _flush_adds(self) -> None:
+        if not self._adds:
+            return
+        params = [(k, d, d) for k, d in self._adds.items()]
+        for key in self._adds:
+            self._seen.pop(key, None)
+        self._adds.clear()
+        try:
+            self._write().executemany(_ADD_SQL, params)
         except sqlite3.Error as exc:
             raise _translate(exc) from None
 
     def commit(self) -> None:
         if self._done:
             return
+        if self._adds:
+            try:
+                self._flush_adds()
+            except errors.KVError:
+                self.cancel()
+                raise
         self._done = True
         if self._open:
             try:
@@ -258,6 +342,7 @@ class SqliteDatabase(Database):
             # NORMAL: a commit survives a killed process (the WAL is in the page
             # cache); only a power loss may drop the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.create_function("py3fs_i64add", 2, _i64add, deterministic=True)
             setattr(self._local, attr, conn)
             with self._lock:
                 self._all.append(conn)

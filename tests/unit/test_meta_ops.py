@@ -385,6 +385,26 @@ def test_idempotent_retries(store: MetaStore) -> None:
     assert store.stat_fs(MetaReq()).files == 1
 
 
+def test_retry_of_an_applied_request_changes_nothing(store: MetaStore) -> None:
+    """A retry that would succeed again (the name was made anew meanwhile)
+    gets the first reply and leaves the namespace as it is: the second run
+    is cancelled with its transaction."""
+    ident = {"client_id": "c1"}
+    store.mkdir(MkdirReq(path="/d"))
+    create(store, "/d/f")
+    first = store.unlink(PathReq(path="/d/f", request_id=7, **ident))
+    again = create(store, "/d/f")
+    assert store.unlink(PathReq(path="/d/f", request_id=7, **ident)) == first
+    assert store.stat(PathReq(path="/d/f")).inode == again.inode
+    assert store.stat_fs(MetaReq()).files == 1
+    # the id of one method is refused for another, before or after its run
+    with pytest.raises(errors.InvalidArgument):
+        store.rmdir(PathReq(path="/d", request_id=7, **ident))
+    with pytest.raises(errors.InvalidArgument):
+        store.mkdir(MkdirReq(path="/e", request_id=7, **ident))
+    assert names(store, "/") == ["d"]
+
+
 def test_statfs_counts(store: MetaStore) -> None:
     store.mkdir(MkdirReq(path="/a/b", parents=True))
     create(store, "/a/f")
