@@ -34,6 +34,14 @@ def put(tr: Transaction, parent: int, name: str, inode: int, kind: InodeType) ->
     tr.set(keys.dentry_key(parent, name), _encoder.encode(DentryValue(inode, kind)))
 
 
+def insert(
+    tr: Transaction, parent: int, name: str, inode: int, kind: InodeType
+) -> bool:
+    """Add the entry unless `name` exists in `parent`; whether it did."""
+    value = _encoder.encode(DentryValue(inode, kind))
+    return tr.insert(keys.dentry_key(parent, name), value)
+
+
 def remove(tr: Transaction, parent: int, name: str) -> None:
     tr.clear(keys.dentry_key(parent, name))
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from meta_service import dentries, inodes
+from meta_service import inodes
 from meta_service.ops import lookup, mkdir
 from meta_service.ops.context import OpContext
 from meta_service.ops.lookup import MAX_PATH_BYTES
@@ -33,7 +33,7 @@ def symlink(
     if len(req.target.encode()) > MAX_PATH_BYTES or "\0" in req.target:
         raise errors.NameTooLong("symlink target too long")
     parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
-    mkdir.check_new_entry(tr, parent, name, req)
+    mkdir.check_new_entry(parent, name, req)
     now = ctx.now_ns()
     gid, _ = mkdir.new_owner(parent, req, 0o777, InodeType.SYMLINK)
     node = Inode(
@@ -69,12 +69,12 @@ def link(tr: Transaction, ctx: OpContext, req: LinkReq) -> Inode:
     if node.nlink == 0:
         raise errors.NotFound(f"{req.src!r} was removed")
     parent, name = lookup.resolve_parent(tr, req.dst, req, req.dst_at)
-    mkdir.check_new_entry(tr, parent, name, req)
+    mkdir.check_new_entry(parent, name, req)
+    mkdir.add_name(tr, parent, name, node)
     if node.nlink >= MAX_LINKS:
         raise errors.TooManyLinks(f"{req.src!r} has {node.nlink} links")
     now = ctx.now_ns()
     node = msgspec.structs.replace(node, nlink=node.nlink + 1, ctime=now)
     inodes.store(tr, node)
-    dentries.put(tr, parent.inode, name, node.inode, node.type)
     inodes.entries_changed(tr, parent, now)
     return node

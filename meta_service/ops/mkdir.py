@@ -32,11 +32,17 @@ def new_owner(
     return who.gid, mode
 
 
-def check_new_entry(tr: Transaction, parent: Inode, name: str, who: MetaReq) -> None:
-    """`name` may be added to `parent`: valid, parent writable, entry absent."""
+def check_new_entry(parent: Inode, name: str, who: MetaReq) -> None:
+    """`name` may be added to `parent`: valid, parent writable. Whether the
+    name is free is the insert's to find (`add_entry`, `add_name`): one
+    statement instead of a read and a write."""
     lookup.validate_name(name)
     lookup.check_access(parent, who, W | X)
-    if dentries.get(tr, parent.inode, name) is not None:
+
+
+def add_name(tr: Transaction, parent: Inode, name: str, node: Inode) -> None:
+    """Enter `node` under `name` in `parent`; AlreadyExists if taken."""
+    if not dentries.insert(tr, parent.inode, name, node.inode, node.type):
         raise errors.AlreadyExists(f"{name!r} exists")
 
 
@@ -44,9 +50,9 @@ def add_entry(
     tr: Transaction, ctx: OpContext, parent: Inode, name: str, node: Inode
 ) -> Inode:
     """Store new inode `node` under `name` in `parent` and account for it;
-    returns the parent's new attributes."""
+    returns the parent's new attributes. AlreadyExists if the name is taken."""
+    add_name(tr, parent, name, node)
     inodes.store(tr, node)
-    dentries.put(tr, parent.inode, name, node.inode, node.type)
     inodes.count(tr, node.type, +1)
     is_dir = node.type == InodeType.DIRECTORY
     return inodes.entries_changed(tr, parent, node.ctime, subdirs=1 if is_dir else 0)
@@ -63,7 +69,7 @@ def new_directory(
 ) -> Inode:
     """Create directory `name` in `parent` (checked: name valid, parent writable,
     entry absent)."""
-    check_new_entry(tr, parent, name, who)
+    check_new_entry(parent, name, who)
     now = ctx.now_ns()
     gid, mode = new_owner(parent, who, mode, InodeType.DIRECTORY)
     node = Inode(
@@ -135,7 +141,7 @@ def mknod(
     if req.type in (InodeType.CHAR_DEVICE, InodeType.BLOCK_DEVICE) and req.uid != 0:
         raise errors.OperationNotPermitted("only root may create device nodes")
     parent, name = lookup.resolve_parent(tr, req.path, req, req.at)
-    check_new_entry(tr, parent, name, req)
+    check_new_entry(parent, name, req)
     now = ctx.now_ns()
     gid, mode = new_owner(parent, req, req.mode, req.type)
     node = Inode(

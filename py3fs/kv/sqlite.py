@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -95,17 +96,25 @@ class _WriteLock:
             self._fd = -1
 
 
-def _i64add(old: bytes | None, delta: int) -> bytes:
-    """SQL function `py3fs_i64add`: a counter value (little-endian int64
-    bytes, absent: 0) plus `delta`, as `Transaction.add` defines it."""
-    return encode_counter(decode_counter(old) + delta)
+def _i64sum(old: bytes | None, delta: bytes) -> bytes:
+    """SQL function `py3fs_i64sum`: a counter value (little-endian int64
+    bytes, absent: 0) plus a delta in the same encoding, as `Transaction.add`
+    defines it."""
+    return encode_counter(decode_counter(old) + decode_counter(delta))
 
 
-# One statement per counter instead of a SELECT and an INSERT.
-_ADD_SQL = (
-    "INSERT INTO kv (k, v) VALUES (?, py3fs_i64add(NULL, ?)) "
-    "ON CONFLICT(k) DO UPDATE SET v = py3fs_i64add(v, ?)"
-)
+_ADDS_PER_STATEMENT = 100
+
+
+@functools.cache
+def _add_sql(rows: int) -> str:
+    """One statement for `rows` counter additions (instead of a SELECT and an
+    INSERT each): a new key takes the delta, an existing one the sum."""
+    values = ", ".join(["(?, ?)"] * rows)
+    return (
+        f"INSERT INTO kv (k, v) VALUES {values} "
+        "ON CONFLICT(k) DO UPDATE SET v = py3fs_i64sum(v, excluded.v)"
+    )
 
 
 class SqliteTransaction(Transaction):
@@ -113,7 +122,7 @@ class SqliteTransaction(Transaction):
     namespace op is a dozen statements, each ~10 µs of Python and SQLite):
     values read or written are remembered, so a key read twice (the parent of
     a rename within one directory) costs one SELECT; and counter additions
-    wait for the commit, where each becomes one UPSERT, unless the
+    wait for the commit, where they become one UPSERT, unless the
     transaction reads or overwrites that key first. Both see exactly what
     SQLite would: a transaction reads its own snapshot plus its own writes."""
 
@@ -256,12 +265,16 @@ class SqliteTransaction(Transaction):
     def _flush_adds(self) -> None:
         if not self._adds:
             return
-        params = [(k, d, d) for k, d in self._adds.items()]
+        items = list(self._adds.items())
         for key in self._adds:
             self._seen.pop(key, None)
         self._adds.clear()
+        conn = self._write()
         try:
-            self._write().executemany(_ADD_SQL, params)
+            for i in range(0, len(items), _ADDS_PER_STATEMENT):
+                part = items[i : i + _ADDS_PER_STATEMENT]
+                params = [x for k, d in part for x in (k, encode_counter(d))]
+                conn.execute(_add_sql(len(part)), params)
         except sqlite3.Error as exc:
             raise _translate(exc) from None
 
@@ -342,7 +355,7 @@ class SqliteDatabase(Database):
             # NORMAL: a commit survives a killed process (the WAL is in the page
             # cache); only a power loss may drop the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.create_function("py3fs_i64add", 2, _i64add, deterministic=True)
+            conn.create_function("py3fs_i64sum", 2, _i64sum, deterministic=True)
             setattr(self._local, attr, conn)
             with self._lock:
                 self._all.append(conn)

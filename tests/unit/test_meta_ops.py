@@ -420,6 +420,33 @@ def test_statfs_counts(store: MetaStore) -> None:
     assert (fs.inodes, fs.files, fs.directories) == (2, 0, 2)
 
 
+def test_taken_names_are_refused_and_leave_nothing(store: MetaStore) -> None:
+    """mkdir, mknod, symlink and link onto a taken name (a file, a directory)
+    fail with AlreadyExists; the existing entries, the link count and the
+    counters stay as they were."""
+    store.mkdir(MkdirReq(path="/d"))
+    f = create(store, "/f")
+    before = store.stat_fs(MetaReq())
+    for path in ("/d", "/f"):
+        with pytest.raises(errors.AlreadyExists):
+            store.mkdir(MkdirReq(path=path))
+        with pytest.raises(errors.AlreadyExists):
+            store.mknod(MknodReq(path=path, type=InodeType.FIFO))
+        with pytest.raises(errors.AlreadyExists):
+            store.symlink(SymlinkReq(path=path, target="/x"))
+        with pytest.raises(errors.AlreadyExists):
+            store.link(LinkReq(src="/f", dst=path))
+    after = store.stat_fs(MetaReq())
+    assert (after.inodes, after.files, after.directories) == (
+        before.inodes,
+        before.files,
+        before.directories,
+    )
+    assert names(store, "/") == ["d", "f"]
+    assert store.stat(PathReq(path="/f")) == f
+    assert store.stat(PathReq(path="/d")).type == InodeType.DIRECTORY
+
+
 def test_concurrent_creates_in_one_dir(store: MetaStore) -> None:
     store.mkdir(MkdirReq(path="/d"))
     failures: list[BaseException] = []
