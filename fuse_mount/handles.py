@@ -47,6 +47,7 @@ from client import Client, File
 from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
 from fuse_mount.block_cache import BLOCK, BlockCache
+from py3fs.buffers import scratch
 from py3fs.proto.messages import Inode, OpenReq
 
 logger = logging.getLogger(__name__)
@@ -366,8 +367,10 @@ class OpenFiles:
         if n <= 0:
             return bytearray()
         cache = self.cache
+        # Reads fill their whole buffer (holes with zeros) or fail: no need
+        # to zero-fill it first (py3fs.buffers).
         if not cache.enabled or handle.direct:
-            buf = bytearray(n)
+            buf = scratch(n)
             await self._fetch(handle, offset, buf, length)
             return buf
         index = offset // BLOCK
@@ -377,7 +380,7 @@ class OpenFiles:
             # whole blocks it brings.
             got = cache.get_range(handle.ino, offset, n)
             if got is None:
-                got = bytearray(n)
+                got = scratch(n)
                 await self._fetch(handle, offset, got, length)
                 cache.put_range(handle.ino, gen, offset, got, length)
             return got

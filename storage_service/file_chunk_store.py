@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from py3fs import errors, faults, ids
+from py3fs.buffers import scratch
 from py3fs.faults import fault_point
 from py3fs.wire import crc32c
 from storage_service.chunk_files import (
@@ -416,7 +417,7 @@ class FileChunkStore(ChunkStore):
             # Whole blocks: their checksums cover them, not the range.
             lo = start // BLOCK_SIZE * BLOCK_SIZE
             hi = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length)
-        buf = bytearray(hi - lo)
+        buf = scratch(hi - lo)  # all of it read below, or an error
         try:
             fd = os.open(self.data_path(chunk_id), os.O_RDONLY)
             try:
