@@ -53,6 +53,10 @@ class ClientConfig:
     entry_timeout: float = 30.0
     attr_timeout: float = 30.0
     negative_timeout: float = 5.0
+    # The FUSE mount's cache of 64 KiB file blocks for small reads, in MiB
+    # (0 turns it off): fuse_mount.block_cache. Same consistency as the
+    # kernel's page cache (close-to-open).
+    read_cache_mib: int = 512
 
 
 def cluster_file(path: str | None = None) -> str:

@@ -22,6 +22,10 @@ Page cache: an open keeps the kernel's cached pages of the file (keep_cache)
 when its mtime and length are what this daemon saw at the previous open: no
 client closed it after writing in between (close-to-open consistency).
 
+Small reads: a read within one 64 KiB block fetches the whole block and keeps
+it in the mount's `BlockCache` (fuse_mount.block_cache), dropped on this
+mount's writes and at an open that finds the file changed, as the page cache.
+
 Unlinked-but-open files: meta keeps the chunks of an unlinked file while it has
 write sessions, but read-only opens have none (as in 3FS). Before this daemon
 unlinks or renames over a file it has open only for reading, `pin` opens a
@@ -42,6 +46,8 @@ import pyfuse3
 from client import Client, File
 from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
+from fuse_mount.block_cache import BLOCK, BlockCache
+from py3fs.buffers import scratch
 from py3fs.proto.messages import Inode, OpenReq
 
 logger = logging.getLogger(__name__)
@@ -65,6 +71,8 @@ class FileHandle:
     # Sends under way: (start, end, task), awaited by flush_pending.
     inflight: list[tuple[int, int, asyncio.Task[None]]] = field(default_factory=list)
     keep_cache: bool = False
+    # Opened with O_DIRECT: reads bypass the block cache.
+    direct: bool = False
     # Being released: its write session is about to end (see `pin`).
     releasing: bool = False
 
@@ -178,8 +186,14 @@ def _writes(flags: int) -> bool:
 
 
 class OpenFiles:
-    def __init__(self, client: Client, attrs: AttrCache | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        attrs: AttrCache | None = None,
+        cache: BlockCache | None = None,
+    ) -> None:
         self._client = client
+        self.cache = cache or BlockCache(0)
         # The mount's attribute cache, kept current with what meta answers to
         # this daemon's opens, syncs and closes.
         self._attrs = attrs or AttrCache(0)
@@ -248,6 +262,9 @@ class OpenFiles:
         handle.keep_cache = self._seen.get(node.inode) == stamp and not (
             flags & os.O_TRUNC
         )
+        handle.direct = bool(flags & os.O_DIRECT)
+        if not handle.keep_cache:
+            self.cache.invalidate(node.inode)
         self._seen.pop(node.inode, None)
         self._seen[node.inode] = stamp
         if len(self._seen) > _SEEN_MAX:
@@ -334,8 +351,11 @@ class OpenFiles:
         for handle in handles:
             await handle.flush_pending(handles)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytearray:
+    async def read(self, fh: int, offset: int, size: int) -> bytearray | memoryview:
         handle = self.get(fh)
+        # Before the flush: a write arriving after it (while this read waits)
+        # changes the generation, so a block fetched without it is not kept.
+        gen = self.cache.generation(handle.ino)
         await self._flush_inode(handle.ino)
         length = self.length_hint(handle.ino) or 0
         if offset + size > length:
@@ -346,7 +366,38 @@ class OpenFiles:
         n = min(size, length - offset)
         if n <= 0:
             return bytearray()
-        buf = bytearray(n)
+        cache = self.cache
+        # Reads fill their whole buffer (holes with zeros) or fail: no need
+        # to zero-fill it first (py3fs.buffers).
+        if not cache.enabled or handle.direct:
+            buf = scratch(n)
+            await self._fetch(handle, offset, buf, length)
+            return buf
+        index = offset // BLOCK
+        if (offset + n - 1) // BLOCK != index:
+            # A larger read (the kernel's read-ahead, up to 1 MiB): from the
+            # cache when it holds every block, else from storage, keeping the
+            # whole blocks it brings.
+            got = cache.get_range(handle.ino, offset, n)
+            if got is None:
+                got = scratch(n)
+                await self._fetch(handle, offset, got, length)
+                cache.put_range(handle.ino, gen, offset, got, length)
+            return got
+        hit = cache.get(handle.ino, offset, n)
+        if hit is not None:
+            return hit
+        # The whole block: storage reads and verifies all of it anyway.
+        start = index * BLOCK
+        block = bytearray(min(BLOCK, length - start))
+        await self._fetch(handle, start, block, length)
+        view = memoryview(block)
+        cache.put(handle.ino, index, gen, view)
+        return view[offset - start : offset - start + n]
+
+    async def _fetch(
+        self, handle: FileHandle, offset: int, buf: bytearray, length: int
+    ) -> None:
         layout = handle.file.inode.layout
         assert layout is not None
         state = self._inodes.get(handle.ino)
@@ -364,10 +415,10 @@ class OpenFiles:
                 )
             ),
         )
-        return buf
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.get(fh)
+        self.cache.invalidate(handle.ino)
         if not handle.append:
             return await self._gather(handle, offset, data)
         async with self._inodes[handle.ino].lock:
@@ -436,6 +487,7 @@ class OpenFiles:
         handle = self._handles.get(fh) if fh is not None else None
         session = handle.file.session_id if handle is not None else ""
         state = self._inodes.get(ino) or InodeState()
+        self.cache.invalidate(ino)
         async with state.lock:
             await self._flush_inode(ino)
             old = max(
@@ -449,12 +501,15 @@ class OpenFiles:
                 await self._drop_tail(node, length, old)
             if ino in self._inodes:
                 self._adopt(ino, node)
+        self.cache.invalidate(ino)
         self._attrs.put(node)
         return node
 
     async def _drop_tail(self, node: Inode, length: int, old_length: int) -> None:
         assert node.layout is not None
+        self.cache.invalidate(node.inode)
         await self._client.files.truncate(node.inode, node.layout, length, old_length)
+        self.cache.invalidate(node.inode)
         state = self._inodes.get(node.inode)
         if state is not None:
             for handle in state.handles.values():

@@ -32,6 +32,7 @@ from client import Client
 from client.meta_client import acting_as
 from fuse_mount import virt
 from fuse_mount.attrs import AttrCache
+from fuse_mount.block_cache import BlockCache
 from fuse_mount.dirs import DirectoryOps
 from fuse_mount.errno_map import fuse_errors
 from fuse_mount.groups import groups_of
@@ -84,9 +85,11 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         self.client = client
         cfg = client.config
         self.attrs = AttrCache(cfg.attr_timeout)
-        self.files = OpenFiles(client, self.attrs)
+        cache = BlockCache(cfg.read_cache_mib << 20)
+        self.files = OpenFiles(client, self.attrs, cache)
         self.virt = virt.VirtualDir(agent, mountpoint, self._remove_tree)
         agent.add_length_listener(self.attrs.forget)
+        agent.add_length_listener(cache.invalidate)
         self.entry_timeout = cfg.entry_timeout
         self.attr_timeout = cfg.attr_timeout
         self.negative_timeout = cfg.negative_timeout
@@ -443,7 +446,7 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         return self._file_info(handle.fh), self._attr(handle.file.inode)
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytearray:
+    async def read(self, fh: int, off: int, size: int) -> bytearray | memoryview:
         return await self.files.read(fh, off, size)
 
     @fuse_errors

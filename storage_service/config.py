@@ -37,3 +37,8 @@ class StorageConfig:
     idle_timeout: float = 600.0
     payload_timeout: float = 60.0
     payload_budget_bytes: int = 1 << 30
+    # A small read the page cache cannot serve waits for the disk on the
+    # event loop (less CPU than a worker thread's round trip) while such reads
+    # take at most this long on average; 0: always in a worker thread (slow
+    # disks). See FileChunkStore.read.
+    disk_wait_on_loop_s: float = 0.002

@@ -37,11 +37,13 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from py3fs import errors, faults, ids
+from py3fs.buffers import scratch
 from py3fs.faults import fault_point
 from py3fs.wire import crc32c
 from storage_service.chunk_files import (
@@ -88,6 +90,9 @@ _UPDATE_POINTS = (STAGE_WRITTEN, AFTER_STAGE, MID_APPLY, AFTER_APPLY)
 INLINE_BYTES = 128 * 1024
 # preadv that fails with EAGAIN instead of waiting for the disk (Linux 4.14+).
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+# A read the page cache cannot serve may wait for the disk on the loop when it
+# is at most this long (see `read`).
+INLINE_READ_BYTES = 128 * 1024
 
 
 class _NoWaitUnsupported(Exception):
@@ -116,9 +121,14 @@ class _Gate:
 class FileChunkStore(ChunkStore):
     """Chunks under `root`, format 2. Call `await load()` first."""
 
-    def __init__(self, root: str, *, fsync: bool = False) -> None:
+    def __init__(
+        self, root: str, *, fsync: bool = False, disk_wait_on_loop: float = 0.002
+    ) -> None:
         self.root = root
         self.fsync = fsync
+        # Small reads wait for the disk on the loop while they take at most
+        # this long on average (`disk_read_s`); 0: never.
+        self.disk_wait_on_loop = disk_wait_on_loop
         self._chunks: dict[int, dict[bytes, ChunkMeta]] = {}
         # Totals over `_chunks`, kept as it changes: heartbeats report them
         # twice a second per target, and summing them took ~10% of a busy
@@ -133,6 +143,9 @@ class FileChunkStore(ChunkStore):
         self._flushing: list[set[bytes]] = []  # what running sync()s flush
         self._device = 0  # st_dev of root, read once by load()
         self._nowait = _NOWAIT
+        # How long a read that went to the disk took, on average (seconds,
+        # moving average): decides whether the next one may wait on the loop.
+        self.disk_read_s = 0.0
         self._bases: dict[bytes, str] = {}  # chunk id -> base(), computed once
 
     # -- layout
@@ -329,11 +342,13 @@ class FileChunkStore(ChunkStore):
         self, chunk_id: bytes, offset: int, length: int, verify: bool = True
     ) -> tuple[ChunkInfo, memoryview]:
         # Most reads hit the page cache: served on the loop they cost a few
-        # microseconds, while a worker thread's round trip costs ~100 us of
-        # CPU (4 KiB random reads spent most of their time there). Only a
-        # read that would wait for the disk goes to a thread. With no apply
-        # under way, a read on the loop needs no place in the gate: nothing
-        # else runs until it returns.
+        # microseconds, while a worker thread's round trip costs ~150 us of
+        # CPU (4 KiB random reads spent most of their time there). A small
+        # read that must wait for a fast disk (an SSD: ~100-700 us) waits on
+        # the loop too, which costs less CPU than the thread's round trip;
+        # larger reads, or any read while the disk is slow, go to a thread.
+        # With no apply under way, a read on the loop needs no place in the
+        # gate: nothing else runs until it returns.
         gate = self._gates.get(chunk_id)
         if self._nowait and (gate is None or gate.writer is None):
             meta, start, end = self._window(chunk_id, offset, length)
@@ -342,7 +357,11 @@ class FileChunkStore(ChunkStore):
             try:
                 return self._read(chunk_id, meta, start, end, verify, _NOWAIT)
             except BlockingIOError:
-                pass
+                if (
+                    end - start <= INLINE_READ_BYTES
+                    and self.disk_read_s < self.disk_wait_on_loop
+                ):
+                    return self._disk_read(chunk_id, meta, start, end, verify)
             except _NoWaitUnsupported:
                 self._nowait = False
         async with self._reading(chunk_id):
@@ -350,8 +369,22 @@ class FileChunkStore(ChunkStore):
             if start == end:
                 return meta.info, memoryview(b"")
             return await asyncio.to_thread(
-                self._read, chunk_id, meta, start, end, verify
+                self._disk_read, chunk_id, meta, start, end, verify
             )
+
+    def _disk_read(
+        self, chunk_id: bytes, meta: ChunkMeta, start: int, end: int, verify: bool
+    ) -> tuple[ChunkInfo, memoryview]:
+        """`_read` that may wait for the disk; a small one is timed into
+        `disk_read_s` (large ones take longer on any disk)."""
+        if end - start > INLINE_READ_BYTES:
+            return self._read(chunk_id, meta, start, end, verify)
+        began = time.perf_counter()
+        try:
+            return self._read(chunk_id, meta, start, end, verify)
+        finally:
+            took = time.perf_counter() - began
+            self.disk_read_s += (took - self.disk_read_s) / 16
 
     def _window(
         self, chunk_id: bytes, offset: int, length: int
@@ -384,7 +417,7 @@ class FileChunkStore(ChunkStore):
             # Whole blocks: their checksums cover them, not the range.
             lo = start // BLOCK_SIZE * BLOCK_SIZE
             hi = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length)
-        buf = bytearray(hi - lo)
+        buf = scratch(hi - lo)  # all of it read below, or an error
         try:
             fd = os.open(self.data_path(chunk_id), os.O_RDONLY)
             try:

@@ -71,7 +71,9 @@ class StorageContext:
         self.client = client
         self.stores: dict[int, FileChunkStore] = {
             tid: FileChunkStore(
-                os.path.join(cfg.data_dir, f"target-{tid}"), fsync=cfg.fsync
+                os.path.join(cfg.data_dir, f"target-{tid}"),
+                fsync=cfg.fsync,
+                disk_wait_on_loop=cfg.disk_wait_on_loop_s,
             )
             for tid in target_ids(cfg.node_id, cfg.targets)
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import stat
 from pathlib import Path
 
@@ -110,3 +111,68 @@ def test_other_client_unlink_and_create_show_after_open(
         pass
     else:
         raise AssertionError("opened a file another client had removed")
+
+
+def _pread_uncached(fd: int, n: int, offset: int) -> bytes:
+    """A pread that reaches the daemon: the kernel's cached pages of the file
+    are dropped first, so the answer comes from the mount's block cache or
+    storage, not from the page cache."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return os.pread(fd, n, offset)
+
+
+def test_small_reads_see_own_writes_at_once_and_others_at_open(
+    mount: Mount, mnt: Path, fuse_cluster: LocalCluster
+) -> None:
+    """Small reads are served from the mount's block cache (whole 64 KiB
+    blocks): a write or truncate through the mount shows in the next read,
+    through any fd, and another client's rewrite shows at the next open."""
+    rng = random.Random(5)
+    f = mnt / "blocks"
+    data = bytearray(rng.randbytes(1 << 20))
+    f.write_bytes(data)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        offsets = [rng.randrange(len(data) - 4096) for _ in range(64)]
+        for off in offsets + offsets:  # the second round hits the cache
+            assert _pread_uncached(fd, 4096, off) == data[off : off + 4096]
+        # Overwrite inside blocks just read, through another fd, still open.
+        wfd = os.open(f, os.O_WRONLY)
+        try:
+            for off in offsets[:8]:
+                patch = rng.randbytes(100)
+                assert os.pwrite(wfd, patch, off + 50) == 100
+                data[off + 50 : off + 150] = patch
+                got = _pread_uncached(fd, 4096, off)
+                assert got == data[off : off + 4096]
+            os.ftruncate(wfd, 500_000)
+            del data[500_000:]
+            assert _pread_uncached(fd, 4096, 498_000) == data[498_000:]
+            os.ftruncate(wfd, 600_000)
+            data += bytes(100_000)
+            assert _pread_uncached(fd, 4096, 499_000) == data[499_000:503_096]
+        finally:
+            os.close(wfd)
+    finally:
+        os.close(fd)
+
+    # Another client rewrites it, same length, other bytes: a fresh open
+    # reads them, not the blocks this mount held.
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert _pread_uncached(fd, 4096, 8192) == data[8192:12288]
+    finally:
+        os.close(fd)
+    new = rng.randbytes(len(data))
+
+    async def rewrite() -> None:
+        async with client_for(fuse_cluster) as fs:
+            await fs.write_file(cluster_path(mount, f), new)
+
+    asyncio.run(rewrite())
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert _pread_uncached(fd, 4096, 8192) == new[8192:12288]
+        assert _pread_uncached(fd, 4096, 598_000) == new[598_000:]
+    finally:
+        os.close(fd)

@@ -1,0 +1,28 @@
+"""Buffers for data that is about to be overwritten whole.
+
+`bytearray(n)` zero-fills its n bytes, and a read path then overwrites every
+one of them (from a socket or a file): for a 1 MiB FUSE read the zero-fill
+was a tenth of the mount daemon's CPU. `scratch(n)` makes the bytearray
+without filling it (CPython's PyByteArray_FromStringAndSize with no source).
+Its bytes are whatever the allocator held before, so callers must overwrite
+all of them before anyone reads them, and drop the buffer when that fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+_from_string_and_size = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_from_string_and_size.restype = ctypes.py_object
+_from_string_and_size.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+# Below this a zero-filled bytearray costs less than the ctypes call.
+_SMALL = 16 * 1024
+
+
+def scratch(n: int) -> bytearray:
+    """A bytearray of `n` bytes with unspecified contents."""
+    if n < _SMALL:
+        return bytearray(n)
+    buf: bytearray = _from_string_and_size(None, n)
+    return buf
