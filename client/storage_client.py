@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from client.local_read import LOCAL_READ_MIN, read_local
 from client.routing_cache import RoutingCache
 from client.striping import Piece, pieces
 from py3fs import caps, errors, ids, wire
@@ -283,6 +284,35 @@ class StorageClient:
                 chain_ver=chain.version,
             )
             cap = await self.cap(inode, False)
+            if p.length >= LOCAL_READ_MIN:
+                try:
+                    got = await read_local(
+                        self._data,
+                        view.target_address(target),
+                        io,
+                        cap,
+                        dest,
+                        timeout=self._call_timeout,
+                    )
+                except errors.ChunkNotFound:
+                    dest[:] = bytes(dest.nbytes)
+                    holes.append(p.index)
+                    return
+                except errors.Py3fsError as exc:
+                    if isinstance(exc, errors.CapabilityExpired):
+                        self._expired(inode)
+                        raise
+                    if isinstance(exc, errors.ChunkNotCommitted):
+                        tail_only = True
+                    elif isinstance(exc, errors.ChecksumMismatch):
+                        avoid.add(target)
+                    if exc.retryable:
+                        raise
+                    got = None  # anything else (a store without files): READ
+                if got is not None:
+                    if got < dest.nbytes:
+                        dest[got:] = bytes(dest.nbytes - got)
+                    return
             try:
                 body, _ = await self._data.call(
                     view.target_address(target),
