@@ -68,15 +68,21 @@ async def read_local(
 def read_verified(
     fd: int, reply: wire.ReadFdReply, start: int, dest: memoryview
 ) -> bool:
-    """Read file bytes [start, start + len(dest)) into `dest`, and whole blocks
-    around it into scratch, and check each block; False if any fails."""
-    bs, lo = reply.block_size, reply.lo
+    """Read file bytes [start, start + len(dest)) into `dest`, and the rest of
+    the blocks it touches into scratch, and check each block against the
+    reply's checksums (which start at block `reply.lo`); False if any fails."""
+    bs = reply.block_size
     end = start + dest.nbytes
-    hi = min(-(-end // bs) * bs, reply.chunk_length) if bs > 0 else 0
     crcs = array("I")
     crcs.frombytes(reply.crcs)
-    if bs <= 0 or not lo <= start < end <= hi or len(crcs) != -(-(hi - lo) // bs):
+    if bs <= 0 or reply.lo % bs or not reply.lo <= start < end <= reply.chunk_length:
         raise errors.BadFrame("READ_FD reply does not cover the range")
+    lo = start // bs * bs
+    hi = min(-(-end // bs) * bs, reply.chunk_length)
+    first = (lo - reply.lo) // bs
+    crcs = crcs[first : first + -(-(hi - lo) // bs)]
+    if len(crcs) != -(-(hi - lo) // bs):
+        raise errors.BadFrame("READ_FD reply lacks checksums of the range")
     head, tail = bytearray(start - lo), bytearray(hi - end)
     segs = [(lo, memoryview(head)), (start, dest), (end, memoryview(tail))]
     segs = [(at, v) for at, v in segs if v.nbytes]
