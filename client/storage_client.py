@@ -366,7 +366,13 @@ class StorageClient:
         view = await self._routing.get()
         groups: dict[int, list[_Io]] = {}
         slow: list[_Io] = []
+        # Big pieces on a node of this host are read from its data file
+        # (`_read_piece` tries that first), not carried in a frame.
+        big: list[_Io] = []
         for io in ios:
+            if io.piece.length >= LOCAL_READ_MIN and self._data.local:
+                big.append(io)
+                continue
             targets = view.serving_targets(io.piece.chain_id)
             if not targets:
                 slow.append(io)
@@ -379,20 +385,20 @@ class StorageClient:
             async with self._sem:
                 slow.extend(await self._send_batch(view, target, group))
 
-        await asyncio.gather(
-            *(
-                one_frame(target, frame)
-                for target, group in groups.items()
-                for frame in _frames(group)
-            )
-        )
-
         async def retry(io: _Io) -> None:
             try:
                 await self._read_piece(io.inode, io.layout, io.piece, io.dest, [])
             except errors.Py3fsError as exc:
                 failed[io.item] = exc
 
+        await asyncio.gather(
+            *(
+                one_frame(target, frame)
+                for target, group in groups.items()
+                for frame in _frames(group)
+            ),
+            *(retry(io) for io in big),
+        )
         await asyncio.gather(*(retry(io) for io in slow))
         return failed
 

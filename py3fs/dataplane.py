@@ -295,6 +295,11 @@ class DataClient:
             wire.raise_error_body(frame.body)
         return frame.body, data
 
+    @property
+    def local(self) -> bool:
+        """Whether servers on this host are reached over their Unix socket."""
+        return self._local
+
     async def _checkout(self, address: str, idle: list[_ClientConn]) -> _ClientConn:
         """An idle pooled connection to `address` still usable, or a new one."""
         while idle:
