@@ -26,8 +26,10 @@ from py3fs.dataplane import DataClient
 # and reading it here (a descriptor round trip, an open and a close).
 LOCAL_READ_MIN = 256 << 10
 # At and above this, the read and check run in a worker thread: the loop serves
-# other chunks meanwhile, and two reads use two cores.
-THREAD_MIN = 1 << 20
+# other chunks meanwhile, and two reads use two cores. A smaller one (a 1 MiB
+# USRBIO read: ~0.1 ms of copy and checksum from the page cache) runs on the
+# loop: a thread's round trip costs more than that on a busy host.
+THREAD_MIN = 2 << 20
 
 
 async def read_local(
