@@ -28,8 +28,11 @@ LOCAL_READ_MIN = 256 << 10
 # At and above this, the read and check run in a worker thread: the loop serves
 # other chunks meanwhile, and two reads use two cores. A smaller one (a 1 MiB
 # USRBIO read: ~0.1 ms of copy and checksum from the page cache) runs on the
-# loop: a thread's round trip costs more than that on a busy host.
+# loop when the page cache holds it all (RWF_NOWAIT): a thread's round trip
+# costs more than that on a busy host. One that would wait for the disk goes
+# to a thread.
 THREAD_MIN = 2 << 20
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 async def read_local(
@@ -58,21 +61,30 @@ async def read_local(
                 f"READ_FD reply of {reply.length} bytes for {dest.nbytes} asked"
             )
         view = dest[: reply.length]
-        if reply.length >= THREAD_MIN:
-            ok = await asyncio.to_thread(read_verified, fd, reply, io.offset, view)
-        else:
-            ok = read_verified(fd, reply, io.offset, view)
+        ok = None
+        if reply.length < THREAD_MIN and _NOWAIT:
+            try:
+                ok = read_verified(fd, reply, io.offset, view, _NOWAIT)
+            except OSError:
+                ok = None  # not all cached, or the file system cannot say
+        if ok is None:
+            try:
+                ok = await asyncio.to_thread(read_verified, fd, reply, io.offset, view)
+            except OSError:
+                ok = False  # the network read reports (or gets around) it
     finally:
         os.close(fd)
     return reply.length if ok else None
 
 
 def read_verified(
-    fd: int, reply: wire.ReadFdReply, start: int, dest: memoryview
+    fd: int, reply: wire.ReadFdReply, start: int, dest: memoryview, flags: int = 0
 ) -> bool:
     """Read file bytes [start, start + len(dest)) into `dest`, and the rest of
     the blocks it touches into scratch, and check each block against the
-    reply's checksums (which start at block `reply.lo`); False if any fails."""
+    reply's checksums (which start at block `reply.lo`); False if any fails.
+    With RWF_NOWAIT in `flags`, raises BlockingIOError unless the page cache
+    holds it all."""
     bs = reply.block_size
     end = start + dest.nbytes
     crcs = array("I")
@@ -88,7 +100,10 @@ def read_verified(
     head, tail = bytearray(start - lo), bytearray(hi - end)
     segs = [(lo, memoryview(head)), (start, dest), (end, memoryview(tail))]
     segs = [(at, v) for at, v in segs if v.nbytes]
-    if os.preadv(fd, [v for _, v in segs], lo) != hi - lo:
+    got = os.preadv(fd, [v for _, v in segs], lo, flags)
+    if got != hi - lo:
+        if flags:
+            raise BlockingIOError  # partly cached: the rest may wait
         return False  # the file is shorter now: truncated or replaced meanwhile
     for i, want in enumerate(crcs):
         a = lo + i * bs

@@ -298,15 +298,15 @@ class StorageClient:
                     dest[:] = bytes(dest.nbytes)
                     holes.append(p.index)
                     return
-                except errors.Py3fsError as exc:
-                    if isinstance(exc, errors.CapabilityExpired):
+                except errors.Py3fsError as err:
+                    if isinstance(err, errors.CapabilityExpired):
                         self._expired(inode)
                         raise
-                    if isinstance(exc, errors.ChunkNotCommitted):
+                    if isinstance(err, errors.ChunkNotCommitted):
                         tail_only = True
-                    elif isinstance(exc, errors.ChecksumMismatch):
+                    elif isinstance(err, errors.ChecksumMismatch):
                         avoid.add(target)
-                    if exc.retryable:
+                    if err.retryable:
                         raise
                     got = None  # anything else (a store without files): READ
                 if got is not None:
