@@ -14,12 +14,14 @@ the CA did not sign.
 Without TLS a server also listens on a Unix-domain socket in Linux's abstract
 namespace named after its TCP address (`local_name`): no file to clean up, gone
 with the process, and scoped to the network namespace, so only a process on the
-same host (and network) reaches it. A client connects there first and falls back
-to TCP: a Unix socket moves bytes with less CPU than loopback TCP, and it can
-pass file descriptors (`call_fd`: a same-host read takes the chunk's data file
-and reads it itself, client.local_read). `PY3FS_DATA_UNIX=0` turns it off in a
-client (A/B benchmarks). With TLS it stays off: the abstract name proves nothing
-about who listens there, the server's certificate does.
+same host (and network) reaches it. Over it a client passes no bytes, only file
+descriptors (`call_fd`: a same-host read takes the chunk's data file and reads
+it itself, client.local_read). Bulk data stays on TCP: loopback TCP grows its
+buffers to megabytes, a Unix socket keeps ~200 KiB, so a 4 MiB write over it
+took ~20 wake-ups of each side instead of a few, and KV puts ran at half speed
+on a busy host. `PY3FS_DATA_UNIX=0` turns it off in a client (A/B
+benchmarks). With TLS it stays off: the abstract name proves nothing about who
+listens there, the server's certificate does.
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ def _usable(sock: wire.Conn) -> bool:
     return False  # end of stream, or bytes nobody asked for
 
 
+_LOCAL_POOL = "unix:"  # pool key prefix of Unix connections
+_NOT_LOCAL_TTL = 10.0  # s before a node with no Unix socket is tried again
+
+
 class DataClient:
     """Pooled client for storage servers. `call` is safe to use concurrently."""
 
@@ -174,10 +180,13 @@ class DataClient:
         # TLS when given the CA, or $PY3FS_TLS_DIR names it.
         tls = tls or tls_mod.from_env()
         self._ssl = None if tls is None else tls.client_context()
-        # Servers on this host over their Unix socket (see the module doc).
+        # Same-host reads through servers' Unix sockets (see the module doc).
         self._local = self._ssl is None and (
             _local_default() if local is None else local
         )
+        # Addresses whose Unix socket was not there, until when (monotonic):
+        # a remote node is not asked again for every read.
+        self._not_local: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._max_payload = max_payload
         self._max_idle = max_idle_per_peer
@@ -204,10 +213,6 @@ class DataClient:
 
     async def _connect(self, address: str) -> _ClientConn:
         loop = asyncio.get_running_loop()
-        if self._local:
-            conn = await self._connect_local(address)
-            if conn is not None:
-                return conn
         host, port = _split_address(address)
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -297,11 +302,12 @@ class DataClient:
 
     @property
     def local(self) -> bool:
-        """Whether servers on this host are reached over their Unix socket."""
+        """Whether reads may take data files from servers on this host."""
         return self._local
 
     async def _checkout(self, address: str, idle: list[_ClientConn]) -> _ClientConn:
-        """An idle pooled connection to `address` still usable, or a new one."""
+        """An idle pooled TCP connection to `address` still usable, or a new one
+        (Unix connections have pools of their own: `call_fd`)."""
         while idle:
             conn = idle.pop()
             if _usable(conn.sock):
@@ -320,11 +326,20 @@ class DataClient:
             raise errors.RPCUnavailable("data client closed")
         if not self._local:
             return None
-        idle = self._idle.setdefault(address, [])
-        conn = await self._checkout(address, idle)
-        if not conn.local:
-            idle.append(conn)
-            return None
+        idle = self._idle.setdefault(_LOCAL_POOL + address, [])
+        conn = None
+        while idle and conn is None:
+            conn = idle.pop()
+            if not _usable(conn.sock):
+                conn.close()
+                conn = None
+        if conn is None:
+            if self._not_local.get(address, 0.0) > time.monotonic():
+                return None
+            conn = await self._connect_local(address)
+            if conn is None:
+                self._not_local[address] = time.monotonic() + _NOT_LOCAL_TTL
+                return None
         assert isinstance(conn.sock, socket.socket)
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
