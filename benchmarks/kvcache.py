@@ -15,6 +15,11 @@ acknowledged once every replica holds it in memory and neither side syncs; with
 `--fsync` storage fsyncs every write before it acknowledges and the local file is
 fsynced after every batch, so each put is on disk when it returns. With
 `--cluster`, say which one that cluster runs (`py3fs cluster up --fsync`).
+
+A client on the storage nodes' host reaches them over Unix sockets and reads
+pages from their data files (client.local_read); `--tcp` adds a run of the
+same puts and gets over loopback TCP only (PY3FS_DATA_UNIX=0), in the same
+cluster right after, to show what that buys.
 """
 
 from __future__ import annotations
@@ -103,6 +108,11 @@ def main() -> None:
         "default (as shipped): neither side syncs",
     )
     ap.add_argument("--cluster", help="use this running cluster's cluster.toml")
+    ap.add_argument(
+        "--tcp",
+        action="store_true",
+        help="also put and get over loopback TCP only, after the default run",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pages = [bytearray(os.urandom(PAGE_BYTES)) for _ in range(args.pages)]
@@ -129,6 +139,10 @@ def main() -> None:
             mgmt = cluster.mgmt_addresses
         try:
             remote = uvloop.run(store_run(mgmt, pages, args.batch))
+            if args.tcp:
+                os.environ["PY3FS_DATA_UNIX"] = "0"
+                tcp = uvloop.run(store_run(mgmt, pages, args.batch))
+                del os.environ["PY3FS_DATA_UNIX"]
         finally:
             if cluster:
                 cluster.down()
@@ -136,6 +150,11 @@ def main() -> None:
     rows = {
         "py3fs put": remote["put_s"],
         "py3fs get": remote["get_s"],
+        **(
+            {"py3fs put, TCP": tcp["put_s"], "py3fs get, TCP": tcp["get_s"]}
+            if args.tcp
+            else {}
+        ),
         "local file write": local["write_s"],
         "local file read": local["read_s"],
     }
@@ -148,7 +167,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "batch_exists_ms": remote["exists_s"] * 1000,
         **{
-            name.replace(" ", "_"): {
+            name.replace(",", "").replace(" ", "_"): {
                 "GB/s": total / s / 1e9,
                 "pages/s": args.pages / s,
             }

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from client.local_read import LOCAL_READ_MIN, read_local
 from client.routing_cache import RoutingCache
 from client.striping import Piece, pieces
 from py3fs import caps, errors, ids, wire
@@ -283,6 +284,35 @@ class StorageClient:
                 chain_ver=chain.version,
             )
             cap = await self.cap(inode, False)
+            if p.length >= LOCAL_READ_MIN:
+                try:
+                    got = await read_local(
+                        self._data,
+                        view.target_address(target),
+                        io,
+                        cap,
+                        dest,
+                        timeout=self._call_timeout,
+                    )
+                except errors.ChunkNotFound:
+                    dest[:] = bytes(dest.nbytes)
+                    holes.append(p.index)
+                    return
+                except errors.Py3fsError as err:
+                    if isinstance(err, errors.CapabilityExpired):
+                        self._expired(inode)
+                        raise
+                    if isinstance(err, errors.ChunkNotCommitted):
+                        tail_only = True
+                    elif isinstance(err, errors.ChecksumMismatch):
+                        avoid.add(target)
+                    if err.retryable:
+                        raise
+                    got = None  # anything else (a store without files): READ
+                if got is not None:
+                    if got < dest.nbytes:
+                        dest[got:] = bytes(dest.nbytes - got)
+                    return
             try:
                 body, _ = await self._data.call(
                     view.target_address(target),
@@ -336,7 +366,13 @@ class StorageClient:
         view = await self._routing.get()
         groups: dict[int, list[_Io]] = {}
         slow: list[_Io] = []
+        # Big pieces on a node of this host are read from its data file
+        # (`_read_piece` tries that first), not carried in a frame.
+        big: list[_Io] = []
         for io in ios:
+            if io.piece.length >= LOCAL_READ_MIN and self._data.local:
+                big.append(io)
+                continue
             targets = view.serving_targets(io.piece.chain_id)
             if not targets:
                 slow.append(io)
@@ -349,20 +385,20 @@ class StorageClient:
             async with self._sem:
                 slow.extend(await self._send_batch(view, target, group))
 
-        await asyncio.gather(
-            *(
-                one_frame(target, frame)
-                for target, group in groups.items()
-                for frame in _frames(group)
-            )
-        )
-
         async def retry(io: _Io) -> None:
             try:
                 await self._read_piece(io.inode, io.layout, io.piece, io.dest, [])
             except errors.Py3fsError as exc:
                 failed[io.item] = exc
 
+        await asyncio.gather(
+            *(
+                one_frame(target, frame)
+                for target, group in groups.items()
+                for frame in _frames(group)
+            ),
+            *(retry(io) for io in big),
+        )
         await asyncio.gather(*(retry(io) for io in slow))
         return failed
 

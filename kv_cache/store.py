@@ -51,6 +51,10 @@ from py3fs.proto.messages import (
 )
 
 logger = logging.getLogger(__name__)
+# A new store's chunk size, unless given: its page size rounded up to whole
+# checksum blocks, up to the largest chunk storage takes.
+_BLOCK = 64 << 10
+_MAX_CHUNK = 64 << 20
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -123,12 +127,19 @@ class KVCacheStore:
     async def open(self) -> KVCacheStore:
         """Create the store in meta, or join the existing one of this name
         (its page size must match; a nonzero capacity replaces the stored one)."""
+        chunk_size = self._chunk_size
+        if not chunk_size and 0 < self.page_bytes <= _MAX_CHUNK:
+            # One chunk per page: a put is one write down one chain per page
+            # and a get one read. At the cluster's 4 MiB a 4.3 MiB MLA page
+            # was a 4 MiB chunk and a 0.3 MiB one: two requests, two files
+            # and two block tables per replica, for every page.
+            chunk_size = -(-self.page_bytes // _BLOCK) * _BLOCK
         req = KvStoreReq(
             store=self.name,
             path=self._path,
             page_bytes=self.page_bytes,
             capacity_bytes=self.capacity_bytes,
-            chunk_size=self._chunk_size,
+            chunk_size=chunk_size,
             stripe=self._stripe,
         )
         self.info = await self.client.meta.kv_store_open(req)

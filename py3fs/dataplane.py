@@ -10,14 +10,28 @@ a `tls` argument) every connection is TLS over the same primitives
 (py3fs.tls_sock): clients verify the server's certificate against the CA, a
 server refuses plain-text frames with a clear error and a client certificate
 the CA did not sign.
+
+Without TLS a server also listens on a Unix-domain socket in Linux's abstract
+namespace named after its TCP address (`local_name`): no file to clean up, gone
+with the process, and scoped to the network namespace, so only a process on the
+same host (and network) reaches it. Over it a client passes no bytes, only file
+descriptors (`call_fd`: a same-host read takes the chunk's data file and reads
+it itself, client.local_read). Bulk data stays on TCP: loopback TCP grows its
+buffers to megabytes, a Unix socket keeps ~200 KiB, so a 4 MiB write over it
+took ~20 wake-ups of each side instead of a few, and KV puts ran at half speed
+on a busy host. `PY3FS_DATA_UNIX=0` turns it off in a client (A/B
+benchmarks). With TLS it stays off: the abstract name proves nothing about who
+listens there, the server's certificate does.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import ssl
 import time
@@ -33,15 +47,95 @@ logger = logging.getLogger(__name__)
 Sink = Callable[[wire.Frame], Sequence[memoryview]]
 
 
+def local_name(address: str) -> bytes:
+    """The abstract Unix socket beside the data server on TCP `address` (the
+    TCP port is held by one process of a network namespace at a time)."""
+    return b"\0py3fs-data/" + address.encode()
+
+
+def _local_default() -> bool:
+    return os.environ.get("PY3FS_DATA_UNIX", "1") != "0"
+
+
+async def _io_ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
+    """Wait until `fd` is readable (or writable): for recvmsg/sendmsg, which
+    the loop has no awaitable form of."""
+    fut = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if write:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def send_with_fd(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, fd: int
+) -> None:
+    """Send `data` with `fd` attached to its first bytes (SCM_RIGHTS)."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+    while True:
+        try:
+            n = sock.sendmsg([data], anc)
+            break
+        except (BlockingIOError, InterruptedError):
+            await _io_ready(loop, sock.fileno(), write=True)
+    if n < len(data):
+        await loop.sock_sendall(sock, data[n:])
+
+
+async def recv_frame_fd(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, max_payload: int
+) -> tuple[wire.Frame, int | None]:
+    """One frame, and the file descriptor sent with it (or None); the caller
+    owns (closes) the descriptor."""
+    hbuf = bytearray(wire.HEADER_SIZE)
+    while True:
+        try:
+            n, anc, flags, _ = sock.recvmsg_into([hbuf], socket.CMSG_SPACE(4))
+            break
+        except (BlockingIOError, InterruptedError):
+            await _io_ready(loop, sock.fileno(), write=False)
+    fds = array.array("i")
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    fd = fds[0] if fds else None
+    for extra in fds[1:]:
+        os.close(extra)
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise errors.BadFrame("file descriptors cut off in a reply")
+        if n == 0:
+            raise wire.ConnectionClosed("connection closed by peer")
+        frame = await wire.finish_frame(loop, sock, hbuf, n, max_payload)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return frame, fd
+
+
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
 
 class _ClientConn:
-    def __init__(self, sock: wire.Conn) -> None:
+    def __init__(self, sock: wire.Conn, local: bool = False) -> None:
         self.sock = sock
         self.broken = False
+        self.local = local  # a Unix socket to a server on this host
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -65,6 +159,10 @@ def _usable(sock: wire.Conn) -> bool:
     return False  # end of stream, or bytes nobody asked for
 
 
+_LOCAL_POOL = "unix:"  # pool key prefix of Unix connections
+_NOT_LOCAL_TTL = 10.0  # s before a node with no Unix socket is tried again
+
+
 class DataClient:
     """Pooled client for storage servers. `call` is safe to use concurrently."""
 
@@ -76,11 +174,19 @@ class DataClient:
         connect_timeout: float = 5.0,
         keys: caps.Keys | None = None,
         tls: tls_mod.Tls | None = None,
+        local: bool | None = None,
     ) -> None:
         self._idle: dict[str, list[_ClientConn]] = {}
         # TLS when given the CA, or $PY3FS_TLS_DIR names it.
         tls = tls or tls_mod.from_env()
         self._ssl = None if tls is None else tls.client_context()
+        # Same-host reads through servers' Unix sockets (see the module doc).
+        self._local = self._ssl is None and (
+            _local_default() if local is None else local
+        )
+        # Addresses whose Unix socket was not there, until when (monotonic):
+        # a remote node is not asked again for every read.
+        self._not_local: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._max_payload = max_payload
         self._max_idle = max_idle_per_peer
@@ -89,6 +195,21 @@ class DataClient:
         # Services sign what only services may send (py3fs.caps); clients do
         # not hold the key.
         self._keys = keys
+
+    async def _connect_local(self, address: str) -> _ClientConn | None:
+        """A connection to the server's Unix socket, or None (not on this host)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, local_name(address))
+        except (OSError, TimeoutError):
+            sock.close()
+            return None
+        except BaseException:
+            sock.close()
+            raise
+        return _ClientConn(sock, local=True)
 
     async def _connect(self, address: str) -> _ClientConn:
         loop = asyncio.get_running_loop()
@@ -143,14 +264,7 @@ class DataClient:
         if self._keys is not None and hasattr(body, "auth"):
             body = self._keys.sign(body)
         idle = self._idle.setdefault(address, [])
-        conn = None
-        while idle and conn is None:
-            conn = idle.pop()
-            if not _usable(conn.sock):
-                conn.close()
-                conn = None
-        if conn is None:
-            conn = await self._connect(address)
+        conn = await self._checkout(address, idle)
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
         try:
@@ -185,6 +299,89 @@ class DataClient:
         if isinstance(frame.body, wire.ErrorBody):
             wire.raise_error_body(frame.body)
         return frame.body, data
+
+    @property
+    def local(self) -> bool:
+        """Whether reads may take data files from servers on this host."""
+        return self._local
+
+    async def _checkout(self, address: str, idle: list[_ClientConn]) -> _ClientConn:
+        """An idle pooled TCP connection to `address` still usable, or a new one
+        (Unix connections have pools of their own: `call_fd`)."""
+        while idle:
+            conn = idle.pop()
+            if _usable(conn.sock):
+                return conn
+            conn.close()
+        return await self._connect(address)
+
+    async def call_fd(
+        self, address: str, body: wire.ReadFdReq, *, timeout: float = 60.0
+    ) -> tuple[wire.ReadFdReply, int | None] | None:
+        """A READ_FD to a server on this host: its reply and the data file's
+        descriptor (the caller closes it), or None when `address` is not
+        reached over a Unix socket (then read over the network). Raises as
+        `call` does, and the server's error (ChunkNotFound, ...)."""
+        if self._closed:
+            raise errors.RPCUnavailable("data client closed")
+        if not self._local:
+            return None
+        idle = self._idle.setdefault(_LOCAL_POOL + address, [])
+        conn = None
+        while idle and conn is None:
+            conn = idle.pop()
+            if not _usable(conn.sock):
+                conn.close()
+                conn = None
+        if conn is None:
+            if self._not_local.get(address, 0.0) > time.monotonic():
+                return None
+            conn = await self._connect_local(address)
+            if conn is None:
+                self._not_local[address] = time.monotonic() + _NOT_LOCAL_TTL
+                return None
+        assert isinstance(conn.sock, socket.socket)
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        fd: int | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                await wire.send_frame(loop, conn.sock, wire.MsgType.READ_FD, rid, body)
+                frame, fd = await recv_frame_fd(loop, conn.sock, self._max_payload)
+                if frame.payload_len:
+                    raise errors.BadFrame("READ_FD reply with a payload")
+        except TimeoutError:
+            conn.broken = True
+            raise errors.RPCTimeout(f"READ_FD to {address} timed out") from None
+        except OSError as exc:
+            conn.broken = True
+            raise errors.RPCUnavailable(f"READ_FD to {address}: {exc}") from None
+        except BaseException:
+            conn.broken = True
+            if fd is not None:
+                os.close(fd)
+            raise
+        finally:
+            if conn.broken or self._closed or len(idle) >= self._max_idle:
+                conn.close()
+            else:
+                idle.append(conn)
+        try:
+            if frame.request_id != rid:
+                raise errors.BadFrame(
+                    f"reply for request {frame.request_id}, sent {rid}"
+                )
+            if isinstance(frame.body, wire.ErrorBody):
+                wire.raise_error_body(frame.body)
+            if not isinstance(frame.body, wire.ReadFdReply):
+                raise errors.BadFrame(f"{frame.type.name} for a READ_FD")
+            if (fd is None) != (frame.body.length == 0):
+                raise errors.BadFrame("READ_FD reply and descriptor disagree")
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        return frame.body, fd
 
     async def aclose(self) -> None:
         self._closed = True
@@ -233,9 +430,12 @@ class ServerConn:
         peer: str,
         budget: PayloadBudget | None = None,
         payload_timeout: float = 60.0,
+        local: bool = False,
     ) -> None:
         self.sock = sock
         self.peer = peer
+        # Over the Unix socket: the client is on this host (reply_fd works).
+        self.local = local
         self.loop = asyncio.get_running_loop()
         self._frame: wire.Frame | None = None
         self._payload_left = 0
@@ -301,6 +501,16 @@ class ServerConn:
             self.loop, self.sock, mtype, self._frame.request_id, body, payload
         )
 
+    async def reply_fd(self, mtype: wire.MsgType, body: wire.Body, fd: int) -> None:
+        """Reply with `fd` passed along (the caller still closes its own copy);
+        only on a local connection."""
+        assert self.local
+        assert isinstance(self.sock, socket.socket)
+        await self.finish_payload()
+        assert self._frame is not None
+        head = wire.encode_frame(mtype, self._frame.request_id, body)
+        await send_with_fd(self.loop, self.sock, head, fd)
+
     @property
     def payload_pending(self) -> bool:
         return self._payload_left > 0
@@ -342,6 +552,7 @@ class DataServer:
         payload_timeout: float = 60.0,
         payload_budget: int = 1 << 30,
         tls: tls_mod.Tls | None = None,
+        local: bool = True,
     ) -> None:
         self._handler = handler
         # TLS when given certificates, or $PY3FS_TLS_DIR names them.
@@ -359,6 +570,9 @@ class DataServer:
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accept_task: asyncio.Task[None] | None = None
+        self._local = local and self._ssl is None
+        self._unix: socket.socket | None = None
+        self._unix_task: asyncio.Task[None] | None = None
         self.address = ""
 
     async def __aenter__(self) -> DataServer:
@@ -370,18 +584,35 @@ class DataServer:
         self._sock = sock
         host, port = sock.getsockname()[:2]
         self.address = f"{host}:{port}"
-        self._accept_task = asyncio.create_task(self._accept_loop())
+        self._accept_task = asyncio.create_task(self._accept_loop(sock))
+        if self._local:
+            self._listen_local()
         logger.info("data server listening on %s", self.address)
         return self
+
+    def _listen_local(self) -> None:
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            unix.bind(local_name(self.address))
+            unix.listen(512)
+        except OSError as exc:
+            # Someone holds the name: serve over TCP only.
+            logger.warning("no Unix socket beside %s: %s", self.address, exc)
+            unix.close()
+            return
+        unix.setblocking(False)
+        self._unix = unix
+        self._unix_task = asyncio.create_task(self._accept_loop(unix, local=True))
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._accept_task:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
+        for accept in (self._accept_task, self._unix_task):
+            if accept:
+                accept.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await accept
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -389,29 +620,32 @@ class DataServer:
         if self._sock:
             self._sock.close()
             self._sock = None
+        if self._unix:
+            self._unix.close()
+            self._unix = None
 
-    async def _accept_loop(self) -> None:
-        assert self._sock is not None
+    async def _accept_loop(self, listener: socket.socket, local: bool = False) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, addr = await loop.sock_accept(self._sock)
+                conn, addr = await loop.sock_accept(listener)
             except OSError as exc:
                 logger.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.05)
                 continue
             if len(self._tasks) >= self._max_connections:
                 logger.warning(
-                    "refusing %s:%s: %d connections open",
-                    addr[0],
-                    addr[1],
-                    len(self._tasks),
+                    "refusing %s: %d connections open", addr, len(self._tasks)
                 )
                 conn.close()
                 continue
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(self._serve(conn, f"{addr[0]}:{addr[1]}"))
+            if local:
+                peer = "local"
+            else:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = f"{addr[0]}:{addr[1]}"
+            task = asyncio.create_task(self._serve(conn, peer, local))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -469,16 +703,18 @@ class DataServer:
                 return
             rid, plen = frame.request_id, frame.payload_len
 
-    async def _serve(self, raw: socket.socket, peer: str) -> None:
+    async def _serve(self, raw: socket.socket, peer: str, local: bool = False) -> None:
         loop = asyncio.get_running_loop()
         sock: wire.Conn = raw
         try:
-            if self._ssl is not None:
+            if self._ssl is not None and not local:
                 tsock = await self._start_tls(raw, peer)
                 if tsock is None:
                     return
                 sock = tsock
-            conn = ServerConn(sock, peer, self._budget, self._payload_timeout)
+            conn = ServerConn(
+                sock, peer, self._budget, self._payload_timeout, local=local
+            )
             while True:
                 try:
                     async with asyncio.timeout(self._idle_timeout):

@@ -72,6 +72,8 @@ class MsgType(IntEnum):
     SYNC_DONE_REPLY = 25
     FLUSH = 26
     FLUSH_REPLY = 27
+    READ_FD = 28
+    READ_FD_REPLY = 29
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -128,6 +130,30 @@ class ReadIO(Body):
     length: int
     chain_id: int = 0
     chain_ver: int = 0
+
+
+class ReadFdReq(Body):
+    """A read by a client on the storage node's host, over its Unix socket
+    (py3fs.dataplane): instead of the bytes, the node sends the open data file
+    (SCM_RIGHTS) and the block checksums covering the range; the client reads
+    and verifies them itself (client.local_read)."""
+
+    io: ReadIO
+    cap: bytes = b""
+
+
+class ReadFdReply(Body):
+    """`length` bytes of the range are in the chunk (at version `version`);
+    the file's bytes [lo, lo + len(crcs) / 4 blocks) are checked by `crcs`
+    (CRC32C per block, native-endian uint32, the last block ending at
+    `chunk_length`). A file descriptor follows the frame iff `length` > 0."""
+
+    length: int
+    version: int
+    lo: int = 0
+    chunk_length: int = 0
+    block_size: int = 0
+    crcs: bytes = b""
 
 
 class ReadReq(Body):
@@ -283,6 +309,8 @@ BODY_TYPES: Final[dict[MsgType, type[Body]]] = {
     MsgType.SYNC_DONE_REPLY: SyncDoneReply,
     MsgType.FLUSH: FlushReq,
     MsgType.FLUSH_REPLY: FlushReply,
+    MsgType.READ_FD: ReadFdReq,
+    MsgType.READ_FD_REPLY: ReadFdReply,
 }
 REPLY_OF: Final[dict[MsgType, MsgType]] = {
     MsgType.PING: MsgType.PONG,
@@ -295,6 +323,7 @@ REPLY_OF: Final[dict[MsgType, MsgType]] = {
     MsgType.SYNC_CHUNK: MsgType.SYNC_CHUNK_REPLY,
     MsgType.SYNC_DONE: MsgType.SYNC_DONE_REPLY,
     MsgType.FLUSH: MsgType.FLUSH_REPLY,
+    MsgType.READ_FD: MsgType.READ_FD_REPLY,
 }
 _TYPE_OF_BODY: Final = {cls: t for t, cls in BODY_TYPES.items() if t != MsgType.PONG}
 _ENCODER = msgspec.msgpack.Encoder()
@@ -420,6 +449,18 @@ async def recv_frame(
         if at_boundary_ok:
             return None
         raise ConnectionClosed("connection closed by peer")
+    return await finish_frame(loop, sock, hbuf, first, max_payload)
+
+
+async def finish_frame(
+    loop: asyncio.AbstractEventLoop,
+    sock: Conn,
+    hbuf: bytearray,
+    first: int,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> Frame:
+    """Read the rest of a frame whose first `first` header bytes are in `hbuf`."""
+    view = memoryview(hbuf)
     await recv_into(loop, sock, view[first:])
     mtype, rid, blen, plen = parse_header(hbuf, max_payload)
     crc = HEADER.unpack(hbuf)[7]

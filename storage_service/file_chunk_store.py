@@ -386,6 +386,33 @@ class FileChunkStore(ChunkStore):
             took = time.perf_counter() - began
             self.disk_read_s += (took - self.disk_read_s) / 16
 
+    async def open_range(
+        self, chunk_id: bytes, offset: int, length: int
+    ) -> tuple[ChunkMeta, int, int, int]:
+        """For a reader on this host (storage_service.local_read): the committed
+        chunk's block table, the part [start, end) of the range it has, and its
+        data file open for reading (-1 when that part is empty). An overwrite
+        being applied is waited for; one applied later shows in the checksums
+        the reader verifies."""
+        gate = self._gates.get(chunk_id)
+        if gate is not None and gate.writer is not None:
+            async with self._reading(chunk_id):
+                pass
+        meta, start, end = self._window(chunk_id, offset, length)
+        if start == end:
+            return meta, start, end, -1
+        try:
+            fd = os.open(self.data_path(chunk_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if self._meta(chunk_id) is None:  # removed meanwhile
+                raise errors.ChunkNotFound(f"chunk {chunk_id.hex()} removed") from None
+            raise errors.ChecksumMismatch(
+                f"chunk {chunk_id.hex()}: data file missing"
+            ) from None
+        except OSError as exc:
+            raise errors.from_oserror(exc) from None
+        return meta, start, end, fd
+
     def _window(
         self, chunk_id: bytes, offset: int, length: int
     ) -> tuple[ChunkMeta, int, int]:

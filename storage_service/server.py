@@ -20,6 +20,7 @@ from py3fs.mgmt_client import MgmtClient
 from py3fs.proto.messages import HeartbeatReq, RegisterNodeReq
 from py3fs.retry import RetryPolicy
 from storage_service.config import StorageConfig
+from storage_service.local_read import read_fd
 from storage_service.read_path import ReadPath
 from storage_service.resync import Resync
 from storage_service.targets import StorageContext
@@ -28,6 +29,7 @@ from storage_service.write_path import WritePath
 logger = logging.getLogger(__name__)
 M = wire.MsgType
 _READ_BYTES = metrics.STORAGE_BYTES.labels("read")  # once: labels() costs per call
+_LOCAL_BYTES = metrics.STORAGE_BYTES.labels("read_local")
 
 
 def _check_read_caps(keys: caps.Keys, body: wire.ReadReq) -> None:
@@ -214,6 +216,21 @@ class StorageServer(ServiceResource):
             # lengths and checksums, is for services and admin tools only.
             keys.verify(body)
 
+    async def _read_fd(self, body: wire.ReadFdReq, conn: ServerConn) -> None:
+        """A same-host read: the data file instead of the bytes (local_read)."""
+        if not conn.local:
+            raise errors.InvalidArgument("READ_FD is served only over the Unix socket")
+        self._authorize(wire.ReadReq([body.io], caps=[body.cap] if body.cap else []))
+        reply, fd = await read_fd(self.ctx, self.reads, body)
+        if fd < 0:
+            await conn.reply(M.READ_FD_REPLY, reply)
+            return
+        try:
+            await conn.reply_fd(M.READ_FD_REPLY, reply, fd)
+        finally:
+            os.close(fd)
+        _LOCAL_BYTES.inc(reply.length)
+
     async def _handle(self, frame: wire.Frame, conn: ServerConn) -> None:
         body = frame.body
         if isinstance(body, wire.WriteReq):
@@ -227,6 +244,8 @@ class StorageServer(ServiceResource):
             reply, views = await self.reads.read(body)
             await conn.reply(M.READ_REPLY, reply, views)
             _READ_BYTES.inc(sum(len(v) for v in views))
+        elif isinstance(body, wire.ReadFdReq):
+            await self._read_fd(body, conn)
         elif isinstance(body, wire.RemoveReq):
             self._authorize(body)
             await conn.reply(M.REMOVE_REPLY, await self.writes.remove(body))
