@@ -14,12 +14,14 @@ the CA did not sign.
 Without TLS a server also listens on a Unix-domain socket in Linux's abstract
 namespace named after its TCP address (`local_name`): no file to clean up, gone
 with the process, and scoped to the network namespace, so only a process on the
-same host (and network) reaches it. Over it a client passes no bytes, only file
-descriptors (`call_fd`: a same-host read takes the chunk's data file and reads
-it itself, client.local_read). Bulk data stays on TCP: loopback TCP grows its
-buffers to megabytes, a Unix socket keeps ~200 KiB, so a 4 MiB write over it
-took ~20 wake-ups of each side instead of a few, and KV puts ran at half speed
-on a busy host. `PY3FS_DATA_UNIX=0` turns it off in a client (A/B
+same host (and network) reaches it. A client uses it only if the process there
+runs as the user whose TCP socket listens on that address (py3fs.local_peer):
+any local user may bind a free abstract name. Over it a client passes no bytes,
+only file descriptors (`call_fd`: a same-host read takes the chunk's data file
+and reads it itself, client.local_read). Bulk data stays on TCP: loopback TCP
+grows its buffers to megabytes, a Unix socket keeps ~200 KiB, so a 4 MiB write
+over it took ~20 wake-ups of each side instead of a few, and KV puts ran at
+half speed on a busy host. `PY3FS_DATA_UNIX=0` turns it off in a client (A/B
 benchmarks). With TLS it stays off: the abstract name proves nothing about who
 listens there, the server's certificate does.
 """
@@ -38,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from py3fs import caps, errors, metrics, wire
+from py3fs import caps, errors, local_peer, metrics, wire
 from py3fs import tls as tls_mod
 from py3fs.tls_sock import TlsSock, handshake_error
 
@@ -209,6 +211,19 @@ class DataClient:
         except BaseException:
             sock.close()
             raise
+        host, port = _split_address(address)
+        try:
+            trusted = local_peer.is_server(sock, host, port)
+        except OSError:
+            trusted = False
+        if not trusted:
+            logger.warning(
+                "the Unix socket of %s is not held by its TCP listener's user: "
+                "reading over TCP",
+                address,
+            )
+            sock.close()
+            return None
         return _ClientConn(sock, local=True)
 
     async def _connect(self, address: str) -> _ClientConn:
