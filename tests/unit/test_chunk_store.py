@@ -3,6 +3,7 @@ listing; behaviour tests run on the file store and its in-memory twin."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from pathlib import Path
@@ -421,3 +422,35 @@ async def test_sync_flushes_committed_chunks(fstore: FileChunkStore) -> None:
     await put(fstore, ids.chunk_id(60, 1), 0, b"b", 1)
     assert await fstore.sync() == 2
     assert await fstore.sync() == 0
+
+
+async def test_background_chunk_sync_is_waited_for(
+    fstore: FileChunkStore, tmp_path: Path
+) -> None:
+    """A replica of a sync write starts its fsync at commit; the FLUSH that
+    confirms the write (sync_chunk) and a full flush wait for it."""
+    cid = ids.chunk_id(61, 0)
+    await put(fstore, cid, 0, b"a", 1)
+    fstore.start_sync_chunk(cid)
+    task = fstore._syncing[cid]
+    fstore.start_sync_chunk(cid)  # one at a time per chunk
+    assert fstore._syncing[cid] is task
+    await fstore.sync_chunk(cid)
+    assert task.done()
+    assert task.exception() is None
+    assert await fstore.sync() == 0
+    # A later update is unsynced again; a full flush waits for its fsync too.
+    await put(fstore, cid, 1, b"b", 2)
+    fstore.start_sync_chunk(cid)
+    task = fstore._syncing[cid]
+    await asyncio.sleep(0)  # under way: the chunk is no longer listed unsynced
+    assert await fstore.sync() == 0
+    assert task.done()
+    # Nothing left to flush for a chunk on disk already.
+    fstore.start_sync_chunk(cid)
+    assert cid not in fstore._syncing
+    # A restarted store (its load() flushes the file system: it cannot know
+    # what the old process left unsynced) reads what was written.
+    again = FileChunkStore(fstore.root)
+    await again.load()
+    assert await content(again, cid) == b"ab"
