@@ -220,6 +220,8 @@ class Operations(DirectoryOps, pyfuse3.Operations):
             if changes:
                 # FUSE names the inode itself: never follow a symlink here.
                 node = await self.client.setattr("", at=inode, follow=False, **changes)
+                if "mtime" in changes:
+                    self.files.mtime_set(inode, node.mtime)
         if node is None:
             return self._attr(await self.client.stat_inode(inode), read=True)
         return self._attr(node)

@@ -110,3 +110,39 @@ def test_other_client_unlink_and_create_show_after_open(
         pass
     else:
         raise AssertionError("opened a file another client had removed")
+
+
+def test_mtime_set_by_tools_survives_close(
+    mount: Mount, mnt: Path, fuse_cluster: LocalCluster
+) -> None:
+    """tar and rsync set a file's mtime on the open fd after writing it, cp -p
+    and copytree right after close(2): the length the close reports to meta
+    (and the release the kernel sends after close returns) must not replace
+    that mtime with the time of the close. Read from meta, not the mount."""
+    before_close = mnt / "tar-like"
+    after_close = mnt / "copytree-like"
+    fd = os.open(before_close, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"x" * 5000)
+    os.utime(fd, ns=(1_000_000_000_123, 2_000_000_000_456))
+    os.write(fd, b"")  # an empty write is no write: the mtime stays
+    os.close(fd)
+    after_close.write_bytes(b"y" * 100)
+    os.utime(after_close, ns=(3_000_000_000_000, 4_000_000_000_789))
+
+    async def mtimes() -> list[int]:
+        async with client_for(fuse_cluster) as fs:
+            out = []
+            for _ in range(5):  # the kernel's release may come a little later
+                for f in (before_close, after_close):
+                    node = await fs.stat(cluster_path(mount, f))
+                    out.append(node.mtime)
+                    assert node.length == f.stat().st_size
+                await asyncio.sleep(0.2)
+            return out
+
+    assert set(asyncio.run(mtimes())) == {2_000_000_000_456, 4_000_000_000_789}
+    assert os.stat(before_close).st_mtime_ns == 2_000_000_000_456
+    # A write after the utime makes the mtime current again.
+    with open(before_close, "r+b") as fh:
+        fh.write(b"z")
+    assert os.stat(before_close).st_mtime_ns > 2_000_000_000_456
