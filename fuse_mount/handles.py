@@ -37,6 +37,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import msgspec
 import pyfuse3
 
 from client import Client, File
@@ -388,6 +389,24 @@ class OpenFiles:
             if handle.dirty:
                 handle.mtime = mtime
 
+    def defer_mtime(self, ino: int, mtime: int, held: Inode | None) -> Inode | None:
+        """Keep an explicit mtime for the Sync or Close that reports the
+        length of this daemon's unreported writes to `ino` (see `mtime_set`),
+        instead of a SetAttr now: `ino` as it then is (from `held`, the
+        mount's cached copy, if any), or None when no handle has such writes."""
+        state = self._inodes.get(ino)
+        dirty = [
+            h
+            for h in (state.handles.values() if state else [])
+            if h.dirty and h.file.writable and not h.releasing
+        ]
+        if not dirty:
+            return None
+        for handle in dirty:
+            handle.mtime = mtime
+        base = held if held is not None else dirty[0].file.inode
+        return msgspec.structs.replace(base, mtime=mtime)
+
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.get(fh)
         self._wrote(handle)
@@ -428,7 +447,10 @@ class OpenFiles:
         fsync)."""
         handle = self.get(fh)
         peers = self._peers(handle)
-        if not handle.file.writable or not (handle.pending or handle.file.written):
+        if not handle.file.writable or not handle.dirty:
+            # Nothing written since the last Sync (a second close of a dup'd
+            # or inherited fd): its length is in meta, its data on disk, and
+            # another Sync would make the mtime now, undoing a utimensat.
             await handle.flush_pending(peers)
             handle.raise_error()
             return
