@@ -110,10 +110,8 @@ class WriteReq(Body):
     # remembered reply for this chunk at or below its version may describe a
     # write the rebuild did not keep, so retries are applied again.
     repair: bool = False
-    # The chunk is on every replica's disk when the head acks (the last write
-    # of a file being closed or fsynced: the client needs no FLUSH round).
-    # Replicas after the head start their fsync at commit and ack at once; the
-    # head waits for them with a FLUSH of the chunk (storage WritePath).
+    # Every replica puts the chunk on disk before it acks (the last write of a
+    # file being closed or fsynced: no separate FLUSH round is needed then).
     sync: bool = False
 
 
@@ -241,9 +239,6 @@ class FlushReq(Body):
     fsync/close; writes are acknowledged from the page cache by default)."""
 
     target_ids: list[int]
-    # Only these chunks (the head of a chain confirming a sync write on the
-    # replicas after it, which started their fsyncs when they committed).
-    chunk_ids: list[bytes] = []
 
 
 class FlushReply(Body):

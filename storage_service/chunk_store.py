@@ -172,11 +172,6 @@ class ChunkStore(abc.ABC):
         that carries `sync`: the last write of a file being closed)."""
         return None
 
-    def start_sync_chunk(self, chunk_id: bytes) -> None:
-        """Start `sync_chunk` in the background; a later `sync_chunk` or `sync`
-        waits for it (a replica of a sync write: see WritePath)."""
-        return None
-
     async def write(
         self, chunk_id: bytes, offset: int, data: Any, **kw: Any
     ) -> ChunkInfo:

@@ -132,8 +132,6 @@ class FileChunkStore(ChunkStore):
         self._gates: dict[bytes, _Gate] = {}
         self._unsynced: set[bytes] = set()
         self._flushing: list[set[bytes]] = []  # what running sync()s flush
-        # Background fsyncs of single chunks (`start_sync_chunk`), by chunk.
-        self._syncing: dict[bytes, asyncio.Task[None]] = {}
         self._device = 0  # st_dev of root, read once by load()
         self._nowait = _NOWAIT
         self._bases: dict[bytes, str] = {}  # chunk id -> base(), computed once
@@ -625,17 +623,9 @@ class FileChunkStore(ChunkStore):
 
     async def sync(self) -> int:
         chunks, self._unsynced = self._unsynced, set()
-        running = list(self._syncing.values())
         self._flushing.append(chunks)
         try:
             await self._fsync_chunks(chunks)
-            if running:
-                # Chunks a background fsync took out of `_unsynced` (one that
-                # failed is unsynced again, and this flush fails).
-                await asyncio.wait(running)
-                for task in running:
-                    if not task.cancelled() and (exc := task.exception()):
-                        raise exc
         except BaseException:
             self._unsynced |= chunks
             raise
@@ -643,30 +633,7 @@ class FileChunkStore(ChunkStore):
             self._flushing.remove(chunks)
         return len(chunks)
 
-    def start_sync_chunk(self, chunk_id: bytes) -> None:
-        if chunk_id not in self._unsynced or chunk_id in self._syncing:
-            return
-        task = asyncio.ensure_future(self.sync_chunk(chunk_id))
-        self._syncing[chunk_id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._syncing.get(chunk_id) is t:
-                del self._syncing[chunk_id]
-            if not t.cancelled() and t.exception() is not None:
-                # The chunk is unsynced again (see sync_chunk): the FLUSH that
-                # confirms this write tries once more and reports the error.
-                logger.warning("fsync of chunk %s failed", chunk_id.hex())
-
-        task.add_done_callback(done)
-
     async def sync_chunk(self, chunk_id: bytes) -> None:
-        running = self._syncing.get(chunk_id)
-        if running is not None and running is not asyncio.current_task():
-            # A background fsync (start_sync_chunk) may have taken the chunk
-            # out of `_unsynced` and not be done: wait for it. If it failed,
-            # the chunk is unsynced again and is fsynced below.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(running)
         if chunk_id not in self._unsynced and not any(
             chunk_id in s for s in self._flushing
         ):

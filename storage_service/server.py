@@ -246,10 +246,7 @@ class StorageServer(ServiceResource):
             self._authorize(body)
             await conn.reply(M.SYNC_DONE_REPLY, await self.resync.sync_done(body))
         elif isinstance(body, wire.FlushReq):
-            if body.chunk_ids:
-                flushed = await self.ctx.flush_chunks(body.target_ids, body.chunk_ids)
-            else:
-                flushed = await self.ctx.flush(body.target_ids)
+            flushed = await self.ctx.flush(body.target_ids)
             await conn.reply(M.FLUSH_REPLY, wire.FlushReply(chunks=flushed))
         elif isinstance(body, wire.TargetStatsReq):
             self._authorize(body)

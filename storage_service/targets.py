@@ -102,17 +102,6 @@ class StorageContext:
         stores = [self.stores[t] for t in set(target_ids) if t in self.stores]
         return sum(await asyncio.gather(*(s.sync() for s in stores)))
 
-    async def flush_chunks(self, target_ids: list[int], chunk_ids: list[bytes]) -> int:
-        """Put `chunk_ids` of the named targets of this node on disk."""
-        syncs = [
-            self.stores[t].sync_chunk(c)
-            for t in set(target_ids)
-            if t in self.stores
-            for c in chunk_ids
-        ]
-        await asyncio.gather(*syncs)
-        return len(syncs)
-
     def store(self, target_id: int) -> FileChunkStore:
         try:
             return self.stores[target_id]

@@ -99,8 +99,6 @@ class WritePath:
                 return wire.WriteReply(chunk_ver=0, length=0, crc=0)
             if is_head:
                 reply = await self._head_write(store, routing, req, payload, succ)
-                if req.sync:
-                    await self._sync_chain(store, routing, req)
             else:
                 reply = await self._chain_write(store, routing, req, payload, succ)
             if req.request_id:
@@ -285,35 +283,13 @@ class WritePath:
     async def _commit(
         store: ChunkStore, req: wire.WriteReq, staged: Staged
     ) -> wire.WriteReply:
-        """Commit; with `req.sync`, a replica after the head starts putting the
-        chunk on disk and acks at once (see `_sync_chain`)."""
+        """Commit; with `req.sync`, put the chunk on disk before the ack (the
+        successor did so before its ack: once the head answers, every replica
+        has it on disk)."""
         info = await store.commit(staged)
-        if req.sync and req.update_ver:
-            store.start_sync_chunk(req.chunk_id)
+        if req.sync:
+            await store.sync_chunk(req.chunk_id)
         return _reply(info)
-
-    async def _sync_chain(
-        self, store: ChunkStore, routing: RoutingView, req: wire.WriteReq
-    ) -> None:
-        """A sync write is on every replica's disk before the head acks it.
-        Every replica committed it before the head did, and each started its
-        fsync then: the head fsyncs its own copy while a FLUSH of the chunk
-        to each later replica waits for theirs. The fsyncs overlap (one
-        fsync's time instead of one per replica, one after another)."""
-        later = routing.writable_targets(req.chain_id)[1:]
-
-        async def remote(target: int) -> None:
-            await self._forward(
-                routing,
-                target,
-                wire.MsgType.FLUSH,
-                wire.FlushReq(target_ids=[target], chunk_ids=[req.chunk_id]),
-                [],
-            )
-
-        await asyncio.gather(
-            store.sync_chunk(req.chunk_id), *(remote(t) for t in later)
-        )
 
     async def _stage(
         self,

@@ -3,7 +3,6 @@ listing; behaviour tests run on the file store and its in-memory twin."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from py3fs import errors, faults, ids
 from py3fs.wire import crc32c
 from storage_service import chunk_format as fmt
+from storage_service import file_chunk_store
 from storage_service.chunk_store import (
     AFTER_APPLY,
     AFTER_STAGE,
@@ -424,33 +424,23 @@ async def test_sync_flushes_committed_chunks(fstore: FileChunkStore) -> None:
     assert await fstore.sync() == 0
 
 
-async def test_background_chunk_sync_is_waited_for(
-    fstore: FileChunkStore, tmp_path: Path
+async def test_load_flushes_what_a_dead_process_left(
+    fstore: FileChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replica of a sync write starts its fsync at commit; the FLUSH that
-    confirms the write (sync_chunk) and a full flush wait for it."""
+    """A restarted store cannot know which acknowledged updates the old
+    process left unsynced: load() flushes the target's file system, so a sync
+    write that finds its update already applied may report it on disk."""
     cid = ids.chunk_id(61, 0)
-    await put(fstore, cid, 0, b"a", 1)
-    fstore.start_sync_chunk(cid)
-    task = fstore._syncing[cid]
-    fstore.start_sync_chunk(cid)  # one at a time per chunk
-    assert fstore._syncing[cid] is task
-    await fstore.sync_chunk(cid)
-    assert task.done()
-    assert task.exception() is None
-    assert await fstore.sync() == 0
-    # A later update is unsynced again; a full flush waits for its fsync too.
-    await put(fstore, cid, 1, b"b", 2)
-    fstore.start_sync_chunk(cid)
-    task = fstore._syncing[cid]
-    await asyncio.sleep(0)  # under way: the chunk is no longer listed unsynced
-    assert await fstore.sync() == 0
-    assert task.done()
-    # Nothing left to flush for a chunk on disk already.
-    fstore.start_sync_chunk(cid)
-    assert cid not in fstore._syncing
-    # A restarted store (its load() flushes the file system: it cannot know
-    # what the old process left unsynced) reads what was written.
+    await put(fstore, cid, 0, b"ab", 1)
+    flushed: list[str] = []
+    real = file_chunk_store._syncfs
+
+    def syncfs(path: str) -> None:
+        flushed.append(path)
+        real(path)
+
+    monkeypatch.setattr(file_chunk_store, "_syncfs", syncfs)
     again = FileChunkStore(fstore.root)
     await again.load()
+    assert flushed == [fstore.root]
     assert await content(again, cid) == b"ab"
