@@ -423,12 +423,17 @@ class File:
         self.pos = reply.offset + n
         return n
 
-    async def fsync(self, *, length: int = -1) -> None:
+    async def fsync(self, *, length: int = -1, mtime: int = -1) -> None:
         """Make what was written durable: the data on every replica's disk, the
         length in meta (at least `length`: a caller's sync write still under
-        way, see fuse_mount.handles.OpenFiles.sync)."""
+        way, see fuse_mount.handles.OpenFiles.sync), with `mtime` (ns) instead
+        of now if given (set by the caller after its last write)."""
         self._check(write=True)
-        req = SyncReq(inode=self.inode.inode, length=max(self._written_end, length))
+        req = SyncReq(
+            inode=self.inode.inode,
+            length=max(self._written_end, length),
+            mtime=mtime,
+        )
         self.inode = await self._flush_beside(self._client.meta.sync(req))
 
     async def _flush_beside(self, meta_call: Awaitable[Inode]) -> Inode:
@@ -445,7 +450,11 @@ class File:
         assert isinstance(node, Inode)
         return node
 
-    async def close(self) -> None:
+    async def close(self, *, report: bool = True, mtime: int = -1) -> None:
+        """Flush and end the write session, reporting the length (unless the
+        caller's last fsync already did and nothing was written since: not
+        `report`, so the mtime stays as that fsync or a later utimensat left
+        it), with `mtime` as in `fsync`."""
         if self.closed:
             return
         self.closed = True
@@ -456,6 +465,7 @@ class File:
         req = CloseReq(
             inode=self.inode.inode,
             session_id=self.session_id,
-            length=self._written_end,
+            length=self._written_end if report else -1,
+            mtime=mtime,
         )
         self.inode = await self._flush_beside(self._client.meta.close(req))

@@ -41,6 +41,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import msgspec
 import pyfuse3
 
 from client import Client, File
@@ -75,6 +76,14 @@ class FileHandle:
     direct: bool = False
     # Being released: its write session is about to end (see `pin`).
     releasing: bool = False
+    # Writes accepted since the last Sync reported the length: only then does
+    # Close report it again (a Close that reports a length makes the mtime
+    # now, and the kernel sends release after close(2) returns, so it would
+    # undo a utimensat done right after close, as copytree and cp -p do).
+    dirty: bool = False
+    # An mtime (ns) set explicitly after this handle's last write (tar and
+    # rsync set it before close): recorded with the length instead of now.
+    mtime: int = -1
 
     # The end of the furthest byte this handle accepted (gathered, in flight or
     # sent): the length it reports never drops below it while bytes move from
@@ -292,7 +301,7 @@ class OpenFiles:
                 await handle.flush_pending(self._peers(handle), sync=True)
                 handle.raise_error()
             finally:
-                await handle.file.close()
+                await handle.file.close(report=handle.dirty, mtime=handle.mtime)
                 if handle.file.session_id:
                     self._attrs.put(handle.file.inode)
         finally:
@@ -416,9 +425,42 @@ class OpenFiles:
             ),
         )
 
+    def _wrote(self, handle: FileHandle) -> None:
+        handle.dirty = True
+        state = self._inodes.get(handle.ino)
+        for peer in state.handles.values() if state else [handle]:
+            peer.mtime = -1  # the write is newer than any explicit mtime
+
+    def mtime_set(self, ino: int, mtime: int) -> None:
+        """A setattr gave `ino` this mtime: the length its handles report
+        for their earlier writes must not replace it with now."""
+        state = self._inodes.get(ino)
+        for handle in state.handles.values() if state else []:
+            if handle.dirty:
+                handle.mtime = mtime
+
+    def defer_mtime(self, ino: int, mtime: int, held: Inode | None) -> Inode | None:
+        """Keep an explicit mtime for the Sync or Close that reports the
+        length of this daemon's unreported writes to `ino` (see `mtime_set`),
+        instead of a SetAttr now: `ino` as it then is (from `held`, the
+        mount's cached copy, if any), or None when no handle has such writes."""
+        state = self._inodes.get(ino)
+        dirty = [
+            h
+            for h in (state.handles.values() if state else [])
+            if h.dirty and h.file.writable and not h.releasing
+        ]
+        if not dirty:
+            return None
+        for handle in dirty:
+            handle.mtime = mtime
+        base = held if held is not None else dirty[0].file.inode
+        return msgspec.structs.replace(base, mtime=mtime)
+
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.get(fh)
         self.cache.invalidate(handle.ino)
+        self._wrote(handle)
         if not handle.append:
             return await self._gather(handle, offset, data)
         async with self._inodes[handle.ino].lock:
@@ -456,13 +498,19 @@ class OpenFiles:
         fsync)."""
         handle = self.get(fh)
         peers = self._peers(handle)
-        if not handle.file.writable or not (handle.pending or handle.file.written):
+        if not handle.file.writable or not handle.dirty:
+            # Nothing written since the last Sync (a second close of a dup'd
+            # or inherited fd): its length is in meta, its data on disk, and
+            # another Sync would make the mtime now, undoing a utimensat.
             await handle.flush_pending(peers)
             handle.raise_error()
             return
         # Earlier sends first: the flush below must cover them.
         await handle.wait_sends()
         handle.raise_error()
+        # What was accepted until now is reported below; a write arriving
+        # meanwhile makes the handle dirty again.
+        handle.dirty = False
         # The gathered bytes (a small file's only write) go out as a sync
         # write while meta records the length: one round instead of a write,
         # then a flush beside the Sync. The length may so be in meta a moment
@@ -471,9 +519,11 @@ class OpenFiles:
         end = handle.pending_at + len(handle.pending) if handle.pending else -1
         sent, synced = await asyncio.gather(
             handle.flush_pending(peers, sync=True),
-            handle.file.fsync(length=end),
+            handle.file.fsync(length=end, mtime=handle.mtime),
             return_exceptions=True,
         )
+        if handle.error is not None or isinstance(synced, BaseException):
+            handle.dirty = True  # the length may not be in meta: Close tries
         handle.raise_error()
         for outcome in (sent, synced):
             if isinstance(outcome, BaseException):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -200,6 +201,11 @@ class FileChunkStore(ChunkStore):
                     logger.warning("ignoring stray files %s.*", os.path.join(sub, base))
                     continue
                 self._recover(cid, os.path.join(sub.path, base), suffixes)
+        # Updates acknowledged before a restart may still be only in the page
+        # cache (the process died, not the host), and the set of unsynced
+        # chunks starts empty: without this a sync write that finds its update
+        # already applied would report it on disk without any fsync.
+        _syncfs(self.root)
 
     def _recover(self, cid: bytes, base: str, suffixes: set[str]) -> None:
         for junk in (TMP_SUFFIX, META_SUFFIX + TMP_SUFFIX, PENDING_SUFFIX):
@@ -771,6 +777,18 @@ class FileChunkStore(ChunkStore):
                 fsync_path(self.root, directory=True)
             except OSError as exc:
                 raise errors.from_oserror(exc) from None
+
+
+def _syncfs(path: str) -> None:
+    """Flush the whole file system holding `path` (syncfs(2); sync(2) where
+    libc has no syncfs)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not hasattr(libc, "syncfs") or libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fsync_if_exists(path: str, directory: bool) -> None:

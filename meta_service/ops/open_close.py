@@ -146,12 +146,18 @@ def open_file(
     )
 
 
-def _update_length(tr: Transaction, ctx: OpContext, node: Inode, length: int) -> Inode:
-    if length < 0:
+def _update_length(
+    tr: Transaction, ctx: OpContext, node: Inode, req: CloseReq | SyncReq
+) -> Inode:
+    """Adopt the writer's length; the writes make the mtime now, unless the
+    writer set the mtime since its last write (`req.mtime`), which only the
+    owner may do (as utimensat)."""
+    if req.length < 0:
         return node
     now = ctx.now_ns()
+    mtime = req.mtime if req.mtime >= 0 and lookup.is_owner(node, req) else now
     node = msgspec.structs.replace(
-        node, length=max(node.length, length), mtime=now, ctime=now
+        node, length=max(node.length, req.length), mtime=mtime, ctime=now
     )
     inodes.store(tr, node)
     return node
@@ -163,7 +169,7 @@ def close(tr: Transaction, ctx: OpContext, req: CloseReq) -> Inode:
     session that is already gone (a retried close) is not an error."""
     node = inodes.get(tr, req.inode)
     _may_set_length(tr, node, req, req.session_id)
-    node = _update_length(tr, ctx, node, req.length)
+    node = _update_length(tr, ctx, node, req)
     if (
         req.session_id
         and sessions.remove(tr, node.inode, req.session_id)
@@ -178,7 +184,7 @@ def sync(tr: Transaction, ctx: OpContext, req: SyncReq) -> Inode:
     """Adopt the reported length (if larger) without ending the session."""
     node = inodes.get(tr, req.inode)
     _may_set_length(tr, node, req, "")
-    return _update_length(tr, ctx, node, req.length)
+    return _update_length(tr, ctx, node, req)
 
 
 def _may_set_length(

@@ -353,11 +353,15 @@ class CloseReq(MetaReq):
     inode: int = 0
     session_id: str = ""
     length: int = -1  # furthest byte written; -1 when nothing was written
+    # The mtime to record with `length` instead of now: the caller set it
+    # (utimensat) after its last write, as tar and rsync do before close.
+    mtime: int = -1
 
 
 class SyncReq(MetaReq):
     inode: int = 0
     length: int = -1
+    mtime: int = -1  # as CloseReq.mtime
 
 
 class ListDirReq(MetaReq):

@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import stat
+import subprocess
 from pathlib import Path
 
 from conftest import Mount
@@ -176,3 +177,52 @@ def test_small_reads_see_own_writes_at_once_and_others_at_open(
         assert _pread_uncached(fd, 4096, 598_000) == new[598_000:]
     finally:
         os.close(fd)
+
+
+def test_mtime_set_by_tools_survives_close(
+    mount: Mount, mnt: Path, fuse_cluster: LocalCluster
+) -> None:
+    """tar and rsync set a file's mtime on the open fd after writing it, cp -p
+    and copytree right after close(2): the length the close reports to meta
+    (and the release the kernel sends after close returns) must not replace
+    that mtime with the time of the close. Read from meta, not the mount."""
+    before_close = mnt / "tar-like"
+    after_close = mnt / "copytree-like"
+    fd = os.open(before_close, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"x" * 5000)
+    os.utime(fd, ns=(1_000_000_000_123, 2_000_000_000_456))
+    os.write(fd, b"")  # an empty write is no write: the mtime stays
+    os.close(fd)
+    after_close.write_bytes(b"y" * 100)
+    os.utime(after_close, ns=(3_000_000_000_000, 4_000_000_000_789))
+    # tar's own call: the mtime alone (atime UTIME_OMIT) while the fd is open;
+    # the mount keeps it for the close's Sync, and a stat shows it at once.
+    mtime_only = mnt / "tar-mtime-only"
+    fd = os.open(mtime_only, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"w" * 70_000)
+    touch = ["touch", "-m", "-d", "@6000.000000321", str(mtime_only)]
+    subprocess.run(touch, check=True)
+    assert os.stat(mtime_only).st_mtime_ns == 6_000_000_000_321
+    os.close(fd)
+
+    async def mtimes() -> list[int]:
+        async with client_for(fuse_cluster) as fs:
+            out = []
+            for _ in range(5):  # the kernel's release may come a little later
+                for f in (before_close, after_close, mtime_only):
+                    node = await fs.stat(cluster_path(mount, f))
+                    out.append(node.mtime)
+                    assert node.length == f.stat().st_size
+                await asyncio.sleep(0.2)
+            return out
+
+    assert set(asyncio.run(mtimes())) == {
+        2_000_000_000_456,
+        4_000_000_000_789,
+        6_000_000_000_321,
+    }
+    assert os.stat(before_close).st_mtime_ns == 2_000_000_000_456
+    # A write after the utime makes the mtime current again.
+    with open(before_close, "r+b") as fh:
+        fh.write(b"z")
+    assert os.stat(before_close).st_mtime_ns > 2_000_000_000_456

@@ -12,6 +12,7 @@ import pytest
 from py3fs import errors, faults, ids
 from py3fs.wire import crc32c
 from storage_service import chunk_format as fmt
+from storage_service import file_chunk_store
 from storage_service.chunk_store import (
     AFTER_APPLY,
     AFTER_STAGE,
@@ -421,3 +422,25 @@ async def test_sync_flushes_committed_chunks(fstore: FileChunkStore) -> None:
     await put(fstore, ids.chunk_id(60, 1), 0, b"b", 1)
     assert await fstore.sync() == 2
     assert await fstore.sync() == 0
+
+
+async def test_load_flushes_what_a_dead_process_left(
+    fstore: FileChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted store cannot know which acknowledged updates the old
+    process left unsynced: load() flushes the target's file system, so a sync
+    write that finds its update already applied may report it on disk."""
+    cid = ids.chunk_id(61, 0)
+    await put(fstore, cid, 0, b"ab", 1)
+    flushed: list[str] = []
+    real = file_chunk_store._syncfs
+
+    def syncfs(path: str) -> None:
+        flushed.append(path)
+        real(path)
+
+    monkeypatch.setattr(file_chunk_store, "_syncfs", syncfs)
+    again = FileChunkStore(fstore.root)
+    await again.load()
+    assert flushed == [fstore.root]
+    assert await content(again, cid) == b"ab"
