@@ -37,7 +37,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from py3fs import caps, errors, local_peer, metrics, wire
@@ -161,6 +161,16 @@ def _usable(sock: wire.Conn) -> bool:
     return False  # end of stream, or bytes nobody asked for
 
 
+def _pop_usable(idle: list[_ClientConn]) -> _ClientConn | None:
+    """The newest pooled connection still usable; closes the others it meets."""
+    while idle:
+        conn = idle.pop()
+        if _usable(conn.sock):
+            return conn
+        conn.close()
+    return None
+
+
 _LOCAL_POOL = "unix:"  # pool key prefix of Unix connections
 _NOT_LOCAL_TTL = 10.0  # s before a node with no Unix socket is tried again
 
@@ -282,7 +292,7 @@ class DataClient:
         conn = await self._checkout(address, idle)
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
-        try:
+        with self._exchange(conn, idle, mtype.name, address):
             async with asyncio.timeout(timeout):
                 await wire.send_frame(loop, conn.sock, mtype, rid, body, payload)
                 frame = await wire.recv_frame(loop, conn.sock, self._max_payload)
@@ -295,20 +305,6 @@ class DataClient:
                     else:
                         data = bytearray(frame.payload_len)
                         await wire.recv_into(loop, conn.sock, memoryview(data))
-        except TimeoutError:
-            conn.broken = True
-            raise errors.RPCTimeout(f"{mtype.name} to {address} timed out") from None
-        except OSError as exc:
-            conn.broken = True
-            raise errors.RPCUnavailable(f"{mtype.name} to {address}: {exc}") from None
-        except BaseException:
-            conn.broken = True
-            raise
-        finally:
-            if conn.broken or self._closed or len(idle) >= self._max_idle:
-                conn.close()
-            else:
-                idle.append(conn)
         if frame.request_id != rid:
             raise errors.BadFrame(f"reply for request {frame.request_id}, sent {rid}")
         if isinstance(frame.body, wire.ErrorBody):
@@ -323,12 +319,30 @@ class DataClient:
     async def _checkout(self, address: str, idle: list[_ClientConn]) -> _ClientConn:
         """An idle pooled TCP connection to `address` still usable, or a new one
         (Unix connections have pools of their own: `call_fd`)."""
-        while idle:
-            conn = idle.pop()
-            if _usable(conn.sock):
-                return conn
-            conn.close()
-        return await self._connect(address)
+        return _pop_usable(idle) or await self._connect(address)
+
+    @contextlib.contextmanager
+    def _exchange(
+        self, conn: _ClientConn, idle: list[_ClientConn], what: str, address: str
+    ) -> Iterator[None]:
+        """Around one request and reply on `conn`: a failure breaks it and
+        becomes RPCTimeout or RPCUnavailable; after, it is pooled or closed."""
+        try:
+            yield
+        except TimeoutError:
+            conn.broken = True
+            raise errors.RPCTimeout(f"{what} to {address} timed out") from None
+        except OSError as exc:
+            conn.broken = True
+            raise errors.RPCUnavailable(f"{what} to {address}: {exc}") from None
+        except BaseException:
+            conn.broken = True
+            raise
+        finally:
+            if conn.broken or self._closed or len(idle) >= self._max_idle:
+                conn.close()
+            else:
+                idle.append(conn)
 
     async def call_fd(
         self, address: str, body: wire.ReadFdReq, *, timeout: float = 60.0
@@ -342,12 +356,7 @@ class DataClient:
         if not self._local:
             return None
         idle = self._idle.setdefault(_LOCAL_POOL + address, [])
-        conn = None
-        while idle and conn is None:
-            conn = idle.pop()
-            if not _usable(conn.sock):
-                conn.close()
-                conn = None
+        conn = _pop_usable(idle)
         if conn is None:
             if self._not_local.get(address, 0.0) > time.monotonic():
                 return None
@@ -360,27 +369,18 @@ class DataClient:
         rid = next(self._ids)
         fd: int | None = None
         try:
-            async with asyncio.timeout(timeout):
-                await wire.send_frame(loop, conn.sock, wire.MsgType.READ_FD, rid, body)
-                frame, fd = await recv_frame_fd(loop, conn.sock, self._max_payload)
-                if frame.payload_len:
-                    raise errors.BadFrame("READ_FD reply with a payload")
-        except TimeoutError:
-            conn.broken = True
-            raise errors.RPCTimeout(f"READ_FD to {address} timed out") from None
-        except OSError as exc:
-            conn.broken = True
-            raise errors.RPCUnavailable(f"READ_FD to {address}: {exc}") from None
+            with self._exchange(conn, idle, "READ_FD", address):
+                async with asyncio.timeout(timeout):
+                    await wire.send_frame(
+                        loop, conn.sock, wire.MsgType.READ_FD, rid, body
+                    )
+                    frame, fd = await recv_frame_fd(loop, conn.sock, self._max_payload)
+                    if frame.payload_len:
+                        raise errors.BadFrame("READ_FD reply with a payload")
         except BaseException:
-            conn.broken = True
             if fd is not None:
                 os.close(fd)
             raise
-        finally:
-            if conn.broken or self._closed or len(idle) >= self._max_idle:
-                conn.close()
-            else:
-                idle.append(conn)
         try:
             if frame.request_id != rid:
                 raise errors.BadFrame(

@@ -18,31 +18,16 @@ from __future__ import annotations
 from py3fs import errors, wire
 from storage_service.chunk_format import BLOCK_SIZE
 from storage_service.read_path import ReadPath
-from storage_service.targets import StorageContext
 
 
-async def read_fd(
-    ctx: StorageContext, reads: ReadPath, req: wire.ReadFdReq
-) -> tuple[wire.ReadFdReply, int]:
+async def read_fd(reads: ReadPath, req: wire.ReadFdReq) -> tuple[wire.ReadFdReply, int]:
     """The reply and the open data file (-1 when the range is empty; the caller
     closes it after sending)."""
     io = req.io
-    store = ctx.store(io.target_id)
-    open_range = getattr(store, "open_range", None)
+    open_range = getattr(await reads.admit(io), "open_range", None)
     if open_range is None:
         raise errors.InvalidArgument(
             f"target {io.target_id} does not keep its chunks in files"
-        )
-    if io.chain_id:
-        routing = await ctx.check_chain(io.chain_id, io.chain_ver)
-        if io.target_id not in routing.serving_targets(io.chain_id):
-            raise errors.TargetNotServing(f"target {io.target_id} not serving")
-    info = store.get(io.chunk_id)
-    committed = info.version if info else 0
-    pending = store.pending_version(io.chunk_id)
-    if pending > committed and not await reads._clean_enough(io, committed):
-        raise errors.ChunkNotCommitted(
-            f"chunk {io.chunk_id.hex()} has version {pending} in flight"
         )
     meta, start, end, fd = await open_range(io.chunk_id, io.offset, io.length)
     version = meta.info.version

@@ -14,7 +14,7 @@ import logging
 
 from chain_replication import craq
 from py3fs import errors, wire
-from storage_service.chunk_store import ChunkInfo
+from storage_service.chunk_store import ChunkInfo, ChunkStore
 from storage_service.resync import Resync
 from storage_service.targets import StorageContext
 
@@ -55,18 +55,7 @@ class ReadPath:
         self, io: wire.ReadIO, verify: bool
     ) -> tuple[wire.ReadResult, memoryview]:
         try:
-            store = self.ctx.store(io.target_id)
-            if io.chain_id:
-                routing = await self.ctx.check_chain(io.chain_id, io.chain_ver)
-                if io.target_id not in routing.serving_targets(io.chain_id):
-                    raise errors.TargetNotServing(f"target {io.target_id} not serving")
-            info = store.get(io.chunk_id)
-            committed = info.version if info else 0
-            pending = store.pending_version(io.chunk_id)
-            if pending > committed and not await self._clean_enough(io, committed):
-                raise errors.ChunkNotCommitted(
-                    f"chunk {io.chunk_id.hex()} has version {pending} in flight"
-                )
+            store = await self.admit(io)
             got, view = await store.read(io.chunk_id, io.offset, io.length, verify)
             whole = io.offset == 0 and view.nbytes == got.length
             crc = got.crc if whole else 0
@@ -80,6 +69,24 @@ class ReadPath:
         except Exception as exc:
             logger.exception("read of %s failed", io.chunk_id.hex())
             return wire.ReadResult(errors.Py3fsError.code, 0, 0, str(exc)), _EMPTY
+
+    async def admit(self, io: wire.ReadIO) -> ChunkStore:
+        """The store of `io`'s target, once CRAQ lets it answer: the target
+        serves the chain at the version asked, and the chunk has no update in
+        flight (or the tail still holds our committed version)."""
+        store = self.ctx.store(io.target_id)
+        if io.chain_id:
+            routing = await self.ctx.check_chain(io.chain_id, io.chain_ver)
+            if io.target_id not in routing.serving_targets(io.chain_id):
+                raise errors.TargetNotServing(f"target {io.target_id} not serving")
+        info = store.get(io.chunk_id)
+        committed = info.version if info else 0
+        pending = store.pending_version(io.chunk_id)
+        if pending > committed and not await self._clean_enough(io, committed):
+            raise errors.ChunkNotCommitted(
+                f"chunk {io.chunk_id.hex()} has version {pending} in flight"
+            )
+        return store
 
     async def _clean_enough(self, io: wire.ReadIO, committed: int) -> bool:
         """Ask the tail whether our committed version is still the latest one."""

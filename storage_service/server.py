@@ -221,7 +221,7 @@ class StorageServer(ServiceResource):
         if not conn.local:
             raise errors.InvalidArgument("READ_FD is served only over the Unix socket")
         self._authorize(wire.ReadReq([body.io], caps=[body.cap] if body.cap else []))
-        reply, fd = await read_fd(self.ctx, self.reads, body)
+        reply, fd = await read_fd(self.reads, body)
         if fd < 0:
             await conn.reply(M.READ_FD_REPLY, reply)
             return
