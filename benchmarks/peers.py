@@ -726,7 +726,22 @@ def _fio_figure(report: dict[str, Any], side: str) -> tuple[float, float]:
     return bw, iops
 
 
+def check_room(where: Path, s: Settings) -> None:
+    """Refuse a fio run that would fill the disk: every system here keeps up
+    to three copies of the fio files on the disk that holds `where`, and a
+    full disk fails every other process on the host, not just this run."""
+    size = int(s.fio_size.rstrip("M")) << 20  # Settings spells it in MiB
+    need = 3 * s.fio_jobs * size + (1 << 30)
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise RuntimeError(
+            f"fio needs ~{need >> 20} MiB free beside {where}, only {free >> 20} MiB"
+            " is; free some space or run with --quick"
+        )
+
+
 def bench_fio(root: Path, tmp: Path, s: Settings, notes: list[str]) -> dict[str, float]:
+    check_room(tmp, s)
     res: dict[str, float] = {}
     d = root / "fio"
     d.mkdir()
