@@ -45,6 +45,7 @@ import msgspec
 import pyfuse3
 
 from client import Client, File
+from client.file_io import ReadWindow, segment_size
 from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
 from fuse_mount.block_cache import BLOCK, BlockCache
@@ -74,6 +75,8 @@ class FileHandle:
     keep_cache: bool = False
     # Opened with O_DIRECT: reads bypass the block cache.
     direct: bool = False
+    # Read-ahead of the kernel's large sequential reads (see `read`).
+    window: ReadWindow | None = None
     # Being released: its write session is about to end (see `pin`).
     releasing: bool = False
     # Writes accepted since the last Sync reported the length: only then does
@@ -378,6 +381,12 @@ class OpenFiles:
         cache = self.cache
         # Reads fill their whole buffer (holes with zeros) or fail: no need
         # to zero-fill it first (py3fs.buffers).
+        if not handle.direct and n > BLOCK:
+            got = await self._from_window(handle, offset, n, length, gen)
+            if got is not None:
+                if cache.enabled:
+                    cache.put_range(handle.ino, gen, offset, got, length)
+                return got
         if not cache.enabled or handle.direct:
             buf = scratch(n)
             await self._fetch(handle, offset, buf, length)
@@ -403,6 +412,36 @@ class OpenFiles:
         view = memoryview(block)
         cache.put(handle.ino, index, gen, view)
         return view[offset - start : offset - start + n]
+
+    async def _from_window(
+        self, handle: FileHandle, offset: int, n: int, length: int, gen: int
+    ) -> bytearray | memoryview | None:
+        """A large read from the handle's read-ahead window, or None when it
+        is not part of a sequential stream (then read it from storage)."""
+        layout = handle.file.inode.layout
+        assert layout is not None
+        if handle.window is None:
+            handle.window = ReadWindow(
+                self._client.files, segment_size(layout.chunk_size)
+            )
+        return await handle.window.read(
+            handle.ino,
+            layout,
+            offset,
+            n,
+            length=length,
+            session=self._has_session(handle.ino),
+            generation=gen,
+        )
+
+    def _has_session(self, ino: int) -> bool:
+        """Whether any write session (a handle's or a pin) keeps the chunks
+        of `ino`."""
+        state = self._inodes.get(ino)
+        return bool(
+            state
+            and (state.pin or any(h.file.session_id for h in state.handles.values()))
+        )
 
     async def _fetch(
         self, handle: FileHandle, offset: int, buf: bytearray, length: int
