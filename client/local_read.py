@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
+from collections.abc import Callable
 
 from py3fs import errors, wire
 from py3fs.dataplane import DataClient
@@ -44,6 +45,7 @@ async def read_local(
     *,
     timeout: float,
     ahead: int = 0,
+    on_disk: Callable[[], None] | None = None,
 ) -> int | None:
     """Fill the start of `dest` with chunk bytes [io.offset, io.offset +
     io.length); returns how many the chunk has (the caller zeroes the rest), or
@@ -52,7 +54,7 @@ async def read_local(
     READ of the io would answer (ChunkNotFound, ChunkNotCommitted, ...).
     With `ahead`, a read that waits for the disk first has it read up to that
     many bytes of the chunk past the range too (a sequential reader's next
-    reads then find them in the page cache)."""
+    reads then find them in the page cache), and `on_disk` is called."""
     got = await data.call_fd(address, wire.ReadFdReq(io=io, cap=cap), timeout=timeout)
     if got is None:
         return None
@@ -72,6 +74,8 @@ async def read_local(
             except OSError:
                 ok = None  # not all cached, or the file system cannot say
         if ok is None:
+            if on_disk is not None:
+                on_disk()
             # With `ahead`: one read of the disk for this range and the next
             # ones, started before this range's pread waits on it.
             upto = min(io.offset + reply.length + ahead, reply.chunk_length)

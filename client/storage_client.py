@@ -20,6 +20,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from client.local_read import LOCAL_READ_MIN, read_local
@@ -340,11 +341,17 @@ class StorageClient:
         tail_only = False
         start = replica_for(inode, p.index)
         ahead = self._ahead(inode, layout, p) if p.length >= LOCAL_READ_MIN else 0
+        on_disk: Callable[[], None] | None = None
         if ahead and p.chunk_offset + p.length < layout.chunk_size:
             # A stream of partial reads of the chunk (a whole-chunk reader has
-            # its own read-ahead): the next chunk's start, on another chain,
-            # is read from disk while this one is read.
-            self._warm_next(inode, layout, p.index + 1)
+            # its own read-ahead) that reads from disk: the next chunk's
+            # start, on another chain, is read from disk while this one is
+            # read. A stream that finds its bytes in the page cache asks
+            # nothing; one whose chunks are warmed here keeps warming.
+            on_disk = partial(self._warm_next, inode, layout, p.index + 1)
+            if (inode, p.index) in self._warmed:
+                on_disk()
+                on_disk = None
 
         def sink(frame: wire.Frame) -> Sequence[memoryview]:
             body = frame.body
@@ -385,6 +392,7 @@ class StorageClient:
                         dest,
                         timeout=self._call_timeout,
                         ahead=ahead,
+                        on_disk=on_disk,
                     )
                 except errors.ChunkNotFound:
                     dest[:] = bytes(dest.nbytes)
