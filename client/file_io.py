@@ -31,7 +31,14 @@ from py3fs.proto.messages import Layout
 if TYPE_CHECKING:
     from client.client import Client
 
-__all__ = ["FileIO", "ReadAhead", "ReadItem", "ReadWindow", "segment_size"]
+__all__ = [
+    "FileIO",
+    "ReadAhead",
+    "ReadBudget",
+    "ReadItem",
+    "ReadWindow",
+    "segment_size",
+]
 
 
 class FileIO:
@@ -205,6 +212,25 @@ class ReadAhead:
         await self.invalidate()
 
 
+class ReadBudget:
+    """What the `ReadWindow`s sharing it may hold in all: each takes a
+    segment's bytes before fetching it and gives them back when it lets the
+    segment go (0: no bound)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.limit and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
 # Bounds of a `ReadWindow` segment: one READ_FD (or READ) and one pread per
 # segment instead of one per 1 MiB request, and at most a few MiB per buffer.
 _SEG_MIN = 1 << 20
@@ -240,8 +266,16 @@ class ReadWindow:
     A failed fetch is not an error here: the read is then not served, and the
     caller's own read reports (or gets around) it."""
 
-    def __init__(self, files: FileIO, segment: int, ahead: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        files: FileIO,
+        segment: int,
+        ahead: int = 8 << 20,
+        budget: ReadBudget | None = None,
+    ) -> None:
         self._files = files
+        # Bytes of segments all windows of a process may hold at once.
+        self._budget = budget or ReadBudget(0)
         self.segment = segment
         # Segments fetched past the one being read: at least `ahead` bytes
         # (the kernel's read-ahead window is 4 MiB) and two segments.
@@ -285,7 +319,7 @@ class ReadWindow:
         # Segments behind the one before this read are done with (a read of
         # that one may still be in flight, out of order).
         for start in [s for s in self._segs if s + seg <= first - seg]:
-            self._segs.pop(start)
+            self._budget.give(len(self._segs.pop(start)[1]))
         stop = min(length, (first // seg + 1 + self.ahead) * seg)
         for start in range(first, stop, seg):
             if start not in self._segs:
@@ -329,8 +363,11 @@ class ReadWindow:
         session: bool,
         generation: int,
     ) -> None:
+        size = min(self.segment, length - start)
+        if not self._budget.take(size):
+            return  # too much held by all windows: reads go to storage
         # Every byte of the buffer is written (holes as zeros) by the read.
-        buf = scratch(min(self.segment, length - start))
+        buf = scratch(size)
         task = asyncio.ensure_future(
             self._files.read(inode, layout, start, buf, length=length, session=session)
         )
@@ -342,6 +379,8 @@ class ReadWindow:
         recent reads ended stays known: the reads of one stream may arrive in
         any order, so one that is not a continuation may be followed by
         those that are."""
+        for _, buf, _ in self._segs.values():
+            self._budget.give(len(buf))
         self._segs.clear()
 
 

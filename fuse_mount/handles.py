@@ -45,7 +45,7 @@ import msgspec
 import pyfuse3
 
 from client import Client, File
-from client.file_io import ReadWindow, segment_size
+from client.file_io import ReadBudget, ReadWindow, segment_size
 from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
 from fuse_mount.block_cache import BLOCK, BlockCache
@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 _META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
 WRITE_BEHIND = 32 * 1024 * 1024  # bytes of acknowledged writes in flight per inode
 _SEEN_MAX = 65536  # inodes whose (mtime, length) at open is remembered
+# Bytes all handles' read-ahead windows may hold at once (16 MiB each at most;
+# past this, more sequential readers read straight from storage).
+READ_WINDOWS = 256 * 1024 * 1024
 
 
 @dataclass
@@ -215,6 +218,7 @@ class OpenFiles:
         # inode -> (mtime, length) at its last open here (see keep_cache)
         self._seen: dict[int, tuple[float, int]] = {}
         self._read_only = 0  # handles without a write session
+        self._windows = ReadBudget(READ_WINDOWS)
 
     def get(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
@@ -293,6 +297,8 @@ class OpenFiles:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if handle.window is not None:
+            handle.window.drop()
         if not handle.file.writable:
             self._read_only -= 1
         state = self._inodes.get(handle.ino)
@@ -422,7 +428,9 @@ class OpenFiles:
         assert layout is not None
         if handle.window is None:
             handle.window = ReadWindow(
-                self._client.files, segment_size(layout.chunk_size)
+                self._client.files,
+                segment_size(layout.chunk_size),
+                budget=self._windows,
             )
         return await handle.window.read(
             handle.ino,

@@ -9,7 +9,7 @@ import asyncio
 import os
 
 from client import Client
-from client.file_io import ReadWindow, segment_size
+from client.file_io import ReadBudget, ReadWindow, segment_size
 from client.storage_client import DISK_READ_AHEAD
 from client.striping import pieces
 
@@ -80,6 +80,37 @@ async def test_window_serves_overlapping_sequential_reads(fs: Client) -> None:
         assert served >= 16, (chunk, served)
         # Segments behind the reader go: what is held stays bounded.
         assert window.fetched <= (window.ahead + 2) * window.segment
+
+
+async def test_windows_share_a_budget(fs: Client) -> None:
+    """Windows hold no more than their shared budget; past it, reads are
+    declined (and read from storage), never wrong."""
+    data = os.urandom(20 * MiB)
+    await fs.write_file("/window-budget.bin", data, chunk_size=MiB)
+    budget = ReadBudget(3 * MiB)
+    windows = [ReadWindow(fs.files, MiB, budget=budget) for _ in range(2)]
+    node = await fs.stat("/window-budget.bin")
+    assert node.layout is not None
+    served = 0
+    for offset in range(0, len(data), MiB):
+        for window in windows:
+            got = await window.read(
+                node.inode,
+                node.layout,
+                offset,
+                MiB,
+                length=len(data),
+                session=False,
+                generation=0,
+            )
+            assert budget.used <= budget.limit
+            if got is not None:
+                served += 1
+                assert bytes(got) == data[offset : offset + MiB]
+    assert served > 0
+    for window in windows:
+        window.drop()
+    assert budget.used == 0
 
 
 async def test_window_follows_generations_and_declines_seeks(fs: Client) -> None:
