@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
+from collections.abc import Callable
 
 from py3fs import errors, wire
 from py3fs.dataplane import DataClient
@@ -43,12 +44,17 @@ async def read_local(
     dest: memoryview,
     *,
     timeout: float,
+    ahead: int = 0,
+    on_disk: Callable[[], None] | None = None,
 ) -> int | None:
     """Fill the start of `dest` with chunk bytes [io.offset, io.offset +
     io.length); returns how many the chunk has (the caller zeroes the rest), or
     None when this read is not done here (the node is not on this host, or a
     block failed its checksum): then read it over the network. Raises what a
-    READ of the io would answer (ChunkNotFound, ChunkNotCommitted, ...)."""
+    READ of the io would answer (ChunkNotFound, ChunkNotCommitted, ...).
+    With `ahead`, a read that waits for the disk first has it read up to that
+    many bytes of the chunk past the range too (a sequential reader's next
+    reads then find them in the page cache), and `on_disk` is called."""
     got = await data.call_fd(address, wire.ReadFdReq(io=io, cap=cap), timeout=timeout)
     if got is None:
         return None
@@ -68,13 +74,33 @@ async def read_local(
             except OSError:
                 ok = None  # not all cached, or the file system cannot say
         if ok is None:
+            if on_disk is not None:
+                on_disk()
+            # With `ahead`: one read of the disk for this range and the next
+            # ones, started before this range's pread waits on it.
+            upto = min(io.offset + reply.length + ahead, reply.chunk_length)
             try:
-                ok = await asyncio.to_thread(read_verified, fd, reply, io.offset, view)
+                ok = await asyncio.to_thread(
+                    _advised_read, fd, reply, io.offset, view, upto if ahead else 0
+                )
             except OSError:
                 ok = False  # the network read reports (or gets around) it
     finally:
         os.close(fd)
     return reply.length if ok else None
+
+
+def _advised_read(
+    fd: int, reply: wire.ReadFdReply, start: int, dest: memoryview, upto: int
+) -> bool:
+    """`read_verified`, having the kernel read file bytes [start, upto) first
+    (a hint: nothing when `upto` is 0)."""
+    if upto > start:
+        try:
+            os.posix_fadvise(fd, start, upto - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a hint only
+    return read_verified(fd, reply, start, dest)
 
 
 def read_verified(

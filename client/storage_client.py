@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from client.local_read import LOCAL_READ_MIN, read_local
@@ -32,6 +35,12 @@ from py3fs.tls import Tls
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# A sequential reader's reads of a chunk on this host have the disk read the
+# chunk's next bytes, up to this many, while it works on the current ones
+# (client.local_read).
+DISK_READ_AHEAD = 4 << 20
+_STREAMS_MAX = 1024  # chunks whose last read is remembered (`_ahead`)
+_WARMING_MAX = 16  # `_warm` asks under way at once
 # Asks meta for a capability: (inode, write) -> (capability, seconds valid).
 CapSource = Callable[[int, bool], Awaitable[tuple[bytes, float]]]
 # Batch reads: ios per READ frame (one frame per target and slice of a batch).
@@ -83,6 +92,83 @@ class StorageClient:
         self._ids = itertools.count(1)
         self._retry = RetryPolicy(initial=0.01, maximum=0.2, timeout=retry_timeout)
         self._call_timeout = call_timeout
+        # (inode, chunk index) -> where the last large read of it ended: a
+        # read that continues one is part of a sequential stream (`_ahead`).
+        self._ends: OrderedDict[tuple[int, int], int] = OrderedDict()
+        # Chunks whose disk read-ahead was asked for (`_warm`), and those asks
+        # under way.
+        self._warmed: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._warming: set[asyncio.Task[None]] = set()
+
+    def _ahead(self, inode: int, layout: Layout, p: Piece) -> int:
+        """How much of the chunk after piece `p` the disk should read ahead
+        (0: none): a read that continues an earlier one of the same chunk, or
+        the first read of a chunk after the one before it was read to its
+        end, is sequential, and the rest of the chunk will be read next."""
+        key = (inode, p.index)
+        prev = self._ends.pop(key, None)
+        seq = (p.chunk_offset > 0 and prev == p.chunk_offset) or (
+            p.chunk_offset == 0
+            and self._ends.get((inode, p.index - 1)) == layout.chunk_size
+        )
+        self._ends[key] = p.chunk_offset + p.length
+        if len(self._ends) > _STREAMS_MAX:
+            self._ends.popitem(last=False)
+        return DISK_READ_AHEAD if seq else 0
+
+    def _warm_next(self, inode: int, layout: Layout, index: int) -> None:
+        key = (inode, index)
+        if key in self._warmed or len(self._warming) >= _WARMING_MAX:
+            return
+        self._warmed[key] = None
+        if len(self._warmed) > _STREAMS_MAX:
+            self._warmed.popitem(last=False)
+        task = asyncio.ensure_future(self._warm(inode, layout, index))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, inode: int, layout: Layout, index: int) -> None:
+        """Have the replica that reads of chunk `index` go to (on this host)
+        read its first DISK_READ_AHEAD bytes from disk into the page cache: a
+        READ_FD (the checks of a read) whose file is only advised, not read.
+        A hint: any failure (no such chunk past the end of the file, a node
+        elsewhere) is ignored."""
+        try:
+            size = min(DISK_READ_AHEAD, layout.chunk_size)
+            p = next(iter(pieces(layout, index * layout.chunk_size, size)))
+            view = await self._routing.get()
+            targets = view.serving_targets(p.chain_id)
+            if not targets:
+                return
+            target = targets[replica_for(inode, index) % len(targets)]
+            io = wire.ReadIO(
+                target_id=target,
+                chunk_id=ids.chunk_id(inode, index),
+                offset=p.chunk_offset,
+                length=p.length,
+                chain_id=p.chain_id,
+                chain_ver=view.chain(p.chain_id).version,
+            )
+            got = await self._data.call_fd(
+                view.target_address(target),
+                wire.ReadFdReq(io=io, cap=await self.cap(inode, False)),
+                timeout=self._call_timeout,
+            )
+            if got is None or got[1] is None:
+                return
+            fd = got[1]
+            try:
+                await asyncio.to_thread(
+                    os.posix_fadvise,
+                    fd,
+                    io.offset,
+                    got[0].length,
+                    os.POSIX_FADV_WILLNEED,
+                )
+            finally:
+                os.close(fd)
+        except (errors.Py3fsError, OSError, StopIteration):
+            pass
 
     async def _retrying(
         self, what: str, attempt: Callable[[RoutingView, int], Awaitable[T]]
@@ -254,6 +340,18 @@ class StorageClient:
         avoid: set[int] = set()
         tail_only = False
         start = replica_for(inode, p.index)
+        ahead = self._ahead(inode, layout, p) if p.length >= LOCAL_READ_MIN else 0
+        on_disk: Callable[[], None] | None = None
+        if ahead and p.chunk_offset + p.length < layout.chunk_size:
+            # A stream of partial reads of the chunk (a whole-chunk reader has
+            # its own read-ahead) that reads from disk: the next chunk's
+            # start, on another chain, is read from disk while this one is
+            # read. A stream that finds its bytes in the page cache asks
+            # nothing; one whose chunks are warmed here keeps warming.
+            on_disk = partial(self._warm_next, inode, layout, p.index + 1)
+            if (inode, p.index) in self._warmed:
+                on_disk()
+                on_disk = None
 
         def sink(frame: wire.Frame) -> Sequence[memoryview]:
             body = frame.body
@@ -293,6 +391,8 @@ class StorageClient:
                         cap,
                         dest,
                         timeout=self._call_timeout,
+                        ahead=ahead,
+                        on_disk=on_disk,
                     )
                 except errors.ChunkNotFound:
                     dest[:] = bytes(dest.nbytes)
@@ -503,6 +603,10 @@ class StorageClient:
         return await self._data.call(address, mtype, body, timeout=self._call_timeout)
 
     async def aclose(self) -> None:
+        for task in list(self._warming):
+            task.cancel()
+        if self._warming:
+            await asyncio.wait(list(self._warming))
         await self._data.aclose()
 
 

@@ -45,6 +45,7 @@ import msgspec
 import pyfuse3
 
 from client import Client, File
+from client.file_io import ReadBudget, ReadWindow, segment_size
 from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
 from fuse_mount.block_cache import BLOCK, BlockCache
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 _META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
 WRITE_BEHIND = 32 * 1024 * 1024  # bytes of acknowledged writes in flight per inode
 _SEEN_MAX = 65536  # inodes whose (mtime, length) at open is remembered
+# Bytes all handles' read-ahead windows may hold at once (16 MiB each at most;
+# past this, more sequential readers read straight from storage).
+READ_WINDOWS = 256 * 1024 * 1024
 
 
 @dataclass
@@ -74,6 +78,8 @@ class FileHandle:
     keep_cache: bool = False
     # Opened with O_DIRECT: reads bypass the block cache.
     direct: bool = False
+    # Read-ahead of the kernel's large sequential reads (see `read`).
+    window: ReadWindow | None = None
     # Being released: its write session is about to end (see `pin`).
     releasing: bool = False
     # Writes accepted since the last Sync reported the length: only then does
@@ -212,6 +218,7 @@ class OpenFiles:
         # inode -> (mtime, length) at its last open here (see keep_cache)
         self._seen: dict[int, tuple[float, int]] = {}
         self._read_only = 0  # handles without a write session
+        self._windows = ReadBudget(READ_WINDOWS)
 
     def get(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
@@ -290,6 +297,8 @@ class OpenFiles:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if handle.window is not None:
+            handle.window.drop()
         if not handle.file.writable:
             self._read_only -= 1
         state = self._inodes.get(handle.ino)
@@ -378,6 +387,12 @@ class OpenFiles:
         cache = self.cache
         # Reads fill their whole buffer (holes with zeros) or fail: no need
         # to zero-fill it first (py3fs.buffers).
+        if not handle.direct and n > BLOCK:
+            got = await self._from_window(handle, offset, n, length, gen)
+            if got is not None:
+                if cache.enabled:
+                    cache.put_range(handle.ino, gen, offset, got, length)
+                return got
         if not cache.enabled or handle.direct:
             buf = scratch(n)
             await self._fetch(handle, offset, buf, length)
@@ -403,6 +418,38 @@ class OpenFiles:
         view = memoryview(block)
         cache.put(handle.ino, index, gen, view)
         return view[offset - start : offset - start + n]
+
+    async def _from_window(
+        self, handle: FileHandle, offset: int, n: int, length: int, gen: int
+    ) -> bytearray | memoryview | None:
+        """A large read from the handle's read-ahead window, or None when it
+        is not part of a sequential stream (then read it from storage)."""
+        layout = handle.file.inode.layout
+        assert layout is not None
+        if handle.window is None:
+            handle.window = ReadWindow(
+                self._client.files,
+                segment_size(layout.chunk_size),
+                budget=self._windows,
+            )
+        return await handle.window.read(
+            handle.ino,
+            layout,
+            offset,
+            n,
+            length=length,
+            session=self._has_session(handle.ino),
+            generation=gen,
+        )
+
+    def _has_session(self, ino: int) -> bool:
+        """Whether any write session (a handle's or a pin) keeps the chunks
+        of `ino`."""
+        state = self._inodes.get(ino)
+        return bool(
+            state
+            and (state.pin or any(h.file.session_id for h in state.handles.values()))
+        )
 
     async def _fetch(
         self, handle: FileHandle, offset: int, buf: bytearray, length: int
