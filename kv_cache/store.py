@@ -73,7 +73,8 @@ class KVCacheStore:
     mid-read. The release goes out as the get returns and is not waited for
     (a meta round trip per batch, on a get's critical path for nothing); this
     handle's own later puts, removals, evictions and leases wait for it, so
-    they see the pages unleased as before."""
+    they see the pages unleased as before, and so does leaving `async with
+    store` (before closing the client; else the lease simply runs out)."""
 
     def __init__(
         self,

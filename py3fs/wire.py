@@ -55,7 +55,8 @@ _RELEASE_GIL_BYTES: Final = 1 << 20
 
 
 def crc32c(data: Any, value: int = 0) -> int:
-    n = data.nbytes if type(data) is memoryview else len(data)
+    kind = type(data)
+    n = len(data) if kind is bytes or kind is bytearray else memoryview(data).nbytes
     return int(_crc32c.crc32c(data, value, 1 if n >= _RELEASE_GIL_BYTES else 0))
 
 

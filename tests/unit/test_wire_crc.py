@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from array import array
 
 import crc32c as lib
 import pytest
@@ -21,6 +22,9 @@ def test_crc32c_matches_the_library(n: int) -> None:
     assert wire.crc32c(data) == want
     assert wire.crc32c(bytearray(data)) == want
     assert wire.crc32c(memoryview(data)) == want
+    # A buffer that is not bytes (an array of 4-byte items): sized in bytes.
+    if n % 4 == 0:
+        assert wire.crc32c(array("I", data)) == want
     # Chained: the checksum of a concatenation from its parts.
     half = n // 2
     assert wire.crc32c(memoryview(data)[half:], wire.crc32c(data[:half])) == want
