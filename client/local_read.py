@@ -34,6 +34,10 @@ LOCAL_READ_MIN = 256 << 10
 # to a thread.
 THREAD_MIN = 2 << 20
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+# A read is copied and checked this many bytes at a time: small enough to be
+# checked from the CPU cache right after the copy, big enough that the syscalls
+# do not add up (a 4.3 MiB KV page: 9 preadv instead of 1).
+SPAN = 512 << 10
 
 
 async def read_local(
@@ -126,19 +130,30 @@ def read_verified(
     head, tail = bytearray(start - lo), bytearray(hi - end)
     segs = [(lo, memoryview(head)), (start, dest), (end, memoryview(tail))]
     segs = [(at, v) for at, v in segs if v.nbytes]
-    got = os.preadv(fd, [v for _, v in segs], lo, flags)
-    if got != hi - lo:
-        if flags:
-            raise BlockingIOError  # partly cached: the rest may wait
-        return False  # the file is shorter now: truncated or replaced meanwhile
-    for i, want in enumerate(crcs):
-        a = lo + i * bs
-        b = min(a + bs, hi)
-        crc = 0
-        for at, v in segs:
-            x, y = max(a, at), min(b, at + v.nbytes)
-            if x < y:
-                crc = wire.crc32c(v[x - at : y - at], crc)
-        if crc != want:
-            return False
+    # Span by span: each is checked right after it is read, while it is still
+    # in the CPU cache (one preadv of 4 MiB and then its checksums read every
+    # byte from memory twice more); see SPAN.
+    span = SPAN // bs * bs or bs
+    for a in range(lo, hi, span):
+        b = min(a + span, hi)
+        views = [
+            v[max(a, at) - at : min(b, at + v.nbytes) - at]
+            for at, v in segs
+            if max(a, at) < min(b, at + v.nbytes)
+        ]
+        got = os.preadv(fd, views, a, flags)
+        if got != b - a:
+            if flags:
+                raise BlockingIOError  # partly cached: the rest may wait
+            return False  # the file is shorter now: truncated or replaced
+        for i in range((a - lo) // bs, -(-(b - lo) // bs)):
+            x = lo + i * bs
+            y = min(x + bs, hi)
+            crc = 0
+            for at, v in segs:
+                p, q = max(x, at), min(y, at + v.nbytes)
+                if p < q:
+                    crc = wire.crc32c(v[p - at : q - at], crc)
+            if crc != crcs[i]:
+                return False
     return True

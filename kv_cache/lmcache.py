@@ -221,6 +221,7 @@ class Py3fsConnector(RemoteConnector):
     async def close(self) -> None:
         if self._store is not None:
             store, self._store = self._store, None
+            await store.__aexit__(None, None, None)  # read leases released
             await store.client.aclose()
 
 

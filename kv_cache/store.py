@@ -70,7 +70,11 @@ class KVCacheStore:
     never) makes pages idle that long count as missing, and `gc()` remove them.
     A `get` leases its pages while it reads them (released after, or expired
     after `read_lease` seconds) so a concurrent eviction cannot remove them
-    mid-read."""
+    mid-read. The release goes out as the get returns and is not waited for
+    (a meta round trip per batch, on a get's critical path for nothing); this
+    handle's own later puts, removals, evictions and leases wait for it, so
+    they see the pages unleased as before, and so does leaving `async with
+    store` (before closing the client; else the lease simply runs out)."""
 
     def __init__(
         self,
@@ -107,6 +111,8 @@ class KVCacheStore:
         self._chunk_size = chunk_size
         self._stripe = stripe
         self.info: KvStoreInfo | None = None
+        # Read leases being released (`get`), awaited by `_settle`.
+        self._releases: set[asyncio.Task[None]] = set()
         self._metrics = dict.fromkeys(
             (
                 "hits",
@@ -151,7 +157,15 @@ class KVCacheStore:
         return await self.open() if self.info is None else self
 
     async def __aexit__(self, *exc: object) -> None:
-        """The client belongs to the caller; nothing to release here."""
+        """The client belongs to the caller; only read leases being released
+        are waited for."""
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait until the read leases of finished gets are released."""
+        pending = [t for t in self._releases if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
 
     @property
     def path(self) -> str:
@@ -209,9 +223,13 @@ class KVCacheStore:
                 await asyncio.gather(*reads)
             finally:
                 if reply.pages:
-                    await self._release(
-                        [keys[r.start + p.index] for p in reply.pages], holder
+                    task = asyncio.ensure_future(
+                        self._release(
+                            [keys[r.start + p.index] for p in reply.pages], holder
+                        )
                     )
+                    self._releases.add(task)
+                    task.add_done_callback(self._releases.discard)
             for p in reply.pages:
                 out[r.start + p.index] = True
         hits = sum(out)
@@ -247,6 +265,7 @@ class KVCacheStore:
         is raised). May evict (see the class docstring)."""
         if len(keys) != len(buffers):
             raise errors.InvalidArgument("one buffer per key")
+        await self._settle()
         views = [byte_view(b) for b in buffers]
         for v in views:
             if self.page_bytes and v.nbytes != self.page_bytes:
@@ -294,6 +313,7 @@ class KVCacheStore:
 
     async def remove(self, keys: Sequence[bytes]) -> int:
         """Remove pages (leased ones stay); returns how many were removed."""
+        await self._settle()
         n = 0
         for r in _batches(len(keys), self.batch):
             req = KvKeysReq(store=self.name, keys=[keys[i] for i in r])
@@ -321,7 +341,7 @@ class KVCacheStore:
 
     async def _release(self, keys: list[bytes], holder: str) -> None:
         try:
-            await asyncio.shield(self._lease(keys, 0.0, holder))
+            await self._lease(keys, 0.0, holder)
         except errors.Py3fsError as exc:
             # The lease runs out by itself after `read_lease` seconds.
             logger.warning("releasing read lease failed: %s", exc)
@@ -334,6 +354,7 @@ class KVCacheStore:
         (at most `ttl` seconds, so a dead holder cannot pin them forever).
         Yields how many of the keys exist."""
         holder = uuid.uuid4().hex
+        await self._settle()
         n = await self._lease(keys, ttl, holder)
         try:
             yield n
@@ -347,6 +368,7 @@ class KVCacheStore:
         return await self.client.meta.kv_store_stats(req)
 
     async def _evict(self, target: int, ttl: float, staging_ttl: float) -> KvEvictReply:
+        await self._settle()
         evicted = nbytes = staged = 0
         while True:
             req = KvEvictReq(
@@ -379,6 +401,7 @@ class KVCacheStore:
         """Evict down to the low watermark when above the high one."""
         if not self.capacity_bytes:
             return 0
+        await self._settle()
         used = (await self.stats()).used_bytes
         if used <= self.high_watermark * self.capacity_bytes:
             return 0

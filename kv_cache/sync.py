@@ -74,6 +74,7 @@ class SyncKVCacheStore:
 
     def close(self) -> None:
         try:
+            self._run(self.store.__aexit__(None, None, None))  # leases released
             self._run(self.store.client.aclose())
         finally:
             self._stop()

@@ -173,6 +173,8 @@ def _pop_usable(idle: list[_ClientConn]) -> _ClientConn | None:
 
 _LOCAL_POOL = "unix:"  # pool key prefix of Unix connections
 _NOT_LOCAL_TTL = 10.0  # s before a node with no Unix socket is tried again
+# s a listening user stays trusted for an address (DataClient._is_server)
+_LISTENERS_TTL = 60.0
 
 
 class DataClient:
@@ -199,6 +201,9 @@ class DataClient:
         # Addresses whose Unix socket was not there, until when (monotonic):
         # a remote node is not asked again for every read.
         self._not_local: dict[str, float] = {}
+        # Users listening on each address's TCP port, until when (_is_server).
+        self._listeners: dict[str, tuple[float, set[int]]] = {}
+        self._listener_jobs: dict[str, asyncio.Future[set[int]]] = {}
         self._ids = itertools.count(1)
         self._max_payload = max_payload
         self._max_idle = max_idle_per_peer
@@ -223,9 +228,12 @@ class DataClient:
             raise
         host, port = _split_address(address)
         try:
-            trusted = local_peer.is_server(sock, host, port)
+            trusted = await self._is_server(sock, address, host, port)
         except OSError:
             trusted = False
+        except BaseException:
+            sock.close()
+            raise
         if not trusted:
             logger.warning(
                 "the Unix socket of %s is not held by its TCP listener's user: "
@@ -235,6 +243,32 @@ class DataClient:
             sock.close()
             return None
         return _ClientConn(sock, local=True)
+
+    async def _is_server(
+        self, sock: socket.socket, address: str, host: str, port: int
+    ) -> bool:
+        """local_peer.is_server, with the listeners' users remembered for
+        _LISTENERS_TTL: /proc/net/tcp lists every socket of the host (~1,000
+        on a busy one: 3-40 ms to read and parse), and a client opening
+        connections for a batch of same-host reads paid that for each, on the
+        loop. Only a match is taken from memory; a peer that does not match
+        is checked against fresh tables."""
+        peer = local_peer.peer_uid(sock)
+        known = self._listeners.get(address)
+        if known is not None and known[0] > time.monotonic() and peer in known[1]:
+            return True
+        # Connections opened at once for one address share one reading.
+        job = self._listener_jobs.get(address)
+        if job is None:
+            job = asyncio.ensure_future(
+                asyncio.to_thread(local_peer.listener_uids, host, port)
+            )
+            self._listener_jobs[address] = job
+            job.add_done_callback(lambda _: self._listener_jobs.pop(address, None))
+        uids = await asyncio.shield(job)
+        if uids:
+            self._listeners[address] = (time.monotonic() + _LISTENERS_TTL, uids)
+        return peer in uids
 
     async def _connect(self, address: str) -> _ClientConn:
         loop = asyncio.get_running_loop()

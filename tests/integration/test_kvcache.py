@@ -120,6 +120,26 @@ async def test_lru_eviction_spares_leased_pages(fs: Client) -> None:
     await check_consistent(fs, store)
 
 
+async def test_a_get_releases_its_read_lease(fs: Client) -> None:
+    """A get's lease is released as it returns, without the caller waiting
+    for it; this handle's next eviction finds the pages unleased, and one
+    page read while another holder leases it stays leased by that holder."""
+    page = 4096
+    store = await KVCacheStore(fs, "release", page, read_lease=300.0).open()
+    keys = page_keys(tokens(9, 3 * 64))
+    await store.put(keys, [page_data(k, page) for k in keys])
+    bufs = [bytearray(page) for _ in keys]
+    async with store.lease([keys[0]]):
+        for _ in range(3):
+            assert await store.get(keys, bufs) == [True] * 3
+        # A lease of 300 s not released would keep keys 1 and 2 here.
+        assert await store.evict(0) == 2
+        assert await store.exists(keys) == [True, False, False]
+    assert await store.evict(0) == 1
+    async with store:
+        pass  # nothing left to release
+
+
 async def test_index_and_files_agree_after_meta_kill(
     fs: Client, cluster: LocalCluster
 ) -> None:

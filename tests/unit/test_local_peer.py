@@ -117,3 +117,50 @@ def test_a_squatter_of_another_user_or_without_a_listener_is_not_used() -> None:
         assert asyncio.run(_local_conn(address)) is None
     finally:
         squatter.stop()
+
+
+def test_the_listening_user_is_read_once_per_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/proc/net/tcp costs milliseconds on a busy host: a client opening many
+    connections to one node reads it once, and reads it again for a peer
+    that the remembered users do not cover."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(dataplane.local_name(address))
+    server.listen(8)
+    reads: list[int] = []
+    real = local_peer.listener_uids
+
+    def counted(host: str, port: int) -> set[int]:
+        reads.append(port)
+        return real(host, port)
+
+    monkeypatch.setattr(local_peer, "listener_uids", counted)
+
+    async def connect_many(n: int) -> int:
+        client = dataplane.DataClient(local=True)
+        try:
+            conns = await asyncio.gather(
+                *(client._connect_local(address) for _ in range(n))
+            )
+            assert all(c is not None for c in conns)
+            for c in conns:
+                c.close()  # type: ignore[union-attr]
+            # A peer the remembered users do not cover: read again.
+            client._listeners[address] = (1e18, {os.geteuid() + 1})
+            again = await client._connect_local(address)
+            assert again is not None
+            again.close()
+            return len(reads)
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(connect_many(4)) == 2
+    finally:
+        server.close()
+        listener.close()

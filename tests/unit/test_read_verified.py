@@ -86,3 +86,27 @@ def test_a_reply_that_does_not_cover_the_range_is_refused(
     )
     with pytest.raises(errors.BadFrame):
         read_verified(fd, cut, 3 * BS, memoryview(bytearray(10)))
+
+
+def test_reads_longer_than_a_span_check_every_block(tmp_path: Path) -> None:
+    """A range of several spans (local_read.SPAN), starting and ending inside
+    blocks: every byte arrives and a bad block in a later span is caught."""
+    from client.local_read import SPAN
+
+    data = os.urandom(2 * SPAN + 3 * BS + 123)
+    path = tmp_path / "long.d"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        reply = _reply(data)
+        for start, n in [(0, len(data)), (77, len(data) - 200), (SPAN - 1, SPAN + 2)]:
+            buf = bytearray(n)
+            assert read_verified(fd, reply, start, memoryview(buf))
+            assert buf == data[start : start + n]
+        bad = SPAN + 2 * BS + 5
+        os.pwrite(fd, bytes([data[bad] ^ 0x40]), bad)
+        assert read_verified(fd, reply, 0, memoryview(bytearray(SPAN)))
+        assert not read_verified(fd, reply, 0, memoryview(bytearray(len(data))))
+        assert not read_verified(fd, reply, bad - 1, memoryview(bytearray(2)))
+    finally:
+        os.close(fd)
