@@ -66,6 +66,7 @@ from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
 from fuse_mount.block_cache import BLOCK, BlockCache
 from fuse_mount.page_store import PageStore, around
+from py3fs import faults
 from py3fs.buffers import scratch
 from py3fs.proto.messages import Inode, OpenReply, OpenReq
 
@@ -453,6 +454,10 @@ class OpenFiles:
             # The whole block: storage reads and verifies all of it anyway.
             block = bytearray(min(BLOCK, length - start))
             await self._fetch(handle, start, block, length)
+            if faults.delaying("mount.read.after_fetch"):
+                # A slow fetch, for the test that proves one overtaken by an
+                # invalidation is not stored (off the loop, which must go on).
+                await asyncio.to_thread(faults.fault_point, "mount.read.after_fetch")
             view = memoryview(block)
             cache.put(handle.ino, index, gen, view)
         pages = self.pages
@@ -527,13 +532,19 @@ class OpenFiles:
         handle = self.get(fh)
         self.cache.invalidate(handle.ino)
         self._wrote(handle)
-        if not handle.append:
-            return await self._gather(handle, offset, data)
-        async with self._inodes[handle.ino].lock:
-            await self._flush_inode(handle.ino)
-            n = await handle.file.append(data)
-            self._adopt(handle.ino, handle.file.inode)
-        return n
+        try:
+            if not handle.append:
+                return await self._gather(handle, offset, data)
+            async with self._inodes[handle.ino].lock:
+                await self._flush_inode(handle.ino)
+                n = await handle.file.append(data)
+                self._adopt(handle.ino, handle.file.inode)
+            return n
+        finally:
+            # Again once the bytes are where a read finds them (gathered, sent
+            # or appended): a read that began during the awaits above flushed
+            # and fetched without them, so its block must not be kept.
+            self.cache.invalidate(handle.ino)
 
     async def _gather(self, handle: FileHandle, offset: int, data: bytes) -> int:
         layout = handle.file.inode.layout
