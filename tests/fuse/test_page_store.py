@@ -38,8 +38,11 @@ SETTLE = 2 * DELAY + 1  # long enough for any slowed store to have landed
 SLOW_STORE = pytest.mark.parametrize(
     "slow_mount", ["mount.page_store.before"], indirect=True
 )
+# The fetch slowed so an open overtakes it; its store slowed so that, were it
+# made, it would land after the kernel dropped the pages at that open (which
+# waits for the READ under way).
 SLOW_FETCH = pytest.mark.parametrize(
-    "slow_mount", ["mount.read.after_fetch"], indirect=True
+    "slow_mount", ["mount.read.after_fetch+mount.page_store.before"], indirect=True
 )
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,9 +94,10 @@ def wait_for(check: object, timeout: float = 20.0) -> bool:
 def slow_mount(
     fuse_cluster: LocalCluster, request: pytest.FixtureRequest
 ) -> Iterator[Mount]:
-    """A mount of its own whose first store or fetch is slowed (the point is
-    the fixture's parameter)."""
-    env = {faults.ENV: faults.env_value(**{request.param: f"delay:{DELAY}"})}
+    """A mount of its own whose first store or fetch is slowed (the points,
+    joined by "+", are the fixture's parameter)."""
+    points = {name: f"delay:{DELAY}" for name in request.param.split("+")}
+    env = {faults.ENV: faults.env_value(**points)}
     base = Path(tempfile.mkdtemp(prefix="py3fs-pagestore-"))
     base.chmod(0o755)
     try:
@@ -247,26 +251,36 @@ def test_other_clients_write_shows_at_next_open(
 
 
 @SLOW_FETCH
-def test_fetch_overtaken_by_truncate_is_not_stored(slow_mount: Mount) -> None:
-    """A truncation that comes while a small read's fetch is under way: the
-    fetched (old) block is not stored, which would bring back the old size
-    and bytes (rule: no store after an invalidation since the fetch began)."""
-    d = _dir(slow_mount, "truncated")
-    data = random.Random(6).randbytes(2 * BLOCK)
+def test_fetch_overtaken_by_an_open_is_not_stored(
+    slow_mount: Mount, fuse_cluster: LocalCluster
+) -> None:
+    """A small read's fetch brings the old bytes, another client rewrites the
+    file, and an open on this mount finds it changed, all before the fetch
+    returns: its (old) block is not stored over the pages the new open reads
+    (rule: no store after an invalidation since the fetch began)."""
+    d = _dir(slow_mount, "overtaken")
+    rng = random.Random(6)
+    data = rng.randbytes(BLOCK)
     f = d / "f"
     f.write_bytes(data)
+    new = rng.randbytes(BLOCK)
+
+    async def rewrite() -> None:
+        async with client_for(fuse_cluster) as fs:
+            await fs.write_file(cluster_path(slow_mount, f), new)
+
     fd = _fresh_reader(f)
     try:
         reader = threading.Thread(target=os.pread, args=(fd, PAGE, 0))
         reader.start()
-        time.sleep(DELAY / 3)  # the fetch is done, its store not decided
-        os.truncate(f, 0)
-        reader.join(timeout=30)
-        assert not reader.is_alive()
-        time.sleep(SETTLE)
-        assert os.stat(f).st_size == 0
-        with open(f, "rb") as fh:
-            assert fh.read() == b""
+        time.sleep(DELAY / 3)  # its fetch is done (old bytes), its store not decided
+        asyncio.run(rewrite())
+        with open(f, "rb", buffering=0) as fh:
+            reader.join(timeout=30)
+            assert not reader.is_alive()
+            time.sleep(SETTLE)
+            assert os.pread(fh.fileno(), PAGE, 5 * PAGE) == new[5 * PAGE : 6 * PAGE]
+            assert fh.read() == new
     finally:
         os.close(fd)
 
