@@ -73,6 +73,7 @@ from py3fs.proto.messages import Inode, OpenReply, OpenReq
 logger = logging.getLogger(__name__)
 _META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
 WRITE_BEHIND = 32 * 1024 * 1024  # bytes of acknowledged writes in flight per inode
+SLOW_FETCH = "mount.read.after_fetch"  # a fault point (tests/fuse/test_page_store.py)
 _SEEN_MAX = 65536  # inodes whose (mtime, length) at open is remembered
 
 
@@ -454,10 +455,10 @@ class OpenFiles:
             # The whole block: storage reads and verifies all of it anyway.
             block = bytearray(min(BLOCK, length - start))
             await self._fetch(handle, start, block, length)
-            if faults.delaying("mount.read.after_fetch"):
+            if faults.delaying(SLOW_FETCH):
                 # A slow fetch, for the test that proves one overtaken by an
                 # invalidation is not stored (off the loop, which must go on).
-                await asyncio.to_thread(faults.fault_point, "mount.read.after_fetch")
+                await asyncio.to_thread(lambda: faults.fault_point(SLOW_FETCH))
             view = memoryview(block)
             cache.put(handle.ino, index, gen, view)
         pages = self.pages
