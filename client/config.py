@@ -57,6 +57,10 @@ class ClientConfig:
     # (0 turns it off): fuse_mount.block_cache. Same consistency as the
     # kernel's page cache (close-to-open).
     read_cache_mib: int = 512
+    # A small read's block also goes to the kernel's page cache
+    # (FUSE_NOTIFY_STORE, fuse_mount.page_store): later small reads in it
+    # reach no daemon. Needs read_cache_mib.
+    store_pages: bool = True
 
 
 def cluster_file(path: str | None = None) -> str:

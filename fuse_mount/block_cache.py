@@ -82,6 +82,16 @@ class BlockCache:
         self.hits += 1
         return data[start : start + n]
 
+    def get_block(self, ino: int, index: int, need: int) -> memoryview | None:
+        """All of block `index` of `ino` if current and at least `need` bytes
+        long (`get` of a whole block)."""
+        data = self._block(ino, index, self._gens.get(ino, self._floor), need)
+        if data is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return data
+
     def get_range(self, ino: int, offset: int, n: int) -> bytearray | None:
         """`get` of a range over several blocks: all of them current, or None."""
         current = self._gens.get(ino, self._floor)

@@ -25,6 +25,23 @@ client closed it after writing in between (close-to-open consistency).
 Small reads: a read within one 64 KiB block fetches the whole block and keeps
 it in the mount's `BlockCache` (fuse_mount.block_cache), dropped on this
 mount's writes and at an open that finds the file changed, as the page cache.
+It also hands the block's other pages to the kernel's page cache
+(`PageStore`), so later small reads in the block reach no daemon at all.
+A store lands later than it is decided (on a thread: it waits for page
+locks), so it must never carry older bytes over newer ones:
+- no store for an inode while this daemon has it open for writing, or
+  truncates it (`_writing`): the kernel's own writes and truncations are
+  the only ones that change its pages, and they need a writable handle or a
+  SETATTR, each counted before its first await;
+- an open for writing and a truncation wait, before they answer, for the
+  inode's stores under way (`PageStore.drained`), so none lands after a write
+  or truncation it could overtake; every open waits too, so a store of bytes
+  fetched before another client's change cannot land after the open that
+  dropped the page cache for that change (close-to-open);
+- a fetch that an invalidation of the block cache overtook (a write, a
+  truncation, an open that found the file changed, a USRBIO length change)
+  is not stored; O_DIRECT handles never store; a store never reaches past
+  the length the read used (it would extend the kernel's file size).
 
 Unlinked-but-open files: meta keeps the chunks of an unlinked file while it has
 write sessions, but read-only opens have none (as in 3FS). Before this daemon
@@ -49,12 +66,15 @@ from client.file_io import ReadBudget, ReadWindow, segment_size
 from client.meta_client import acting_as
 from fuse_mount.attrs import AttrCache
 from fuse_mount.block_cache import BLOCK, BlockCache
+from fuse_mount.page_store import PageStore, around
+from py3fs import faults
 from py3fs.buffers import scratch
-from py3fs.proto.messages import Inode, OpenReq
+from py3fs.proto.messages import Inode, OpenReply, OpenReq
 
 logger = logging.getLogger(__name__)
 _META_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
 WRITE_BEHIND = 32 * 1024 * 1024  # bytes of acknowledged writes in flight per inode
+SLOW_FETCH = "mount.read.after_fetch"  # a fault point (tests/fuse/test_page_store.py)
 _SEEN_MAX = 65536  # inodes whose (mtime, length) at open is remembered
 # Bytes all handles' read-ahead windows may hold at once (16 MiB each at most;
 # past this, more sequential readers read straight from storage).
@@ -206,9 +226,16 @@ class OpenFiles:
         client: Client,
         attrs: AttrCache | None = None,
         cache: BlockCache | None = None,
+        pages: PageStore | None = None,
     ) -> None:
         self._client = client
         self.cache = cache or BlockCache(0)
+        # Stores into the kernel's page cache (None: off, as for tests
+        # without a FUSE session).
+        self.pages = pages
+        # inode -> writable handles open or opening, and truncations under
+        # way, on this daemon: no page store for these (see the docstring).
+        self._writing: dict[int, int] = {}
         # The mount's attribute cache, kept current with what meta answers to
         # this daemon's opens, syncs and closes.
         self._attrs = attrs or AttrCache(0)
@@ -258,9 +285,30 @@ class OpenFiles:
         itself, for a FUSE request (O_CREAT creates it with `perm`)."""
         req = OpenReq(at=at, path=name, flags=flags & _META_FLAGS, mode=perm)
         reply = await self._client.open_inode(req)
+        writes = _writes(flags)
+        if writes:
+            # Counted from the reply (the kernel sends no WRITE before this
+            # open answers) until the handle's release; undone on failure.
+            self._writing_add(reply.inode.inode, 1)
+        try:
+            return await self._open(req, reply, flags)
+        except BaseException:
+            if writes:
+                self._writing_add(reply.inode.inode, -1)
+            raise
+
+    def _writing_add(self, ino: int, n: int) -> None:
+        left = self._writing.get(ino, 0) + n
+        if left:
+            self._writing[ino] = left
+        else:
+            del self._writing[ino]
+
+    async def _open(self, req: OpenReq, reply: OpenReply, flags: int) -> FileHandle:
         if reply.parent is not None:
             self._attrs.put(reply.parent)
-        file = File(self._client, name or f"inode {at}", flags & _META_FLAGS, reply)
+        name = req.path or f"inode {req.at}"
+        file = File(self._client, name, flags & _META_FLAGS, reply)
         node = reply.inode
         old_length = 0
         if flags & os.O_TRUNC and _writes(flags):
@@ -285,6 +333,11 @@ class OpenFiles:
         self._seen[node.inode] = stamp
         if len(self._seen) > _SEEN_MAX:
             del self._seen[next(iter(self._seen))]
+        if self.pages is not None:
+            # No store decided before this point may land after the reply
+            # (the kernel drops the file's pages then unless keep_cache, and
+            # a writer's first WRITE may follow it).
+            await self.pages.drained(node.inode)
         # A release during the awaits above may have dropped the state: look again.
         state = self._inodes.setdefault(node.inode, state)
         self._handles[handle.fh] = handle
@@ -314,6 +367,8 @@ class OpenFiles:
                 if handle.file.session_id:
                     self._attrs.put(handle.file.inode)
         finally:
+            if handle.file.writable:
+                self._writing_add(handle.ino, -1)
             if state is not None:
                 state.handles.pop(fh, None)
             # Concurrent releases of one inode each get here; one drops the state.
@@ -408,15 +463,32 @@ class OpenFiles:
                 await self._fetch(handle, offset, got, length)
                 cache.put_range(handle.ino, gen, offset, got, length)
             return got
-        hit = cache.get(handle.ino, offset, n)
-        if hit is not None:
-            return hit
-        # The whole block: storage reads and verifies all of it anyway.
         start = index * BLOCK
-        block = bytearray(min(BLOCK, length - start))
-        await self._fetch(handle, start, block, length)
-        view = memoryview(block)
-        cache.put(handle.ino, index, gen, view)
+        view = cache.get_block(handle.ino, index, offset - start + n)
+        fetched = view is None
+        if view is None:
+            # The whole block: storage reads and verifies all of it anyway.
+            block = bytearray(min(BLOCK, length - start))
+            await self._fetch(handle, start, block, length)
+            if faults.delaying(SLOW_FETCH):
+                # A slow fetch, for the test that proves one overtaken by an
+                # invalidation is not stored (off the loop, which must go on).
+                await asyncio.to_thread(lambda: faults.fault_point(SLOW_FETCH))
+            view = memoryview(block)
+            cache.put(handle.ino, index, gen, view)
+        pages = self.pages
+        if (
+            pages is not None
+            and handle.ino not in self._writing
+            and gen == cache.generation(handle.ino)
+            # A hit means the kernel lacks this page (evicted, or a store
+            # not landed yet: then skip, not to queue one per read).
+            and (fetched or not pages.busy(handle.ino))
+        ):
+            # The rules in the docstring: nothing can write the inode's pages
+            # on this mount now, and nothing changed it since `gen`.
+            whole = view[: max(0, min(view.nbytes, length - start))]
+            pages.store(handle.ino, around(start, whole, offset, n))
         return view[offset - start : offset - start + n]
 
     async def _from_window(
@@ -508,13 +580,19 @@ class OpenFiles:
         handle = self.get(fh)
         self.cache.invalidate(handle.ino)
         self._wrote(handle)
-        if not handle.append:
-            return await self._gather(handle, offset, data)
-        async with self._inodes[handle.ino].lock:
-            await self._flush_inode(handle.ino)
-            n = await handle.file.append(data)
-            self._adopt(handle.ino, handle.file.inode)
-        return n
+        try:
+            if not handle.append:
+                return await self._gather(handle, offset, data)
+            async with self._inodes[handle.ino].lock:
+                await self._flush_inode(handle.ino)
+                n = await handle.file.append(data)
+                self._adopt(handle.ino, handle.file.inode)
+            return n
+        finally:
+            # Again once the bytes are where a read finds them (gathered, sent
+            # or appended): a read that began during the awaits above flushed
+            # and fetched without them, so its block must not be kept.
+            self.cache.invalidate(handle.ino)
 
     async def _gather(self, handle: FileHandle, offset: int, data: bytes) -> int:
         layout = handle.file.inode.layout
@@ -585,19 +663,28 @@ class OpenFiles:
         session = handle.file.session_id if handle is not None else ""
         state = self._inodes.get(ino) or InodeState()
         self.cache.invalidate(ino)
-        async with state.lock:
-            await self._flush_inode(ino)
-            old = max(
-                self.length_hint(ino) or 0,
-                (await self._client.stat_inode(ino)).length,
-            )
-            node = await self._client.setattr(
-                "", at=ino, follow=False, length=length, session_id=session
-            )
-            if length < old:
-                await self._drop_tail(node, length, old)
-            if ino in self._inodes:
-                self._adopt(ino, node)
+        # No page store from here to the reply, and none under way: the
+        # kernel cuts its pages after the reply, and a store landing after
+        # that would bring old bytes back (and the old size).
+        self._writing_add(ino, 1)
+        try:
+            async with state.lock:
+                await self._flush_inode(ino)
+                if self.pages is not None:
+                    await self.pages.drained(ino)
+                old = max(
+                    self.length_hint(ino) or 0,
+                    (await self._client.stat_inode(ino)).length,
+                )
+                node = await self._client.setattr(
+                    "", at=ino, follow=False, length=length, session_id=session
+                )
+                if length < old:
+                    await self._drop_tail(node, length, old)
+                if ino in self._inodes:
+                    self._adopt(ino, node)
+        finally:
+            self._writing_add(ino, -1)
         self.cache.invalidate(ino)
         self._attrs.put(node)
         return node

@@ -45,6 +45,7 @@ from fuse_mount.inodes import (
     is_virtual,
     negative_entry,
 )
+from fuse_mount.page_store import PageStore
 from py3fs import errors
 from py3fs.proto.messages import (
     Changed,
@@ -86,7 +87,8 @@ class Operations(DirectoryOps, pyfuse3.Operations):
         cfg = client.config
         self.attrs = AttrCache(cfg.attr_timeout)
         cache = BlockCache(cfg.read_cache_mib << 20)
-        self.files = OpenFiles(client, self.attrs, cache)
+        self.pages = PageStore() if cfg.store_pages and cache.enabled else None
+        self.files = OpenFiles(client, self.attrs, cache, self.pages)
         self.virt = virt.VirtualDir(agent, mountpoint, self._remove_tree)
         agent.add_length_listener(self.attrs.forget)
         agent.add_length_listener(cache.invalidate)
@@ -481,3 +483,5 @@ class Operations(DirectoryOps, pyfuse3.Operations):
 
     async def aclose(self) -> None:
         await self.files.close_all()
+        if self.pages is not None:
+            await asyncio.to_thread(self.pages.close)

@@ -65,6 +65,9 @@ TESTED_ELSEWHERE = {
     "storage.chunk_commit.after_stage",
     "storage.chunk_commit.mid_apply",
     "storage.chunk_commit.after_apply",
+    # Delay points (a slow page store, a slow fetch): tests/fuse/test_page_store.py
+    "mount.page_store.before",
+    "mount.read.after_fetch",
 }
 
 

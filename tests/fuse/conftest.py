@@ -70,12 +70,16 @@ class Mount:
                 subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
 
 
-def start_mount(cluster: LocalCluster, path: Path, log: Path) -> Mount:
+def start_mount(
+    cluster: LocalCluster, path: Path, log: Path, env: dict[str, str] | None = None
+) -> Mount:
     path.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fuse_mount", str(path)]
     cmd += ["--cluster", str(cluster.cluster_file)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     mount = Mount(path, proc, log)
     deadline = time.monotonic() + MOUNT_TIMEOUT
     try:
