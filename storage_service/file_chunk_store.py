@@ -94,6 +94,10 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 # A read the page cache cannot serve may wait for the disk on the loop when it
 # is at most this long (see `read`).
 INLINE_READ_BYTES = 128 * 1024
+# A flush fsyncs its files in at most _FSYNC_THREADS worker threads, each taking
+# at least _FSYNC_PER_THREAD of them (see `_fsync_chunks`).
+_FSYNC_THREADS = 4
+_FSYNC_PER_THREAD = 8
 
 
 class _NoWaitUnsupported(Exception):
@@ -716,11 +720,20 @@ class FileChunkStore(ChunkStore):
         if dirs:
             dirs.add(self.root)
         # Every fsync must be done before the flush is acknowledged, in no
-        # particular order, so they run at once: concurrent fsyncs share one
-        # journal commit (ext4), ~4.3 ms -> ~1 ms for a one-chunk flush here.
-        jobs = [(path, False) for path in files] + [(path, True) for path in dirs]
+        # particular order. One worker thread runs a few of them in a row: a
+        # thread hop per fsync cost ~3x the CPU (GIL and futex hand-offs, on
+        # each of three replicas) for no shorter wall time here (a chunk's four
+        # fsyncs, 0.3 ms either way: the first commits the journal, the rest
+        # find it done). Large flushes still spread over a few threads so the
+        # disk sees several files' writeback at once.
+        jobs = [(path, False) for path in files] + [
+            (path, True) for path in sorted(dirs)
+        ]
+        if not jobs:
+            return
+        groups = max(1, min(_FSYNC_THREADS, len(jobs) // _FSYNC_PER_THREAD))
         await asyncio.gather(
-            *(asyncio.to_thread(_fsync_if_exists, p, d) for p, d in jobs)
+            *(asyncio.to_thread(_fsync_all, jobs[i::groups]) for i in range(groups))
         )
 
     async def remove_inode(self, inode: int) -> int:
@@ -789,6 +802,11 @@ def _syncfs(path: str) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+def _fsync_all(jobs: list[tuple[str, bool]]) -> None:
+    for path, directory in jobs:
+        _fsync_if_exists(path, directory)
 
 
 def _fsync_if_exists(path: str, directory: bool) -> None:
