@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from py3fs import errors, faults, ids
-from py3fs.buffers import scratch
+from py3fs.buffers import page_aligned, scratch
 from py3fs.faults import fault_point
 from py3fs.wire import crc32c
 from storage_service.chunk_files import (
@@ -94,6 +94,10 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 # A read the page cache cannot serve may wait for the disk on the loop when it
 # is at most this long (see `read`).
 INLINE_READ_BYTES = 128 * 1024
+# Appends of at least this many bytes, at offsets and from buffers aligned to
+# DIRECT_ALIGN, are written with O_DIRECT (see `_write_data`).
+DIRECT_BYTES = 1024 * 1024
+DIRECT_ALIGN = 4096
 # A flush fsyncs its files in at most _FSYNC_THREADS worker threads, each taking
 # at least _FSYNC_PER_THREAD of them (see `_fsync_chunks`).
 _FSYNC_THREADS = 4
@@ -152,6 +156,7 @@ class FileChunkStore(ChunkStore):
         # moving average): decides whether the next one may wait on the loop.
         self.disk_read_s = 0.0
         self._bases: dict[bytes, str] = {}  # chunk id -> base(), computed once
+        self._direct = True  # O_DIRECT works here (see `_write_data`)
 
     # -- layout
 
@@ -564,7 +569,7 @@ class FileChunkStore(ChunkStore):
                     if os.fstat(fd).st_size > old_len:
                         # Bytes of an aborted append: a gap must read as zeros.
                         os.ftruncate(fd, old_len)
-                    pwrite_all(fd, [payload], offset)
+                    self._write_data(fd, base + DATA_SUFFIX, payload, offset)
                     if not payload.nbytes and offset > old_len:
                         os.ftruncate(fd, offset)  # an empty write that extends
                     if self.fsync:
@@ -603,6 +608,41 @@ class FileChunkStore(ChunkStore):
         fault_point(STAGE_WRITTEN)
         plan = _Plan(meta, offset, stored, flags, base, fresh)
         return Staged(chunk_id, meta.info, plan)
+
+    def _write_data(self, fd: int, path: str, payload: memoryview, offset: int) -> None:
+        """Write `payload` at `offset` of data file `fd` (`path`). A large one
+        that starts on a page goes to the disk with O_DIRECT, straight from
+        the server's page-aligned receive buffer: a buffered write copies it
+        into the page cache (here ~1.3 ms of CPU per MiB, half a storage
+        node's CPU in a stream of writes, plus the kernel's writeback later)
+        where DMA costs ~0.06 ms. The bytes are then on the device before the
+        ack, not yet durable (no cache flush, no metadata: fsync still does
+        that), and not in the page cache (a read of them goes to the disk)."""
+        n = payload.nbytes - payload.nbytes % DIRECT_ALIGN
+        if not (
+            self._direct
+            and n >= DIRECT_BYTES
+            and offset % DIRECT_ALIGN == 0
+            and page_aligned(payload)
+        ):
+            pwrite_all(fd, [payload], offset)
+            return
+        try:
+            direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # The file system has no O_DIRECT (tmpfs): buffered from now on.
+            logger.info("%s: no O_DIRECT here, writes stay buffered", self.root)
+            self._direct = False
+            pwrite_all(fd, [payload], offset)
+            return
+        try:
+            pwrite_all(direct, [payload[:n]], offset)
+        finally:
+            os.close(direct)
+        if n < payload.nbytes:
+            pwrite_all(fd, [payload[n:]], offset + n)
 
     async def commit(self, staged: Staged) -> ChunkInfo:
         plan: _Plan = staged.plan
