@@ -515,13 +515,23 @@ class FileChunkStore(ChunkStore):
         chain_ver: int,
         full_replace: bool = False,
         data_crc: int | None = None,
+        stream: bool = False,
     ) -> Staged:
         payload = memoryview(data).cast("B")
         check_write(chunk_size, offset, payload.nbytes)
         if chunk_id in self._damaged and not full_replace:
             raise errors.ChecksumMismatch(f"chunk {chunk_id.hex()} is damaged on disk")
         self._pending[chunk_id] = version
-        args = (chunk_id, offset, payload, version, chain_ver, full_replace, data_crc)
+        args = (
+            chunk_id,
+            offset,
+            payload,
+            version,
+            chain_ver,
+            full_replace,
+            data_crc,
+            stream,
+        )
         try:
             if self._inline(payload.nbytes):
                 return self._stage(*args)
@@ -551,6 +561,7 @@ class FileChunkStore(ChunkStore):
         chain_ver: int,
         full: bool,
         data_crc: int | None,
+        stream: bool,
     ) -> Staged:
         pieces = check_payload(payload, offset, data_crc)
         old = self._meta(chunk_id)
@@ -569,7 +580,7 @@ class FileChunkStore(ChunkStore):
                     if os.fstat(fd).st_size > old_len:
                         # Bytes of an aborted append: a gap must read as zeros.
                         os.ftruncate(fd, old_len)
-                    self._write_data(fd, base + DATA_SUFFIX, payload, offset)
+                    self._write_data(fd, base + DATA_SUFFIX, payload, offset, stream)
                     if not payload.nbytes and offset > old_len:
                         os.ftruncate(fd, offset)  # an empty write that extends
                     if self.fsync:
@@ -609,18 +620,23 @@ class FileChunkStore(ChunkStore):
         plan = _Plan(meta, offset, stored, flags, base, fresh)
         return Staged(chunk_id, meta.info, plan)
 
-    def _write_data(self, fd: int, path: str, payload: memoryview, offset: int) -> None:
+    def _write_data(
+        self, fd: int, path: str, payload: memoryview, offset: int, stream: bool
+    ) -> None:
         """Write `payload` at `offset` of data file `fd` (`path`). A large one
-        that starts on a page goes to the disk with O_DIRECT, straight from
-        the server's page-aligned receive buffer: a buffered write copies it
-        into the page cache (here ~1.3 ms of CPU per MiB, half a storage
-        node's CPU in a stream of writes, plus the kernel's writeback later)
-        where DMA costs ~0.06 ms. The bytes are then on the device before the
-        ack, not yet durable (no cache flush, no metadata: fsync still does
-        that), and not in the page cache (a read of them goes to the disk)."""
+        of a `stream` that starts on a page goes to the disk with O_DIRECT,
+        straight from the server's page-aligned receive buffer: a buffered
+        write copies it into the page cache (here ~1.3 ms of CPU per MiB, half
+        a storage node's CPU in a stream of writes, plus the kernel's writeback
+        later) where DMA costs ~0.06 ms. The bytes are then on the device
+        before the ack, not yet durable (no cache flush, no metadata: fsync
+        still does that), and not in the page cache: a read of them goes to
+        the disk, which is why only writers that say they stream get this (a
+        KV cache put, read back soon, stays buffered)."""
         n = payload.nbytes - payload.nbytes % DIRECT_ALIGN
         if not (
-            self._direct
+            stream
+            and self._direct
             and n >= DIRECT_BYTES
             and offset % DIRECT_ALIGN == 0
             and page_aligned(payload)

@@ -277,10 +277,11 @@ def _spy_opens(monkeypatch: pytest.MonkeyPatch, fail_direct: bool = False) -> li
 async def test_large_aligned_appends_bypass_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_direct: bool
 ) -> None:
-    """An append of at least DIRECT_BYTES at a page offset, from a page-aligned
-    buffer (a server's receive buffer), is written with O_DIRECT, its unaligned
-    tail buffered; where O_DIRECT is refused the store writes buffered. Either
-    way the chunk reads back the same, also after a reload."""
+    """A streamed append of at least DIRECT_BYTES at a page offset, from a
+    page-aligned buffer (a server's receive buffer), is written with O_DIRECT,
+    its unaligned tail buffered; where O_DIRECT is refused the store writes
+    buffered, and so it does for a writer that does not stream. Either way
+    the chunk reads back the same, also after a reload."""
     store = FileChunkStore(str(tmp_path / "target-101"), fsync=False)
     await store.load()
     cid = ids.chunk_id(13, 0)
@@ -299,10 +300,22 @@ async def test_large_aligned_appends_bypass_the_page_cache(
             chunk_size=size,
             chain_ver=1,
             data_crc=crc32c(data),
+            stream=True,
         )
+    # Not streamed: buffered, however large.
+    other = ids.chunk_id(13, 1)
+    await store.write(
+        other, 0, memoryview(second), version=1, chunk_size=size, chain_ver=1
+    )
     # A small or unaligned payload stays buffered.
     await store.write(
-        cid, 4 * CS - 10, b"x" * 10, version=3, chunk_size=size, chain_ver=1
+        cid,
+        4 * CS - 10,
+        b"x" * 10,
+        version=3,
+        chunk_size=size,
+        chain_ver=1,
+        stream=True,
     )
     direct = [f for f in opens if f & os.O_DIRECT]
     assert len(direct) == (1 if fail_direct else 2)
@@ -315,6 +328,8 @@ async def test_large_aligned_appends_bypass_the_page_cache(
     await again.load()
     _, got = await again.read(cid, 0, size, verify=True)
     assert bytes(got) == want
+    _, got = await again.read(other, 0, size, verify=True)
+    assert bytes(got) == bytes(second)
 
 
 async def test_enospc_keeps_old_data(
