@@ -377,17 +377,25 @@ class File:
         self.pos += len(data)
         return data
 
-    async def pwrite(self, data: Any, offset: int, *, sync: bool = False) -> int:
+    async def pwrite(
+        self, data: Any, offset: int, *, sync: bool = False, stream: bool = False
+    ) -> int:
         """Write `data` at `offset`; returns once every replica holds it. With
         `sync` also on their disks (one round instead of a write and a flush,
-        for the last write before a close or fsync)."""
+        for the last write before a close or fsync); `stream` as in
+        `FileIO.write`."""
         self._check(write=True)
         view = memoryview(data).cast("B")
         if view.nbytes:
             assert self.inode.layout is not None
             await self._ahead.invalidate()
             await self._client.files.write(
-                self.inode.inode, self.inode.layout, offset, view, sync=sync
+                self.inode.inode,
+                self.inode.layout,
+                offset,
+                view,
+                sync=sync,
+                stream=stream,
             )
             self._written_end = max(self._written_end, offset + view.nbytes)
             self._unflushed = self._unflushed or not sync

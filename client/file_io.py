@@ -80,14 +80,25 @@ class FileIO:
         return await self._client.storage.read_batch(items)
 
     async def write(
-        self, inode: int, layout: Layout, offset: int, data: Any, *, sync: bool = False
+        self,
+        inode: int,
+        layout: Layout,
+        offset: int,
+        data: Any,
+        *,
+        sync: bool = False,
+        stream: bool = False,
     ) -> int:
         """Write `data` at `offset`; returns its length once every replica has it
         (with `sync`, on every replica's disk: the chunks it touched need no
-        `flush` then)."""
+        `flush` then). `stream`: the caller writes the file front to back and
+        will not read these bytes back soon, so replicas may keep them out of
+        their page cache (wire.WriteReq.stream)."""
         view = memoryview(data).cast("B")
         if view.nbytes:
-            await self._client.storage.write(inode, layout, offset, view, sync=sync)
+            await self._client.storage.write(
+                inode, layout, offset, view, sync=sync, stream=stream
+            )
         return view.nbytes
 
     async def flush(self, layout: Layout) -> None:

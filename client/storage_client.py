@@ -229,9 +229,10 @@ class StorageClient:
         data: memoryview,
         *,
         sync: bool = False,
+        stream: bool = False,
     ) -> None:
         """Write `data` at `offset` of the file; returns when every replica has
-        it (with `sync`: on disk)."""
+        it (with `sync`: on disk; `stream`: see wire.WriteReq.stream)."""
         await _gather(
             self._write_piece(
                 inode,
@@ -239,6 +240,7 @@ class StorageClient:
                 p,
                 data[p.buf_offset : p.buf_offset + p.length],
                 sync=sync,
+                stream=stream,
             )
             for p in pieces(layout, offset, data.nbytes)
         )
@@ -277,6 +279,7 @@ class StorageClient:
         *,
         full_replace: bool = False,
         sync: bool = False,
+        stream: bool = False,
     ) -> None:
         request_id = next(self._ids)
         crc = wire.crc32c(data)
@@ -299,6 +302,7 @@ class StorageClient:
                 full_replace=full_replace,
                 cap=cap,
                 sync=sync,
+                stream=stream,
             )
             try:
                 await self._data.call(

@@ -142,11 +142,12 @@ class FileHandle:
         start: int,
         before: list[asyncio.Task[None]],
         sync: bool = False,
+        stream: bool = False,
     ) -> None:
         if before:
             await asyncio.wait(before)  # their failures are their handles' errors
         try:
-            await self.file.pwrite(data, start, sync=sync)
+            await self.file.pwrite(data, start, sync=sync, stream=stream)
         except Exception as exc:
             self.error = self.error or exc
 
@@ -156,6 +157,7 @@ class FileHandle:
         start: int,
         peers: list[FileHandle],
         sync: bool = False,
+        stream: bool = False,
     ) -> None:
         """Send `data` at `start` in the background, after every in-flight send
         of `peers` (this inode's handles) that overlaps it. The send is listed
@@ -167,13 +169,16 @@ class FileHandle:
             for s, e, task in peer.inflight
             if s < end and start < e and not task.done()
         ]
-        task = asyncio.ensure_future(self._send(data, start, before, sync))
+        task = asyncio.ensure_future(self._send(data, start, before, sync, stream))
         self.inflight.append((start, end, task))
 
     async def send(self, data: bytearray, start: int, peers: list[FileHandle]) -> None:
         """`start_send`, then wait while more than WRITE_BEHIND bytes are in
-        flight."""
-        self.start_send(data, start, peers)
+        flight. These are whole chunks of a sequential writer: sent as a
+        stream (wire.WriteReq.stream), which replicas write past their page
+        cache, so a write stream costs them no copy into it and leaves no
+        dirty pages for the close to wait on."""
+        self.start_send(data, start, peers, stream=True)
         while self._reap() and self.inflight_bytes > WRITE_BEHIND:
             await asyncio.shield(self.inflight[0][2])
 

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import socket
 import ssl
@@ -40,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-from py3fs import caps, errors, local_peer, metrics, wire
+from py3fs import buffers, caps, errors, local_peer, metrics, wire
 from py3fs import tls as tls_mod
 from py3fs.tls_sock import TlsSock, handshake_error
 
@@ -443,6 +444,8 @@ class DataClient:
 # A connection keeps a scratch buffer up to this size between requests; a
 # bigger one (a rare 64 MiB write) is dropped after its request.
 KEEP_BUFFER = 8 * 1024 * 1024
+# Scratch buffers of at least this size are page-aligned mappings.
+ALIGN_BUFFER = 64 * 1024
 
 
 class PayloadBudget:
@@ -488,7 +491,7 @@ class ServerConn:
         self.loop = asyncio.get_running_loop()
         self._frame: wire.Frame | None = None
         self._payload_left = 0
-        self._buffer = bytearray(0)
+        self._buffer: bytearray | mmap.mmap = bytearray(0)
         self._budget = budget
         self._held = 0
         self._payload_timeout = payload_timeout
@@ -500,7 +503,9 @@ class ServerConn:
     def payload_buffer(self, n: int) -> memoryview:
         """A reusable scratch buffer of `n` bytes, valid until the next request."""
         if len(self._buffer) < n:
-            self._buffer = bytearray(n)
+            # Page-aligned, so a storage server can write a large payload to
+            # disk with O_DIRECT straight from here (FileChunkStore).
+            self._buffer = buffers.aligned(n) if n >= ALIGN_BUFFER else bytearray(n)
         return memoryview(self._buffer)[:n]
 
     async def read_payload(self) -> memoryview:

@@ -127,6 +127,10 @@ class WriteReq(Body):
     # Every replica puts the chunk on disk before it acks (the last write of a
     # file being closed or fsynced: no separate FLUSH round is needed then).
     sync: bool = False
+    # The writer streams (a file written front to back, a chunk at a time) and
+    # will not read these bytes back soon: a replica may write them past its
+    # page cache (storage_service.file_chunk_store, O_DIRECT).
+    stream: bool = False
 
 
 class WriteReply(Body):

@@ -127,11 +127,13 @@ class ChunkStore(abc.ABC):
         chain_ver: int,
         full_replace: bool = False,
         data_crc: int | None = None,
+        stream: bool = False,
     ) -> Staged:
         """Write the new content (committed data with `data` applied at `offset`, a
         gap zero-filled; or just `data` on `full_replace`) as a pending version.
         Raises ChunkTooLarge, ChecksumMismatch (data vs `data_crc`, or the old data
-        is corrupt), NoSpace; on error nothing committed is touched."""
+        is corrupt), NoSpace; on error nothing committed is touched. `stream`:
+        the writer will not read these bytes back soon (WriteReq.stream)."""
 
     @abc.abstractmethod
     async def commit(self, staged: Staged) -> ChunkInfo:
@@ -256,6 +258,7 @@ class MemChunkStore(ChunkStore):
         chain_ver: int,
         full_replace: bool = False,
         data_crc: int | None = None,
+        stream: bool = False,
     ) -> Staged:
         payload = memoryview(data).cast("B")
         check_write(chunk_size, offset, payload.nbytes)

@@ -253,6 +253,7 @@ class WritePath:
             full_replace=full,
             repair=repair,
             sync=req.sync,
+            stream=req.stream,
         )
         # The forward goes first: a small stage runs on the loop without
         # yielding (FileChunkStore._inline), so it overlaps the successor's work
@@ -311,6 +312,7 @@ class WritePath:
                 chain_ver=req.chain_ver,
                 full_replace=full,
                 data_crc=crc,
+                stream=req.stream,
             )
         except errors.ChecksumMismatch:
             # A good payload means our old data is what failed its checksum.

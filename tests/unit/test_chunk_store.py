@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from py3fs import errors, faults, ids
+from py3fs import buffers, errors, faults, ids
 from py3fs.wire import crc32c
 from storage_service import chunk_format as fmt
 from storage_service import file_chunk_store
@@ -255,6 +255,81 @@ async def test_append_writes_only_new_bytes(fstore: FileChunkStore) -> None:
     assert await content(fstore, cid) == (
         b"a" * 10 + b"d" * 10 + b"a" * (B - 20) + b"b" * 100 + b"c" * 1000
     )
+
+
+def _spy_opens(monkeypatch: pytest.MonkeyPatch, fail_direct: bool = False) -> list[int]:
+    """Record the flags of every os.open (a direct one fails with EINVAL, as
+    on a file system without O_DIRECT, when `fail_direct`)."""
+    flags: list[int] = []
+    real = os.open
+
+    def spy(path: str, flag: int, *args: int, **kwargs: int) -> int:
+        flags.append(flag)
+        if fail_direct and flag & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here", path)
+        return real(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    return flags
+
+
+@pytest.mark.parametrize("fail_direct", [False, True])
+async def test_large_aligned_appends_bypass_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_direct: bool
+) -> None:
+    """A streamed append of at least DIRECT_BYTES at a page offset, from a
+    page-aligned buffer (a server's receive buffer), is written with O_DIRECT,
+    its unaligned tail buffered; where O_DIRECT is refused the store writes
+    buffered, and so it does for a writer that does not stream. Either way
+    the chunk reads back the same, also after a reload."""
+    store = FileChunkStore(str(tmp_path / "target-101"), fsync=False)
+    await store.load()
+    cid = ids.chunk_id(13, 0)
+    size = 4 * CS
+    first = buffers.aligned(2 * CS + 100)
+    first[:] = os.urandom(len(first))
+    second = buffers.aligned(CS)
+    second[:] = os.urandom(len(second))
+    opens = _spy_opens(monkeypatch, fail_direct)
+    for offset, data, ver in ((0, first, 1), (3 * CS, second, 2)):
+        await store.write(
+            cid,
+            offset,
+            memoryview(data),
+            version=ver,
+            chunk_size=size,
+            chain_ver=1,
+            data_crc=crc32c(data),
+            stream=True,
+        )
+    # Not streamed: buffered, however large.
+    other = ids.chunk_id(13, 1)
+    await store.write(
+        other, 0, memoryview(second), version=1, chunk_size=size, chain_ver=1
+    )
+    # A small or unaligned payload stays buffered.
+    await store.write(
+        cid,
+        4 * CS - 10,
+        b"x" * 10,
+        version=3,
+        chunk_size=size,
+        chain_ver=1,
+        stream=True,
+    )
+    direct = [f for f in opens if f & os.O_DIRECT]
+    assert len(direct) == (1 if fail_direct else 2)
+    assert store._direct is not fail_direct
+    want = bytes(first) + bytes(CS - 100) + bytes(second[:-10]) + b"x" * 10
+    _, got = await store.read(cid, 0, size)
+    assert bytes(got) == want
+    monkeypatch.undo()
+    again = FileChunkStore(store.root)
+    await again.load()
+    _, got = await again.read(cid, 0, size, verify=True)
+    assert bytes(got) == want
+    _, got = await again.read(other, 0, size, verify=True)
+    assert bytes(got) == bytes(second)
 
 
 async def test_enospc_keeps_old_data(
