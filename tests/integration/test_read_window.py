@@ -12,6 +12,7 @@ from client import Client
 from client.file_io import ReadBudget, ReadWindow, segment_size
 from client.storage_client import DISK_READ_AHEAD
 from client.striping import pieces
+from py3fs.proto.messages import Inode
 
 MiB = 1024 * 1024
 
@@ -23,6 +24,27 @@ def test_segment_sizes() -> None:
     assert segment_size(384 * 1024) == 3 * 384 * 1024
     assert segment_size(64 * MiB) == 4 * MiB  # a part of one chunk
     assert segment_size(6 * MiB) == 6 * MiB
+
+
+async def _read(
+    window: ReadWindow,
+    node: Inode,
+    offset: int,
+    length: int,
+    n: int = MiB,
+    gen: int = 0,
+) -> bytearray | memoryview | None:
+    """One read of `n` bytes at `offset` from `window` (no write session)."""
+    assert node.layout is not None
+    return await window.read(
+        node.inode,
+        node.layout,
+        offset,
+        n,
+        length=length,
+        session=False,
+        generation=gen,
+    )
 
 
 async def _kernel_like(
@@ -45,15 +67,7 @@ async def _kernel_like(
     async def one(offset: int) -> None:
         nonlocal served
         n = min(MiB, len(data) - offset)
-        got = await window.read(
-            node.inode,
-            node.layout,
-            offset,
-            n,
-            length=len(data),
-            session=False,
-            generation=gen,
-        )
+        got = await _read(window, node, offset, len(data), n=n, gen=gen)
         if got is None:
             buf = bytearray(n)
             await fs.files.read(node.inode, node.layout, offset, buf, length=len(data))
@@ -94,15 +108,7 @@ async def test_windows_share_a_budget(fs: Client) -> None:
     served = 0
     for offset in range(0, len(data), MiB):
         for window in windows:
-            got = await window.read(
-                node.inode,
-                node.layout,
-                offset,
-                MiB,
-                length=len(data),
-                session=False,
-                generation=0,
-            )
+            got = await _read(window, node, offset, len(data))
             assert budget.used <= budget.limit
             if got is not None:
                 served += 1
@@ -134,15 +140,7 @@ async def test_window_follows_generations_and_declines_seeks(fs: Client) -> None
     assert node.layout is not None
     fresh = ReadWindow(fs.files, segment_size(4 * MiB))
     for offset in (0, 9 * MiB + 5):
-        got = await fresh.read(
-            node.inode,
-            node.layout,
-            offset,
-            MiB,
-            length=len(data),
-            session=False,
-            generation=1,
-        )
+        got = await _read(fresh, node, offset, len(data), gen=1)
         assert got is None
         assert fresh.fetched == 0
 
@@ -156,41 +154,17 @@ async def test_window_fetch_failure_is_left_to_the_caller(fs: Client) -> None:
     assert node.layout is not None
     window = ReadWindow(fs.files, segment_size(4 * MiB))
     for offset in range(0, 4 * MiB, MiB):  # in order: all but the first served
-        got = await window.read(
-            node.inode,
-            node.layout,
-            offset,
-            MiB,
-            length=len(data),
-            session=False,
-            generation=0,
-        )
+        got = await _read(window, node, offset, len(data))
         assert (got is None) == (offset == 0)
         assert got is None or bytes(got) == data[offset : offset + MiB]
     await fs.unlink("/window-gone.bin")
     window.drop()
-    await window.read(
-        node.inode,
-        node.layout,
-        0,
-        MiB,
-        length=len(data),
-        session=False,
-        generation=0,
-    )
+    await _read(window, node, 0, len(data))
     # Whether the chunks are already collected or not, what comes back is
     # either the file's bytes (collected later) or nothing.
     for offset in (MiB, 2 * MiB, 5 * MiB):
         try:
-            got = await window.read(
-                node.inode,
-                node.layout,
-                offset,
-                MiB,
-                length=len(data),
-                session=False,
-                generation=0,
-            )
+            got = await _read(window, node, offset, len(data))
         except Exception as exc:
             raise AssertionError(f"the window raised {exc!r}") from exc
         assert got is None or bytes(got) == data[offset : offset + MiB]
