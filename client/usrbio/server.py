@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 Sqe = tuple[bytes, int, int, int, int, int]  # iov id, buf off, inode, off, len, tag
 WORKERS_PER_BATCH = 64  # writes one batch keeps in flight
+# Writes of at least this many bytes go as streams (wire.WriteReq.stream):
+# replicas put them on disk with O_DIRECT, past their page cache, as 3FS's
+# storage does with every chunk write. A program doing USRBIO batch I/O
+# manages its own buffers and reads back through USRBIO; the page-cache copy
+# was most of a replica's CPU in a write stream.
+STREAM_BYTES = 1024 * 1024
 SLICE_IOS = 256  # reads per `read_batch` call
 SLICE_BYTES = 32 << 20
 SLICES_IN_FLIGHT = 8
@@ -347,7 +353,9 @@ class UsrbioServer:
         try:
             node = await self._inode(inode, 0, since)
             assert node.layout is not None
-            await self._client_or_fail().files.write(inode, node.layout, start, data)
+            await self._client_or_fail().files.write(
+                inode, node.layout, start, data, stream=data.nbytes >= STREAM_BYTES
+            )
         except errors.Py3fsError as exc:
             return -exc.errno
         except Exception:
