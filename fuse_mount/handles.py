@@ -533,20 +533,13 @@ class OpenFiles:
     ) -> None:
         layout = handle.file.inode.layout
         assert layout is not None
-        state = self._inodes.get(handle.ino)
         await self._client.files.read(
             handle.ino,
             layout,
             offset,
             buf,
             length=length,
-            # Any write session on the inode (ours or a pin) keeps its chunks.
-            session=bool(
-                state
-                and (
-                    state.pin or any(h.file.session_id for h in state.handles.values())
-                )
-            ),
+            session=self._has_session(handle.ino),
         )
 
     def _wrote(self, handle: FileHandle) -> None:
